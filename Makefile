@@ -1,0 +1,59 @@
+# USER — the two commands a researcher needs are `make demo` and `make test`;
+# both set up what they need first, idempotently.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Re-install only when pyproject.toml (or the checkout's path, for the editable
+# install) changed: torch is large and must not be fetched again for nothing.
+SETUP_KEY := $(shell (cat pyproject.toml; pwd) | sha256sum | cut -c1-16)
+STAMP     := $(VENV)/.user-setup-$(SETUP_KEY)
+PYTEST_ARGS ?=
+
+.PHONY: setup jars test test-unit lint demo broker-start broker-stop clean help
+
+help:
+	@echo "make demo   — start the broker, create the topics and run the demo"
+	@echo "make test   — set up, start a broker if none answers, run the whole suite"
+	@echo "make lint   — ruff, strict mypy on schemas/ and topics/, import layering"
+	@echo "make setup  — virtualenv + editable install + Kafka jars (idempotent)"
+
+setup: $(STAMP) jars
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
+	@rm -f $(VENV)/.user-setup-*
+	@touch $@
+
+jars: $(STAMP)
+	@$(BIN)/userctl broker classpath >/dev/null
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy schemas topics
+	$(BIN)/lint-imports
+
+demo: setup
+	$(BIN)/userctl broker start
+	$(BIN)/userctl topics create
+	@echo
+	@echo "The broker is up and the topic catalog exists (inspect it with infra/bin/kafka-topics)."
+	@echo "The full demo — a simulated fleet learning end to end — is not built yet (issue #7)."
+
+broker-start: setup
+	$(BIN)/userctl broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/userctl broker stop
+
+clean:
+	-$(BIN)/userctl broker stop
+	rm -rf .user .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,3 @@
+"""infra: the composition root — CLI, broker, launcher (DESIGN §6)."""
+
+__all__: list[str] = []

@@ -1,0 +1,56 @@
+"""`userctl`: the one command-line entry point of USER.
+
+Each subcommand lives in its own ``infra/cmd_*.py`` (or package) exposing
+``register(subparsers)``; add a module name to ``COMMANDS`` to add a command.
+Errors a user can cause end in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pydantic import ValidationError
+
+#: Modules that each register one top-level subcommand, in help order.
+COMMANDS: tuple[str, ...] = (
+    "infra.cmd_broker",
+    "infra.cmd_topics",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="userctl",
+        description="USER: online policy learning on robot fleets over Kafka, faust and Delta Lake",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from infra.broker import BrokerError
+    from topics.admin import BrokerUnreachableError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (BrokerError, BrokerUnreachableError) as exc:
+        print(f"userctl: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or exc.title
+        print(f"userctl: bad setting {field}: {err['msg']} (input: {err.get('input')!r})",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

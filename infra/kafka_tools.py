@@ -1,0 +1,48 @@
+"""Run one of Apache Kafka's own CLI tools on the broker's classpath.
+
+``infra/bin/kafka-topics`` and its siblings exec ``python -m infra.kafka_tools NAME ARGS…``;
+this module resolves the jars (once) and replaces itself with the JVM running the tool's
+main class, so arguments, output and exit code are exactly Kafka's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from infra.broker import INFRA, Broker, BrokerError
+
+#: Script name (as in Kafka's bin/) → main class, for the pinned Kafka 4.1.
+TOOLS: dict[str, str] = {
+    "kafka-topics": "org.apache.kafka.tools.TopicCommand",
+    "kafka-console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "kafka-dump-log": "kafka.tools.DumpLogSegments",
+    "kafka-configs": "kafka.admin.ConfigCommand",
+    "kafka-storage": "kafka.tools.StorageTool",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in TOOLS:
+        print(f"usage: python -m infra.kafka_tools {{{','.join(TOOLS)}}} [ARGS…]", file=sys.stderr)
+        return 2
+    broker = Broker()
+    try:
+        java = broker.java()
+        broker.ensure_jars(say=lambda m: print(m, file=sys.stderr, flush=True))
+    except BrokerError as exc:
+        print(f"{argv[0]}: {exc}", file=sys.stderr)
+        return 2
+    cmd = [
+        java, "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'tools-log4j2.properties'}",
+        "-cp", broker.classpath(), TOOLS[argv[0]], *argv[1:],
+    ]
+    os.execv(java, cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,17 @@
+"""Learners: policies, algorithms, replay buffers and checkpoints (DESIGN §5).
+
+Modules (import the module, not its names):
+
+- ``learners.core`` — the role interfaces (Policy, Algorithm, Sampler, ReplayBuffer) and
+  the data between them (StepBatch, Batch, TrainingState);
+- ``learners.policies`` — policy kinds by name and the safetensors weight format; the
+  only part agents may import;
+- ``learners.replay`` — the in-memory ring buffer and RLPD's mixing sampler;
+- ``learners.sac`` — SAC and its RLPD preset;
+- ``learners.checkpoint`` — atomic checkpoints with source positions;
+- ``learners.fakes`` — a pure-numpy point-mass task for tests.
+
+This file imports nothing, so ``import learners.policies`` stays light for agents.
+"""
+
+__all__ = ["checkpoint", "core", "fakes", "policies", "replay", "sac"]

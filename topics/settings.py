@@ -1,0 +1,257 @@
+"""Kafka settings: the one place where librdkafka's and aiokafka's option names appear.
+
+Every component that talks to Kafka builds its client configuration from
+:class:`KafkaSettings`, which reads ``USER_KAFKA_*`` environment variables.  Code
+elsewhere never spells a librdkafka key such as ``"bootstrap.servers"``; it asks this
+module for a producer, consumer or admin configuration instead.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: librdkafka configuration values are strings, numbers or bools.
+ClientConfig = dict[str, str | int | float | bool]
+
+#: Sites used when ``USER_KAFKA_SITES`` is not set: two labs with two partitions each.
+DEFAULT_SITES: dict[str, tuple[int, ...]] = {"lab-a": (0, 1), "lab-b": (2, 3)}
+
+
+class SiteMap(BaseModel):
+    """The explicit site → partitions map of every site-partitioned topic.
+
+    Each site owns a disjoint set of partitions, so a site's traffic stays on its own
+    partitions, a site-local consumer can ``assign`` exactly those, and order per robot
+    is kept (a robot always maps to the same partition of its site).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sites: dict[str, tuple[int, ...]] = Field(default_factory=lambda: dict(DEFAULT_SITES))
+
+    @model_validator(mode="after")
+    def _disjoint_and_dense(self) -> SiteMap:
+        if not self.sites:
+            raise ValueError("the site map is empty: name at least one site")
+        seen: dict[int, str] = {}
+        for site, partitions in self.sites.items():
+            if not site or "/" in site:
+                raise ValueError(f"site name {site!r} must be non-empty and contain no '/'")
+            if not partitions:
+                raise ValueError(f"site {site!r} has no partitions")
+            for p in partitions:
+                if p < 0:
+                    raise ValueError(f"site {site!r}: partition {p} is negative")
+                if p in seen:
+                    raise ValueError(
+                        f"partition {p} is given to both {seen[p]!r} and {site!r}; "
+                        "each partition belongs to one site"
+                    )
+                seen[p] = site
+        missing = sorted(set(range(len(seen))) - set(seen))
+        if missing:
+            raise ValueError(
+                f"partitions {missing} belong to no site; number partitions 0..N-1 without gaps"
+            )
+        return self
+
+    @property
+    def partition_count(self) -> int:
+        """Partitions a site-partitioned topic needs to hold every site."""
+        return sum(len(p) for p in self.sites.values())
+
+    def partitions_of(self, site: str) -> tuple[int, ...]:
+        """The partitions owned by ``site``; raises :class:`UnknownSiteError`."""
+        try:
+            return self.sites[site]
+        except KeyError:
+            raise UnknownSiteError(site, tuple(self.sites)) from None
+
+    def partition_for(self, site: str, robot_id: str) -> int:
+        """The partition that carries ``robot_id``'s records at ``site``.
+
+        Stable across processes and Python versions (CRC-32 of the robot id, not
+        ``hash()``), so a robot's records stay in order on one partition.
+        """
+        owned = self.partitions_of(site)
+        return owned[zlib.crc32(robot_id.encode()) % len(owned)]
+
+    def site_of(self, partition: int) -> str:
+        """The site that owns ``partition``; raises ``KeyError`` if none does."""
+        for site, owned in self.sites.items():
+            if partition in owned:
+                return site
+        raise KeyError(partition)
+
+
+class UnknownSiteError(ValueError):
+    """A site name that the site map does not list."""
+
+    def __init__(self, site: str, known: tuple[str, ...]) -> None:
+        super().__init__(
+            f"site {site!r} is not in the site map (known: {', '.join(known)}); "
+            "add it to USER_KAFKA_SITES, e.g. "
+            "USER_KAFKA_SITES='lab-a=0,1;lab-b=2,3;" + site + "=4,5', then run "
+            "`userctl topics create --alter` to add its partitions"
+        )
+        self.site = site
+
+
+def parse_sites(text: str) -> dict[str, tuple[int, ...]]:
+    """Parse ``'lab-a=0,1;lab-b=2,3'`` (or the same as a JSON object) into a site map."""
+    text = text.strip()
+    if text.startswith("{"):
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("USER_KAFKA_SITES JSON must be an object of site -> [partitions]")
+        return {str(k): tuple(int(p) for p in v) for k, v in raw.items()}
+    sites: dict[str, tuple[int, ...]] = {}
+    for part in filter(None, (s.strip() for s in text.split(";"))):
+        site, sep, plist = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} is not of the form site=p1,p2")
+        sites[site.strip()] = tuple(int(p) for p in plist.split(",") if p.strip())
+    return sites
+
+
+class KafkaSettings(BaseSettings):
+    """How every USER process reaches Kafka (environment prefix ``USER_KAFKA_``).
+
+    ``USER_KAFKA_BOOTSTRAP`` points at the cluster; unset, it is the broker that
+    ``userctl broker start`` runs on this machine.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="USER_KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port] of the brokers")
+    client_id: str = Field("user", description="client.id prefix shown in broker logs")
+    sites: Annotated[SiteMap, NoDecode] = Field(
+        default_factory=SiteMap, description="site → partitions, 'lab-a=0,1;lab-b=2,3'"
+    )
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, …")
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-512, … for SASL")
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    message_max_bytes: int = Field(
+        40 * 1024 * 1024, description="largest record a client sends or fetches", gt=0
+    )
+    request_timeout_ms: int = Field(30_000, description="per-request timeout", gt=0)
+    replication_factor: int = Field(1, description="replicas of each topic created", ge=1)
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _parse_sites(cls, value: object) -> object:
+        if isinstance(value, str):
+            return SiteMap(sites=parse_sites(value))
+        if isinstance(value, Mapping) and "sites" not in value:
+            return SiteMap(sites={str(k): tuple(v) for k, v in value.items()})
+        return value
+
+    # -- librdkafka (confluent-kafka) ---------------------------------------------------
+
+    def _common(self) -> ClientConfig:
+        conf: ClientConfig = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+            "socket.timeout.ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password
+        return conf
+
+    def admin_config(self) -> ClientConfig:
+        """Configuration for ``confluent_kafka.admin.AdminClient``."""
+        return {**self._common(), "client.id": f"{self.client_id}-admin"}
+
+    def producer_config(
+        self,
+        *,
+        role: str = "producer",
+        transactional_id: str | None = None,
+        linger_ms: int = 5,
+        compression: str = "none",
+        message_timeout_ms: int = 0,
+    ) -> ClientConfig:
+        """An idempotent producer; transactional when ``transactional_id`` is given.
+
+        ``message_timeout_ms=0`` means librdkafka retries a record forever: a broker
+        outage delays delivery but never drops it.
+        """
+        conf: ClientConfig = {
+            **self._common(),
+            "client.id": f"{self.client_id}-{role}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            "compression.type": compression,
+            "message.max.bytes": self.message_max_bytes,
+            "message.timeout.ms": message_timeout_ms,
+            # The partition is always chosen by the caller from the site map; this
+            # partitioner only applies to topics that are not site-partitioned.
+            "partitioner": "murmur2_random",
+        }
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+        return conf
+
+    def consumer_config(
+        self,
+        group_id: str,
+        *,
+        role: str = "consumer",
+        from_beginning: bool = True,
+        read_committed: bool = True,
+        enable_auto_commit: bool = False,
+    ) -> ClientConfig:
+        """A consumer that commits only when told to and reads committed data only."""
+        return {
+            **self._common(),
+            "client.id": f"{self.client_id}-{role}",
+            "group.id": group_id,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "enable.auto.commit": enable_auto_commit,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            "fetch.message.max.bytes": self.message_max_bytes,
+            "receive.message.max.bytes": self.message_max_bytes + 64 * 1024 * 1024,
+            "enable.partition.eof": False,
+        }
+
+    # -- aiokafka (faust) ----------------------------------------------------------------
+
+    def aiokafka_kwargs(self) -> dict[str, str | int]:
+        """Keyword arguments shared by aiokafka producers/consumers (and faust's broker URL)."""
+        kwargs: dict[str, str | int] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            kwargs["sasl_plain_username"] = self.sasl_username
+        if self.sasl_password is not None:
+            kwargs["sasl_plain_password"] = self.sasl_password
+        return kwargs
+
+    def faust_broker_url(self) -> str:
+        """The ``kafka://host:port;host:port`` URL faust expects."""
+        return "kafka://" + ";".join(h.strip() for h in self.bootstrap.split(","))
+
+    def redacted(self) -> dict[str, object]:
+        """The resolved settings with secrets hidden, for logging at start."""
+        shown = self.model_dump()
+        if shown.get("sasl_password"):
+            shown["sasl_password"] = "***"
+        shown["sites"] = {k: list(v) for k, v in self.sites.sites.items()}
+        return shown
