@@ -95,7 +95,8 @@ ROBOTS = TopicSpec(
     cleanup=Cleanup.COMPACT,
     retention_ms=FOREVER,
     max_message_bytes=1 * MiB,
-    description="robot announcements and state changes; the latest per robot is kept forever",
+    description="robot announcements (key: robot id) and latest states (key: id/state), "
+    "kept forever",
 )
 HEARTBEATS = TopicSpec(
     name="heartbeats",
@@ -115,7 +116,7 @@ EXPERIMENTS = TopicSpec(
     cleanup=Cleanup.COMPACT,
     retention_ms=FOREVER,
     max_message_bytes=1 * MiB,
-    description="experiment specs and status",
+    description="experiment specs (key: id) and latest status (key: id/status)",
 )
 ASSIGNMENTS = TopicSpec(
     name="assignments",

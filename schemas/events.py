@@ -1,0 +1,466 @@
+"""Every control event USER writes to Kafka: frozen, versioned pydantic models.
+
+Each event is one model named in the past tense with a version suffix
+(``HeartbeatV1``) on the common :class:`Envelope`: event id, schema name and version,
+site, robot, experiment, produced-at.  The schema name and version are ``Literal``
+fields, so a payload that claims to be something else does not validate, and
+:func:`schema_id` reads them back from a model class.
+
+Evolution: a changed event is a *new* model (``HeartbeatV2``) plus an upcaster from the
+old payload, registered in :mod:`schemas.registry`; readers accept every version ever
+written.  Transition batches (Arrow, not JSON) live in :mod:`schemas.transitions`; their
+per-batch header models are defined here because they share the envelope.
+
+JSON text is the wire form (``model_dump_json``); floats must be finite, since JSON has
+no NaN.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from schemas.spaces import DType, RobotSpec
+
+#: Identifiers (robot, site, experiment, episode, lease): no '/' because keys join them.
+Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", max_length=128)]
+
+#: A reward function's identity as it appears in data: ``"name@version"``.
+RewardFnId = Annotated[
+    str, Field(pattern=r"^[a-z][a-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=128)
+]
+
+#: A lowercase hex SHA-256 digest.
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """What every event carries, whatever it says.
+
+    ``site``/``robot_id``/``experiment_id`` are optional here; each event makes the ones
+    it is about required.  ``produced_at`` is the producer's wall clock (UTC).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    schema_name: str
+    schema_version: int
+    site: Ident | None = None
+    robot_id: Ident | None = None
+    experiment_id: Ident | None = None
+    produced_at: AwareDatetime = Field(default_factory=_now)
+
+
+def schema_id(model: type[Envelope]) -> tuple[str, int]:
+    """``(schema name, version)`` of an event class, read from its ``Literal`` defaults."""
+    name = model.model_fields["schema_name"].default
+    version = model.model_fields["schema_version"].default
+    if not isinstance(name, str) or not isinstance(version, int):
+        raise TypeError(f"{model.__name__} does not pin schema_name and schema_version")
+    return name, version
+
+
+# -- reasons a record is refused (carried by DeadLetterV1) ------------------------------
+
+
+class RejectReason(StrEnum):
+    """Why a consumer refused a record; the ``reason`` of a :class:`DeadLetterV1`."""
+
+    EMPTY = "empty"
+    OVERSIZE = "oversize"
+    BAD_HEADERS = "bad_headers"
+    CONTENT_TYPE = "content_type"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    NO_SCHEMA = "no_schema"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    UNKNOWN_VERSION = "unknown_version"
+    HEADER_MISMATCH = "header_mismatch"
+    WRONG_TOPIC = "wrong_topic"
+    MISSING_FIELD = "missing_field"
+    EXTRA_FIELD = "extra_field"
+    INVALID_FIELD = "invalid_field"
+    UPCAST_FAILED = "upcast_failed"
+    KEY_MISMATCH = "key_mismatch"
+    NOT_ARROW = "not_arrow"
+    ARROW_SCHEMA = "arrow_schema"
+    NULL_VALUES = "null_values"
+    EMPTY_BATCH = "empty_batch"
+    LENGTH_MISMATCH = "length_mismatch"
+    NON_FINITE = "non_finite"
+    OUT_OF_BOUNDS = "out_of_bounds"
+    SPEC_MISMATCH = "spec_mismatch"
+    UNKNOWN_ROBOT = "unknown_robot"
+    INCONSISTENT = "inconsistent"
+    HASH_MISMATCH = "hash_mismatch"
+    DECODER_ERROR = "decoder_error"
+
+
+class SchemaError(ValueError):
+    """A record that is not an acceptable event; ``reason`` says which way it fails."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# -- robots -------------------------------------------------------------------------------
+
+
+class RobotState(StrEnum):
+    """Where a robot stands, as the fleet registry sees it."""
+
+    IDLE = "idle"
+    LEASED = "leased"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ESTOPPED = "estopped"
+    LOST = "lost"
+    OFFLINE = "offline"
+
+
+class RobotAnnouncedV1(Envelope):
+    """A robot came online at a site and describes what it observes and accepts."""
+
+    schema_name: Literal["robot.announced"] = "robot.announced"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    spec: RobotSpec
+    driver: str = Field("sim", max_length=64, description="'sim' (MuJoCo) or a driver name")
+    agent_version: str = Field("", max_length=64)
+
+
+class RobotStateChangedV1(Envelope):
+    """The fleet registry moved a robot from one state to another."""
+
+    schema_name: Literal["robot.state_changed"] = "robot.state_changed"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    state: RobotState
+    previous: RobotState | None = None
+    reason: str = Field("", max_length=1000)
+
+
+class HeartbeatV1(Envelope):
+    """A robot is alive; sent about once a second by its agent."""
+
+    schema_name: Literal["heartbeat"] = "heartbeat"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    seq: int = Field(ge=0, description="increases by one per heartbeat of this agent run")
+    state: RobotState
+    policy_version: int | None = Field(None, ge=0)
+    steps_total: int = Field(0, ge=0, description="control steps taken by this agent run")
+    uptime_s: float = Field(0.0, ge=0)
+
+
+# -- experiments and leases ---------------------------------------------------------------
+
+
+class ExperimentState(StrEnum):
+    SUBMITTED = "submitted"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ExperimentSubmittedV1(Envelope):
+    """Someone asked for an experiment; ``spec`` is the experiment file as JSON.
+
+    The spec is kept as plain JSON here: its schema belongs to the scheduler, which
+    validates it when it places the experiment.
+    """
+
+    schema_name: Literal["experiment.submitted"] = "experiment.submitted"
+    schema_version: Literal[1] = 1
+    experiment_id: Ident
+    spec: dict[str, JsonValue]
+    submitted_by: str = Field("", max_length=128)
+
+
+class ExperimentStatusV1(Envelope):
+    """An experiment's state changed (placed, running, finished, …)."""
+
+    schema_name: Literal["experiment.status"] = "experiment.status"
+    schema_version: Literal[1] = 1
+    experiment_id: Ident
+    state: ExperimentState
+    robots: tuple[Ident, ...] = ()
+    detail: str = Field("", max_length=1000)
+
+
+class LeaseGrantedV1(Envelope):
+    """The scheduler gave a robot to an experiment."""
+
+    schema_name: Literal["lease.granted"] = "lease.granted"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    lease_id: Ident
+    expires_at: AwareDatetime | None = None
+
+
+class LeaseReleaseReason(StrEnum):
+    COMPLETED = "completed"
+    ROBOT_LOST = "robot_lost"
+    PREEMPTED = "preempted"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class LeaseReleasedV1(Envelope):
+    """A robot's lease ended; the robot is free for another experiment."""
+
+    schema_name: Literal["lease.released"] = "lease.released"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    lease_id: Ident
+    reason: LeaseReleaseReason
+
+
+# -- transition batch headers (the rows travel as Arrow, see schemas.transitions) --------
+
+
+class TransitionBatchV1(Envelope):
+    """Header of a batch of raw steps of one robot (``transitions.raw``)."""
+
+    schema_name: Literal["transition_batch"] = "transition_batch"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    robot_type: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    n_steps: int = Field(gt=0)
+
+
+class RewardedTransitionBatchV1(Envelope):
+    """Header of a batch of rewarded steps (``transitions``): one reward function's view."""
+
+    schema_name: Literal["rewarded_transition_batch"] = "rewarded_transition_batch"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    robot_type: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    n_steps: int = Field(gt=0)
+    reward_fn: RewardFnId
+    raw_event_id: uuid.UUID | None = Field(None, description="the raw batch it was computed from")
+
+
+# -- episodes -----------------------------------------------------------------------------
+
+
+class EpisodeEndReason(StrEnum):
+    TIME_LIMIT = "time_limit"
+    TASK_DONE = "task_done"
+    STOPPED = "stopped"
+    ESTOPPED = "estopped"
+    ROBOT_ERROR = "robot_error"
+
+
+class EpisodeStartedV1(Envelope):
+    """A robot reset and began an episode."""
+
+    schema_name: Literal["episode.started"] = "episode.started"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    episode_id: Ident
+    policy_version: int = Field(ge=0)
+    task: str = Field("", max_length=1000, description="task or language instruction")
+
+
+class EpisodeEndedV1(Envelope):
+    """A robot's episode ended; a summary (rewards are the reward jobs' business)."""
+
+    schema_name: Literal["episode.ended"] = "episode.ended"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    episode_id: Ident
+    steps: int = Field(ge=0)
+    reason: EpisodeEndReason
+    duration_s: float = Field(ge=0)
+    interventions: int = Field(0, ge=0, description="steps a human overrode")
+    first_policy_version: int = Field(ge=0)
+    last_policy_version: int = Field(ge=0)
+    success: bool | None = Field(None, description="if the robot itself can tell")
+
+
+# -- weights ------------------------------------------------------------------------------
+
+
+class TensorInfo(BaseModel):
+    """One tensor of a safetensors blob: where its bytes lie in the whole blob."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=512)
+    dtype: DType | Literal["float16", "bfloat16"]
+    shape: tuple[int, ...]
+    begin: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class WeightsManifestV1(Envelope):
+    """A complete weights version: its tensors, whole-blob hash and where its chunks are.
+
+    An agent applies a version only after every chunk arrived and the blob's SHA-256
+    equals ``sha256``.  ``chunk_offsets[i]`` is the ``weights`` topic offset of chunk i.
+    """
+
+    schema_name: Literal["weights.manifest"] = "weights.manifest"
+    schema_version: Literal[1] = 1
+    experiment_id: Ident
+    version: int = Field(ge=0, description="policy version")
+    learner_step: int = Field(ge=0)
+    policy: str = Field(max_length=128, description="policy kind, e.g. mlp_gaussian")
+    format: Literal["safetensors"] = "safetensors"
+    total_bytes: int = Field(ge=0)
+    sha256: Sha256
+    chunk_bytes: int = Field(gt=0)
+    chunk_sha256: tuple[Sha256, ...]
+    chunk_offsets: tuple[int, ...] = Field(description="weights-topic offsets, one per chunk")
+    tensors: tuple[TensorInfo, ...] = ()
+    trained_on: dict[str, int] = Field(
+        default_factory=dict, description="'topic:partition' -> last offset the learner used"
+    )
+
+    @model_validator(mode="after")
+    def _chunks_agree(self) -> WeightsManifestV1:
+        if len(self.chunk_offsets) != len(self.chunk_sha256):
+            raise ValueError("chunk_offsets and chunk_sha256 must have one entry per chunk")
+        return self
+
+
+class WeightsChunkV1(Envelope):
+    """One slice of a weights blob.  On the wire ``data`` is the record value itself and
+    the other fields travel as JSON in a header, so no bytes are base64-inflated."""
+
+    schema_name: Literal["weights.chunk"] = "weights.chunk"
+    schema_version: Literal[1] = 1
+    experiment_id: Ident
+    version: int = Field(ge=0)
+    index: int = Field(ge=0)
+    n_chunks: int = Field(gt=0)
+    sha256: Sha256
+    data: bytes = Field(exclude=True)
+
+    @model_validator(mode="after")
+    def _hash_and_index(self) -> WeightsChunkV1:
+        if self.index >= self.n_chunks:
+            raise ValueError(f"chunk index {self.index} is not below n_chunks {self.n_chunks}")
+        if hashlib.sha256(self.data).hexdigest() != self.sha256:
+            raise ValueError("chunk data does not match its sha256")
+        return self
+
+
+# -- commands, metrics, dead letters ------------------------------------------------------
+
+
+class CommandKind(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    STOP = "stop"
+    ESTOP = "estop"
+
+
+class CommandV1(Envelope):
+    """An operator's order to one robot; ``estop`` must be obeyed before anything else."""
+
+    schema_name: Literal["command"] = "command"
+    schema_version: Literal[1] = 1
+    robot_id: Ident
+    command: CommandKind
+    reason: str = Field("", max_length=1000)
+    issued_by: str = Field("", max_length=128)
+
+
+class LearnerMetricsV1(Envelope):
+    """A learner's namespaced statistics (``losses/critic``) at one learner step.
+
+    A non-finite value (a diverged loss) is sent as ``null``: JSON has no NaN.
+    """
+
+    schema_name: Literal["learner.metrics"] = "learner.metrics"
+    schema_version: Literal[1] = 1
+    experiment_id: Ident
+    learner_step: int = Field(ge=0)
+    policy_version: int = Field(ge=0)
+    metrics: dict[str, float | None]
+
+
+class DeadLetterV1(Envelope):
+    """A record some consumer could not accept, kept with everything needed to replay it.
+
+    ``value_b64`` is the original value (base64), cut to the first ``value_bytes_kept``
+    bytes when it would not fit the ``dlq`` topic (``truncated``).
+    """
+
+    schema_name: Literal["dead_letter"] = "dead_letter"
+    schema_version: Literal[1] = 1
+    source_topic: str
+    source_partition: int = Field(ge=0)
+    source_offset: int = Field(ge=0)
+    source_timestamp_ms: int | None = None
+    consumer: str = Field("", max_length=256, description="group id or tool that refused it")
+    reason: RejectReason
+    detail: str = Field(max_length=4000)
+    key_b64: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="headers as text")
+    value_b64: str
+    value_size: int = Field(ge=0, description="size of the original value in bytes")
+    truncated: bool = False
+
+    def original_value(self) -> bytes:
+        """The (possibly truncated) original record value."""
+        return base64.b64decode(self.value_b64)
+
+    def original_key(self) -> bytes | None:
+        return None if self.key_b64 is None else base64.b64decode(self.key_b64)
+
+
+#: Every event model of version 1, for :mod:`schemas.registry`.
+ALL_V1: tuple[type[Envelope], ...] = (
+    RobotAnnouncedV1,
+    RobotStateChangedV1,
+    HeartbeatV1,
+    ExperimentSubmittedV1,
+    ExperimentStatusV1,
+    LeaseGrantedV1,
+    LeaseReleasedV1,
+    TransitionBatchV1,
+    RewardedTransitionBatchV1,
+    EpisodeStartedV1,
+    EpisodeEndedV1,
+    WeightsManifestV1,
+    WeightsChunkV1,
+    CommandV1,
+    LearnerMetricsV1,
+    DeadLetterV1,
+)

@@ -1,0 +1,848 @@
+"""Transition batches: many steps of one robot as numpy columns, and their Arrow form.
+
+:class:`TransitionBatch` (raw steps, ``transitions.raw``) and
+:class:`RewardedTransitionBatch` (the same steps plus one reward function's view,
+``transitions``) are frozen dataclasses of numpy arrays: what agents build, what
+learners and reward jobs receive.  Row ``i`` says: the robot saw ``observation[i]``
+(and ``images``/``info`` at the same instant), ``action[i]`` was applied (by the policy
+of ``policy_version[i]``, or by a human where ``intervention[i]``, who sent
+``human_action[i]``).  The next observation of a step is the observation of the next step
+of the same episode, in this batch or a later one; a step after which the robot cut the
+episode off (``truncated``: time limit, stop) has no successor, so its final observation
+travels in ``final_observation``/``final_images``, one row per truncated step in order.
+
+Every column is declared once, in the dataclass fields' metadata; :func:`arrow_schema`
+derives the Arrow schema from those declarations and a :class:`Layout` (shapes from the
+robot's :class:`~schemas.spaces.RobotSpec`), and :func:`to_arrow`/:func:`from_arrow`
+walk the same declarations.  The batch header (a pydantic event with the envelope) rides
+in the Arrow schema metadata.  Decoded arrays are read-only views of Arrow buffers: no
+per-step Python objects are made.
+
+Wire dtypes are fixed: observations, actions and ``info`` are float32 whatever the
+robot's native dtype, images uint8 HWC, timestamps int64 nanoseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from schemas.events import (
+    RejectReason,
+    RewardedTransitionBatchV1,
+    SchemaError,
+    TransitionBatchV1,
+)
+from schemas.registry import REGISTRY, Registry
+from schemas.spaces import ArraySpec, RobotSpec
+
+#: Arrow schema metadata keys.
+META_SCHEMA = b"user.schema"
+META_VERSION = b"user.schema_version"
+META_EVENT = b"user.event"
+#: Arrow field metadata key holding a column's per-step shape as JSON, e.g. ``[84,84,3]``.
+META_SHAPE = b"shape"
+
+#: Absolute tolerance when checking actions against the announced bounds.
+BOUNDS_TOLERANCE = 1e-4
+
+
+class Kind(Enum):
+    """How a column is laid out in numpy and in Arrow."""
+
+    STRING = "string"  # (n,) str_          | dictionary<int32, string>
+    SCALAR = "scalar"  # (n,) number/bool   | primitive (timestamps as timestamp[ns, UTC])
+    VECTOR = "vector"  # (n, *shape) f32    | fixed_size_list<float32>, null where not valid
+    FINAL = "final"  # (k, *shape) f32, rows where `where` | nullable fixed_size_list
+    IMAGES = "images"  # cam -> (n,h,w,3) u8 | struct<cam: fixed_size_list<uint8>>
+    FINAL_IMAGES = "final_images"  # cam -> (k,h,w,3) | struct<cam: nullable binary>
+    INFO = "info"  # name -> (n, *shape) f32 | struct<name: fixed_size_list<float32>>
+
+
+@dataclass(frozen=True)
+class Column:
+    """The declaration of one column (in a dataclass field's metadata)."""
+
+    kind: Kind
+    dtype: str = "float32"
+    timestamp: bool = False
+    shape_of: str = ""  # VECTOR/FINAL: "observation" or "action" entry of the Layout
+    where: str = ""  # nullable columns: the bool column marking the rows that hold a value
+    finite: bool = False  # NaN/inf is refused by check_content
+
+
+def _col(
+    kind: Kind,
+    doc: str,
+    *,
+    dtype: str = "float32",
+    timestamp: bool = False,
+    shape_of: str = "",
+    where: str = "",
+    finite: bool = False,
+) -> dict[str, object]:
+    column = Column(kind, dtype, timestamp, shape_of, where, finite)
+    return {"column": column, "doc": doc}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The per-step shapes of a batch: what :func:`arrow_schema` needs besides the model."""
+
+    observation: tuple[int, ...]
+    action: tuple[int, ...]
+    cameras: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    info: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of_robot(cls, spec: RobotSpec) -> Layout:
+        return cls(
+            observation=spec.observation.shape,
+            action=spec.action.shape,
+            cameras={c.name: c.shape for c in spec.cameras},
+            info={name: a.shape for name, a in spec.info.items()},
+        )
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name == "observation":
+            return self.observation
+        if name == "action":
+            return self.action
+        raise KeyError(name)
+
+
+H = TypeVar("H", TransitionBatchV1, RewardedTransitionBatchV1)
+
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+BOOL = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StepColumns(Generic[H]):
+    """Columns shared by raw and rewarded batches; ``n = event.n_steps`` rows.
+
+    Construction checks lengths, shapes and dtypes (``SchemaError``); it does not look
+    at values: :func:`check_content` and :func:`check_against` do that.
+    """
+
+    #: Per-batch strings written as constant columns, read from ``event``.
+    LABELS: ClassVar[tuple[str, ...]] = ("robot_id",)
+
+    event: H
+    episode_id: npt.NDArray[np.str_] = field(metadata=_col(Kind.STRING, "(n,) episode id"))
+    step: npt.NDArray[np.int32] = field(
+        metadata=_col(Kind.SCALAR, "(n,) step index within the episode, from 0", dtype="int32")
+    )
+    observation: F32 = field(
+        metadata=_col(Kind.VECTOR, "(n, *obs) observation", shape_of="observation",
+                      finite=True)
+    )
+    action: F32 = field(
+        metadata=_col(Kind.VECTOR, "(n, *act) action applied", shape_of="action", finite=True)
+    )
+    policy_version: I64 = field(
+        metadata=_col(Kind.SCALAR, "(n,) policy version that chose the action; 0 = initial",
+                      dtype="int64")
+    )
+    intervention: BOOL = field(
+        metadata=_col(Kind.SCALAR, "(n,) a human overrode the policy", dtype="bool")
+    )
+    human_action: F32 = field(
+        metadata=_col(Kind.VECTOR, "(n, *act) the human's action; meaningful where intervention",
+                      shape_of="action", where="intervention", finite=True)
+    )
+    truncated: BOOL = field(
+        metadata=_col(Kind.SCALAR, "(n,) the robot cut the episode off after this step",
+                      dtype="bool")
+    )
+    final_observation: F32 = field(
+        metadata=_col(Kind.FINAL, "(k, *obs) observation after each truncated step",
+                      shape_of="observation", where="truncated", finite=True)
+    )
+    observed_ns: I64 = field(
+        metadata=_col(Kind.SCALAR, "(n,) when the observation was read, ns since epoch",
+                      dtype="int64", timestamp=True)
+    )
+    acted_ns: I64 = field(
+        metadata=_col(Kind.SCALAR, "(n,) when the action was applied, ns since epoch",
+                      dtype="int64", timestamp=True)
+    )
+    images: Mapping[str, U8] = field(
+        metadata=_col(Kind.IMAGES, "camera -> (n, h, w, 3) uint8, seen with observation")
+    )
+    final_images: Mapping[str, U8] = field(
+        metadata=_col(Kind.FINAL_IMAGES, "camera -> (k, h, w, 3) uint8 after truncated steps",
+                      where="truncated")
+    )
+    info: Mapping[str, F32] = field(
+        metadata=_col(Kind.INFO, "name -> (n, *shape) privileged task state", finite=True)
+    )
+
+    def __post_init__(self) -> None:
+        n = self.event.n_steps
+        k = -1
+        for f, col in columns(type(self)):
+            value = getattr(self, f.name)
+            if col.kind in (Kind.IMAGES, Kind.FINAL_IMAGES, Kind.INFO):
+                fixed = {
+                    key: _as_array(item, "uint8" if col.kind != Kind.INFO else "float32",
+                                   f"{f.name}[{key!r}]")
+                    for key, item in value.items()
+                }
+                object.__setattr__(self, f.name, fixed)
+                continue
+            arr = _as_array(value, "str" if col.kind == Kind.STRING else col.dtype, f.name)
+            object.__setattr__(self, f.name, arr)
+            if col.kind == Kind.FINAL:
+                continue
+            if arr.ndim == 0 or arr.shape[0] != n:
+                raise SchemaError(
+                    RejectReason.LENGTH_MISMATCH,
+                    f"{f.name} has {arr.shape[0] if arr.ndim else 0} rows, the batch {n}",
+                )
+            if col.kind == Kind.VECTOR and arr.ndim < 2:
+                raise SchemaError(RejectReason.INCONSISTENT, f"{f.name} must be (n, *shape)")
+            if col.kind == Kind.SCALAR and arr.ndim != 1:
+                raise SchemaError(RejectReason.INCONSISTENT, f"{f.name} must be (n,)")
+        k = int(np.count_nonzero(self.truncated))
+        if self.human_action.shape != self.action.shape:
+            raise SchemaError(
+                RejectReason.INCONSISTENT,
+                f"human_action {self.human_action.shape} differs from action {self.action.shape}",
+            )
+        want = (k, *self.observation.shape[1:])
+        if self.final_observation.shape != want:
+            raise SchemaError(
+                RejectReason.INCONSISTENT,
+                f"final_observation is {self.final_observation.shape}, expected {want} "
+                f"(one row per truncated step)",
+            )
+        for name, img in self.images.items():
+            if img.ndim != 4 or img.shape[0] != n or img.shape[3] != 3:
+                raise SchemaError(
+                    RejectReason.INCONSISTENT, f"images[{name!r}] is {img.shape}, not (n, h, w, 3)"
+                )
+        if set(self.final_images) != set(self.images):
+            raise SchemaError(
+                RejectReason.INCONSISTENT,
+                f"final_images cameras {sorted(self.final_images)} differ from images "
+                f"{sorted(self.images)}",
+            )
+        _check_finals(self.images, self.final_images, k)
+        for name, arr in self.info.items():
+            if arr.ndim < 2 or arr.shape[0] != n:
+                raise SchemaError(
+                    RejectReason.INCONSISTENT, f"info[{name!r}] is {arr.shape}, not (n, *shape)"
+                )
+
+    def __len__(self) -> int:
+        return self.event.n_steps
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(
+            observation=tuple(self.observation.shape[1:]),
+            action=tuple(self.action.shape[1:]),
+            cameras={
+                name: (int(a.shape[1]), int(a.shape[2]), int(a.shape[3]))
+                for name, a in self.images.items()
+            },
+            info={name: tuple(a.shape[1:]) for name, a in self.info.items()},
+        )
+
+    @property
+    def robot_id(self) -> str:
+        return self.event.robot_id
+
+    def as_columns(self) -> dict[str, npt.NDArray[np.generic]]:
+        """Flat ``name -> array`` view (``robot_id`` broadcast to (n,)), images and info
+        excluded: the shape ``learners.core.StepBatch.from_columns`` takes."""
+        out: dict[str, npt.NDArray[np.generic]] = {
+            "robot_id": np.full(len(self), self.event.robot_id),
+        }
+        for f, col in columns(type(self)):
+            if col.kind not in (Kind.IMAGES, Kind.FINAL_IMAGES, Kind.INFO):
+                out[f.name] = getattr(self, f.name)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TransitionBatch(StepColumns[TransitionBatchV1]):
+    """Raw steps of one robot, as the agent recorded them (``transitions.raw``)."""
+
+    @classmethod
+    def build(
+        cls,
+        event: TransitionBatchV1,
+        *,
+        episode_id: npt.ArrayLike,
+        step: npt.ArrayLike,
+        observation: npt.ArrayLike,
+        action: npt.ArrayLike,
+        policy_version: npt.ArrayLike,
+        observed_ns: npt.ArrayLike,
+        acted_ns: npt.ArrayLike | None = None,
+        intervention: npt.ArrayLike | None = None,
+        human_action: npt.ArrayLike | None = None,
+        truncated: npt.ArrayLike | None = None,
+        final_observation: npt.ArrayLike | None = None,
+        images: Mapping[str, npt.ArrayLike] | None = None,
+        final_images: Mapping[str, npt.ArrayLike] | None = None,
+        info: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> TransitionBatch:
+        """A batch with the optional columns defaulted: no interventions, no truncation
+        (then no final observations), no cameras, no info; ``acted_ns = observed_ns``."""
+        # _defaults returns exactly the declared fields; __post_init__ checks their types.
+        return cls(event=event, **_defaults(  # type: ignore[arg-type]
+            event.n_steps, episode_id=episode_id, step=step, observation=observation,
+            action=action, policy_version=policy_version, observed_ns=observed_ns,
+            acted_ns=acted_ns, intervention=intervention, human_action=human_action,
+            truncated=truncated, final_observation=final_observation, images=images,
+            final_images=final_images, info=info,
+        ))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RewardedTransitionBatch(StepColumns[RewardedTransitionBatchV1]):
+    """Steps with one reward function's verdict (``transitions``).
+
+    ``terminated`` is a true end (do not bootstrap); a learner's "truncated" is
+    ``truncated & ~terminated`` (:attr:`cut_off`).
+    """
+
+    LABELS: ClassVar[tuple[str, ...]] = ("robot_id", "reward_fn")
+
+    reward: F32 = field(metadata=_col(Kind.SCALAR, "(n,) reward for the step", finite=True))
+    success: BOOL = field(metadata=_col(Kind.SCALAR, "(n,) task solved at this step",
+                                        dtype="bool"))
+    terminated: BOOL = field(
+        metadata=_col(Kind.SCALAR, "(n,) the episode truly ended after this step", dtype="bool")
+    )
+
+    @property
+    def reward_fn(self) -> str:
+        return self.event.reward_fn
+
+    @property
+    def cut_off(self) -> BOOL:
+        """Steps that end an episode without a true end: bootstrap from the final obs."""
+        return self.truncated & ~self.terminated
+
+    @classmethod
+    def from_raw(
+        cls,
+        raw: TransitionBatch,
+        *,
+        reward_fn: str,
+        reward: npt.ArrayLike,
+        success: npt.ArrayLike,
+        terminated: npt.ArrayLike,
+    ) -> RewardedTransitionBatch:
+        """The raw batch's steps with rewards; the header keeps the raw batch's ids."""
+        e = raw.event
+        event = RewardedTransitionBatchV1(
+            site=e.site, robot_id=e.robot_id, experiment_id=e.experiment_id,
+            robot_type=e.robot_type, n_steps=e.n_steps, reward_fn=reward_fn,
+            raw_event_id=e.event_id,
+        )
+        shared = {
+            f.name: getattr(raw, f.name)
+            for f in dataclasses.fields(StepColumns) if f.name != "event"
+        }
+        return cls(event=event, reward=np.asarray(reward, np.float32),
+                   success=np.asarray(success, np.bool_),
+                   terminated=np.asarray(terminated, np.bool_), **shared)
+
+
+AnyBatch = TransitionBatch | RewardedTransitionBatch
+
+#: Which batch class carries which header schema.
+BATCH_CLASSES: dict[str, type[TransitionBatch] | type[RewardedTransitionBatch]] = {
+    "transition_batch": TransitionBatch,
+    "rewarded_transition_batch": RewardedTransitionBatch,
+}
+
+
+_COLUMNS: dict[type, tuple[tuple[dataclasses.Field[object], Column], ...]] = {}
+
+
+def columns(cls: type) -> tuple[tuple[dataclasses.Field[object], Column], ...]:
+    """The declared columns of a batch class, in order."""
+    if cls not in _COLUMNS:
+        _COLUMNS[cls] = tuple(
+            (f, f.metadata["column"]) for f in dataclasses.fields(cls)
+            if isinstance(f.metadata.get("column"), Column)
+        )
+    return _COLUMNS[cls]
+
+
+def _check_finals(images: Mapping[str, U8], finals: Mapping[str, U8], k: int) -> None:
+    for cam, final in finals.items():
+        expected = (k, *images[cam].shape[1:])
+        if final.shape != expected:
+            raise SchemaError(
+                RejectReason.INCONSISTENT,
+                f"final_images[{cam!r}] is {final.shape}, expected {expected}",
+            )
+
+
+def _as_array(value: object, dtype: str, name: str) -> npt.NDArray[np.generic]:
+    try:
+        if dtype == "str":
+            arr = np.asarray(value)
+            if arr.dtype.kind != "U":
+                arr = arr.astype(np.str_)
+            return arr
+        arr = np.asarray(value)
+        if arr.dtype != np.dtype(dtype):
+            if dtype == "bool" and arr.dtype.kind not in "bui":
+                raise TypeError(f"{arr.dtype} is not boolean")
+            arr = arr.astype(dtype)
+        return arr
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(RejectReason.INVALID_FIELD, f"{name}: {exc}") from None
+
+
+def _defaults(n: int, **given: object) -> dict[str, object]:
+    out = dict(given)
+    action = np.asarray(given["action"], np.float32)
+    observation = np.asarray(given["observation"], np.float32)
+    if out["acted_ns"] is None:
+        out["acted_ns"] = given["observed_ns"]
+    if out["intervention"] is None:
+        out["intervention"] = np.zeros(n, np.bool_)
+    if out["human_action"] is None:
+        out["human_action"] = np.zeros_like(action)
+    if out["truncated"] is None:
+        out["truncated"] = np.zeros(n, np.bool_)
+    if out["final_observation"] is None:
+        k = int(np.count_nonzero(np.asarray(out["truncated"])))
+        out["final_observation"] = np.zeros((k, *observation.shape[1:]), np.float32)
+    images = given["images"] or {}
+    assert isinstance(images, Mapping)
+    out["images"] = images
+    if out["final_images"] is None:
+        k = int(np.count_nonzero(np.asarray(out["truncated"])))
+        out["final_images"] = {
+            name: np.zeros((k, *np.shape(img)[1:]), np.uint8) for name, img in images.items()
+        }
+    out["info"] = given["info"] or {}
+    return out
+
+
+# -- the Arrow schema, derived ------------------------------------------------------------
+
+
+def _shape_meta(shape: tuple[int, ...]) -> dict[bytes, bytes]:
+    return {META_SHAPE: json.dumps(list(shape)).encode()}
+
+
+def _fsl(value: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:
+    return pa.list_(value, math.prod(shape))
+
+
+def _arrow_type(col: Column) -> pa.DataType:
+    if col.timestamp:
+        return pa.timestamp("ns", tz="UTC")
+    return pa.from_numpy_dtype(np.dtype(col.dtype))
+
+
+def _field(name: str, col: Column, layout: Layout) -> pa.Field:
+    kind = col.kind
+    if kind == Kind.STRING:
+        return pa.field(name, pa.dictionary(pa.int32(), pa.string()), nullable=False)
+    if kind == Kind.SCALAR:
+        return pa.field(name, _arrow_type(col), nullable=False)
+    if kind in (Kind.VECTOR, Kind.FINAL):
+        shape = layout.shape(col.shape_of)
+        return pa.field(name, _fsl(pa.float32(), shape), nullable=bool(col.where),
+                        metadata=_shape_meta(shape))
+    if kind == Kind.IMAGES:
+        subs = [pa.field(cam, _fsl(pa.uint8(), s), nullable=False, metadata=_shape_meta(s))
+                for cam, s in layout.cameras.items()]
+    elif kind == Kind.FINAL_IMAGES:
+        subs = [pa.field(cam, pa.binary(), nullable=True, metadata=_shape_meta(s))
+                for cam, s in layout.cameras.items()]
+    else:
+        subs = [pa.field(key, _fsl(pa.float32(), s), nullable=False, metadata=_shape_meta(s))
+                for key, s in layout.info.items()]
+    return pa.field(name, pa.struct(subs), nullable=False)
+
+
+def arrow_schema(
+    cls: type[TransitionBatch] | type[RewardedTransitionBatch], layout: Layout | RobotSpec
+) -> pa.Schema:
+    """The Arrow schema of ``cls`` batches with ``layout``'s shapes.
+
+    The one place the Arrow form is defined: label columns first, then every declared
+    column in field order; struct columns (images, info) are left out when empty.
+    Metadata (the header) is attached per batch by :func:`to_arrow`.
+    """
+    if isinstance(layout, RobotSpec):
+        layout = Layout.of_robot(layout)
+    key = (cls, layout.observation, layout.action, tuple(layout.cameras.items()),
+           tuple(layout.info.items()))
+    if key not in _SCHEMAS:
+        if len(_SCHEMAS) > 256:
+            _SCHEMAS.clear()
+        _SCHEMAS[key] = _derive_schema(cls, layout)
+    return _SCHEMAS[key]
+
+
+_SCHEMAS: dict[tuple[object, ...], pa.Schema] = {}
+
+
+def _derive_schema(
+    cls: type[TransitionBatch] | type[RewardedTransitionBatch], layout: Layout
+) -> pa.Schema:
+    fields = [pa.field(label, pa.dictionary(pa.int32(), pa.string()), nullable=False)
+              for label in cls.LABELS]
+    for f, col in columns(cls):
+        pa_field = _field(f.name, col, layout)
+        if pa.types.is_struct(pa_field.type) and pa_field.type.num_fields == 0:
+            continue
+        fields.append(pa_field)
+    return pa.schema(fields)
+
+
+# -- numpy -> Arrow -----------------------------------------------------------------------
+
+
+def _flat(arr: npt.NDArray[np.generic], value_type: pa.DataType) -> pa.Array:
+    return pa.array(np.ascontiguousarray(arr).reshape(-1), type=value_type)
+
+
+def _vector(arr: npt.NDArray[np.generic], typ: pa.DataType, valid: BOOL | None) -> pa.Array:
+    values = _flat(arr, typ.value_type)
+    mask = None if valid is None else pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(values, type=typ, mask=mask)
+
+
+def _binary_rows(arr: U8, valid: BOOL) -> pa.Array:
+    """A binary array holding one row of ``arr`` per true ``valid`` entry, null elsewhere."""
+    n = len(valid)
+    row = int(math.prod(arr.shape[1:]))
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(valid.astype(np.int32) * row, out=offsets[1:])
+    validity = pa.array(valid).buffers()[1]
+    return pa.Array.from_buffers(
+        pa.binary(), n,
+        [validity, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(arr))],
+        null_count=n - int(np.count_nonzero(valid)),
+    )
+
+
+def to_arrow(batch: AnyBatch) -> pa.RecordBatch:
+    """The batch as one Arrow record batch; the header is in the schema metadata."""
+    cls = type(batch)
+    schema = arrow_schema(cls, batch.layout)
+    n = len(batch)
+    arrays: list[pa.Array] = []
+    for label in cls.LABELS:
+        value = getattr(batch.event, label)
+        arrays.append(pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string())))
+    for f, col in columns(cls):
+        if f.name not in schema.names:
+            continue
+        typ = schema.field(f.name).type
+        value = getattr(batch, f.name)
+        valid: BOOL | None = getattr(batch, col.where) if col.where else None
+        if col.kind == Kind.STRING:
+            uniques, inverse = np.unique(value, return_inverse=True)
+            arrays.append(pa.DictionaryArray.from_arrays(
+                pa.array(inverse.astype(np.int32).reshape(-1)), pa.array(uniques, pa.string())))
+        elif col.kind == Kind.SCALAR:
+            arrays.append(pa.array(value, type=typ))
+        elif col.kind == Kind.VECTOR:
+            arrays.append(_vector(value, typ, valid))
+        elif col.kind == Kind.FINAL:
+            assert valid is not None
+            full = np.zeros((n, *value.shape[1:]), np.float32)
+            full[valid] = value
+            arrays.append(_vector(full, typ, valid))
+        elif col.kind == Kind.FINAL_IMAGES:
+            assert valid is not None
+            subs = [_binary_rows(value[sub.name], valid) for sub in typ]
+            arrays.append(pa.StructArray.from_arrays(subs, fields=list(typ)))
+        else:  # IMAGES, INFO
+            subs = [_vector(value[sub.name], sub.type, None) for sub in typ]
+            arrays.append(pa.StructArray.from_arrays(subs, fields=list(typ)))
+    meta = {
+        META_SCHEMA: batch.event.schema_name.encode(),
+        META_VERSION: str(batch.event.schema_version).encode(),
+        META_EVENT: batch.event.model_dump_json().encode(),
+    }
+    return pa.RecordBatch.from_arrays(arrays, schema=schema.with_metadata(meta))
+
+
+# -- Arrow -> numpy -----------------------------------------------------------------------
+
+
+def _bad(detail: str) -> SchemaError:
+    return SchemaError(RejectReason.ARROW_SCHEMA, detail)
+
+
+def _shape_of(pa_field: pa.Field, size: int) -> tuple[int, ...]:
+    meta = pa_field.metadata or {}
+    if META_SHAPE not in meta:
+        return (size,)
+    try:
+        shape = tuple(int(d) for d in json.loads(meta[META_SHAPE]))
+    except (ValueError, TypeError) as exc:
+        raise _bad(f"column {pa_field.name}: unreadable shape metadata ({exc})") from None
+    if math.prod(shape) != size or any(d <= 0 for d in shape):
+        raise _bad(f"column {pa_field.name}: shape {shape} does not hold {size} values")
+    return shape
+
+
+def _no_nulls(arr: pa.Array, name: str) -> None:
+    if arr.null_count:
+        raise SchemaError(RejectReason.NULL_VALUES, f"column {name} has {arr.null_count} nulls")
+
+
+def _read_vector(arr: pa.Array, pa_field: pa.Field, value_type: pa.DataType,
+                 nullable: bool) -> npt.NDArray[np.generic]:
+    name = pa_field.name
+    typ = arr.type
+    if not pa.types.is_fixed_size_list(typ) or typ.value_type != value_type:
+        raise _bad(f"column {name} is {typ}, expected fixed_size_list<{value_type}>")
+    if not nullable:
+        _no_nulls(arr, name)
+    size = typ.list_size
+    shape = _shape_of(pa_field, size)
+    values = arr.values.slice(arr.offset * size, len(arr) * size)
+    if values.null_count:
+        raise SchemaError(RejectReason.NULL_VALUES, f"column {name} has null elements")
+    flat: npt.NDArray[np.generic] = values.to_numpy(zero_copy_only=True)
+    return flat.reshape(len(arr), *shape)
+
+
+def _read_strings(arr: pa.Array, name: str) -> npt.NDArray[np.str_]:
+    _no_nulls(arr, name)
+    if pa.types.is_dictionary(arr.type) and pa.types.is_string(arr.type.value_type):
+        words = arr.dictionary.to_numpy(zero_copy_only=False).astype(np.str_)
+        idx = arr.indices.to_numpy(zero_copy_only=False)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(words)):
+            raise _bad(f"column {name}: dictionary index out of range")
+        picked: npt.NDArray[np.str_] = words[idx] if len(words) else np.zeros(0, np.str_)
+        return picked
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        text: npt.NDArray[np.str_] = arr.to_numpy(zero_copy_only=False).astype(np.str_)
+        return text
+    raise _bad(f"column {name} is {arr.type}, expected strings")
+
+
+def _read_scalar(arr: pa.Array, name: str, col: Column) -> npt.NDArray[np.generic]:
+    want = _arrow_type(col)
+    if arr.type != want:
+        raise _bad(f"column {name} is {arr.type}, expected {want}")
+    _no_nulls(arr, name)
+    if col.timestamp:
+        arr = arr.view(pa.int64())
+    out: npt.NDArray[np.generic] = arr.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _read_mask(rb: pa.RecordBatch, name: str) -> BOOL:
+    if name not in rb.schema.names:
+        raise _bad(f"no column {name}")
+    mask: BOOL = np.asarray(
+        _read_scalar(rb.column(name), name, Column(Kind.SCALAR, dtype="bool")), np.bool_)
+    return mask
+
+
+def _present(arr: pa.Array) -> BOOL:
+    nulls: BOOL = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    return ~nulls
+
+
+def _read_binary_rows(arr: pa.Array, pa_field: pa.Field, valid: BOOL) -> U8:
+    name = pa_field.name
+    if arr.type != pa.binary():
+        raise _bad(f"final image {name} is {arr.type}, expected binary")
+    meta = pa_field.metadata or {}
+    if META_SHAPE not in meta:
+        raise _bad(f"final image {name} has no shape metadata")
+    h, w, c = (int(d) for d in json.loads(meta[META_SHAPE]))
+    row = h * w * c
+    if not np.array_equal(_present(arr), valid):
+        raise SchemaError(RejectReason.INCONSISTENT,
+                          f"final image {name} is present on other rows than truncated ones")
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32)[arr.offset: arr.offset + len(arr) + 1]
+    sizes = np.diff(offsets)
+    if np.any(sizes[valid] != row):
+        raise SchemaError(RejectReason.INCONSISTENT, f"final image {name} rows are not {h}x{w}x3")
+    k = int(np.count_nonzero(valid))
+    if k == 0:
+        return np.zeros((0, h, w, c), np.uint8)
+    data = np.frombuffer(data_buf, np.uint8)[offsets[0]: offsets[-1]]
+    # Null rows may still own bytes when written by another tool: keep the valid rows.
+    if data.size != k * row:
+        rows = [data[o - offsets[0]: o - offsets[0] + row] for o in offsets[:-1][valid]]
+        data = np.concatenate(rows)
+    return data.reshape(k, h, w, c)
+
+
+def from_arrow(
+    rb: pa.RecordBatch, *, registry: Registry = REGISTRY
+) -> AnyBatch:
+    """Decode a record batch written by :func:`to_arrow` (or any writer of the same
+    columns).  Raises ``SchemaError``: unreadable header, missing or mistyped column,
+    nulls, labels that disagree with the header, inconsistent shapes."""
+    meta = rb.schema.metadata or {}
+    if META_SCHEMA not in meta or META_VERSION not in meta or META_EVENT not in meta:
+        raise SchemaError(RejectReason.NO_SCHEMA, "Arrow metadata carries no event header")
+    try:
+        name = meta[META_SCHEMA].decode()
+        version = int(meta[META_VERSION])
+        payload = json.loads(meta[META_EVENT])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SchemaError(RejectReason.NOT_JSON, f"Arrow event header: {exc}") from None
+    if not isinstance(payload, dict):
+        raise SchemaError(RejectReason.NOT_OBJECT, "Arrow event header is not a JSON object")
+    if name not in BATCH_CLASSES:
+        raise SchemaError(RejectReason.WRONG_TOPIC, f"{name!r} is not a transition batch")
+    event = registry.load(name, version, payload)
+    cls = BATCH_CLASSES[name]
+    if not isinstance(event, (TransitionBatchV1, RewardedTransitionBatchV1)):
+        raise SchemaError(RejectReason.UNKNOWN_SCHEMA, f"{name!r} is not a batch header")
+    n = rb.num_rows
+    if n != event.n_steps:
+        raise SchemaError(RejectReason.LENGTH_MISMATCH,
+                          f"header says {event.n_steps} steps, the batch has {n} rows")
+    schema = rb.schema
+    for label in cls.LABELS:
+        if label not in schema.names:
+            raise _bad(f"no column {label}")
+        got = np.unique(_read_strings(rb.column(label), label))
+        want = getattr(event, label)
+        if got.tolist() != [want]:
+            raise SchemaError(RejectReason.INCONSISTENT,
+                              f"column {label} holds {got.tolist()[:3]}, the header {want!r}")
+    kwargs: dict[str, object] = {"event": event}
+    for f, col in columns(cls):
+        if f.name not in schema.names:
+            if col.kind in (Kind.IMAGES, Kind.FINAL_IMAGES, Kind.INFO):
+                kwargs[f.name] = {}
+                continue
+            raise _bad(f"no column {f.name}")
+        arr = rb.column(f.name)
+        pa_field = schema.field(f.name)
+        if col.kind == Kind.STRING:
+            kwargs[f.name] = _read_strings(arr, f.name)
+        elif col.kind == Kind.SCALAR:
+            kwargs[f.name] = _read_scalar(arr, f.name, col)
+        elif col.kind == Kind.VECTOR:
+            vec = _read_vector(arr, pa_field, pa.float32(), nullable=bool(col.where))
+            if col.where:
+                valid = _read_mask(rb, col.where)
+                if not np.array_equal(_present(arr), valid):
+                    raise SchemaError(RejectReason.INCONSISTENT,
+                                      f"{f.name} is present on other rows than {col.where}")
+            kwargs[f.name] = vec
+        elif col.kind == Kind.FINAL:
+            vec = _read_vector(arr, pa_field, pa.float32(), nullable=True)
+            valid = _read_mask(rb, col.where)
+            if not np.array_equal(_present(arr), valid):
+                raise SchemaError(RejectReason.INCONSISTENT,
+                                  f"{f.name} is present on other rows than {col.where}")
+            kwargs[f.name] = vec[valid]
+        else:
+            if not pa.types.is_struct(arr.type):
+                raise _bad(f"column {f.name} is {arr.type}, expected a struct")
+            _no_nulls(arr, f.name)
+            out: dict[str, npt.NDArray[np.generic]] = {}
+            for i, sub in enumerate(arr.type):
+                child = arr.field(i)
+                if col.kind == Kind.FINAL_IMAGES:
+                    valid = _read_mask(rb, col.where)
+                    out[sub.name] = _read_binary_rows(child, sub, valid)
+                else:
+                    value_type = pa.uint8() if col.kind == Kind.IMAGES else pa.float32()
+                    out[sub.name] = _read_vector(child, sub, value_type, nullable=False)
+            kwargs[f.name] = out
+    # kwargs holds exactly the declared fields, each read and typed above.
+    return cls(**kwargs)  # type: ignore[arg-type]
+
+
+# -- content checks (pure; used by consumers and, optionally, producers) ------------------
+
+
+def check_content(batch: AnyBatch) -> None:
+    """Refuse values no consumer should see: NaN/inf, negative steps or versions, steps
+    that do not increase within an episode.  Raises ``SchemaError``."""
+    for f, col in columns(type(batch)):
+        if not col.finite:
+            continue
+        value = getattr(batch, f.name)
+        arrays = value.items() if isinstance(value, Mapping) else [("", value)]
+        for key, arr in arrays:
+            if col.where and col.kind == Kind.VECTOR:
+                arr = arr[getattr(batch, col.where)]
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                row = int(np.argwhere(bad)[0][0])
+                label = f"{f.name}[{key!r}]" if key else f.name
+                raise SchemaError(
+                    RejectReason.NON_FINITE,
+                    f"{label} has {int(bad.sum())} non-finite values (first in row {row})",
+                )
+    if (batch.step < 0).any():
+        raise SchemaError(RejectReason.INVALID_FIELD, "step has negative values")
+    if (batch.policy_version < 0).any():
+        raise SchemaError(RejectReason.INVALID_FIELD, "policy_version has negative values")
+    same = batch.episode_id[1:] == batch.episode_id[:-1]
+    if (same & (batch.step[1:] <= batch.step[:-1])).any():
+        raise SchemaError(RejectReason.INCONSISTENT, "steps do not increase within an episode")
+    if (same & batch.truncated[:-1]).any():
+        raise SchemaError(RejectReason.INCONSISTENT,
+                          "a truncated step is followed by a step of the same episode")
+
+
+def _bounds(spec: ArraySpec, arr: F32, name: str) -> None:
+    flat = arr.reshape(len(arr), -1)
+    for bound, side in ((spec.low, "low"), (spec.high, "high")):
+        if bound is None:
+            continue
+        b = np.asarray(bound, np.float32)
+        bad = flat < b - BOUNDS_TOLERANCE if side == "low" else flat > b + BOUNDS_TOLERANCE
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise SchemaError(
+                RejectReason.OUT_OF_BOUNDS,
+                f"{name}[{row}, {col}] = {flat[row, col]:g} is outside the announced "
+                f"{side} bound",
+            )
+
+
+def check_against(batch: AnyBatch, robot: RobotSpec) -> None:
+    """Refuse a batch that contradicts its robot's announced spec: robot type, shapes,
+    cameras, info arrays, action bounds.  Raises ``SchemaError``."""
+    def mismatch(detail: str) -> SchemaError:
+        return SchemaError(RejectReason.SPEC_MISMATCH, f"robot {batch.robot_id}: {detail}")
+
+    if batch.event.robot_type != robot.robot_type:
+        raise mismatch(f"type {batch.event.robot_type!r}, announced {robot.robot_type!r}")
+    got, want = batch.layout, Layout.of_robot(robot)
+    for part in ("observation", "action"):
+        if got.shape(part) != want.shape(part):
+            raise mismatch(f"{part} shape {got.shape(part)}, announced {want.shape(part)}")
+    if dict(got.cameras) != dict(want.cameras):
+        raise mismatch(f"cameras {dict(got.cameras)}, announced {dict(want.cameras)}")
+    if dict(got.info) != dict(want.info):
+        raise mismatch(f"info {dict(got.info)}, announced {dict(want.info)}")
+    _bounds(robot.action, batch.action, "action")
+    _bounds(robot.action, batch.human_action[batch.intervention], "human_action")
