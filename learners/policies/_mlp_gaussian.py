@@ -1,0 +1,91 @@
+"""``mlp_gaussian``: a tanh-squashed Gaussian MLP over a flat state observation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from learners.core import JSON, Policy, Weights
+from learners.policies._networks import TanhGaussianActor
+from learners.policies._registry import PolicySpec
+
+KIND = "mlp_gaussian"
+
+
+def hidden_sizes_option(options: Mapping[str, JSON]) -> tuple[int, ...]:
+    """The ``hidden_sizes`` option (default 256x2), validated."""
+    raw = options.get("hidden_sizes", [256, 256])
+    items = raw if isinstance(raw, list | tuple) else []
+    sizes = tuple(n for n in items if isinstance(n, int) and not isinstance(n, bool) and n > 0)
+    if not sizes or len(sizes) != len(items):
+        raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {raw!r}")
+    return sizes
+
+
+def build_actor(spec: PolicySpec, hidden_sizes: tuple[int, ...]) -> TanhGaussianActor:
+    """The actor network for ``spec`` (what the learner trains)."""
+    return TanhGaussianActor(
+        spec.observation_dim,
+        spec.action_dim,
+        torch.tensor(spec.action_low, dtype=torch.float32),
+        torch.tensor(spec.action_high, dtype=torch.float32),
+        hidden_sizes,
+    )
+
+
+class MlpGaussianPolicy(Policy):
+    """Runs a :class:`TanhGaussianActor` on numpy observations, on CPU, without grads."""
+
+    def __init__(self, spec: PolicySpec, actor: TanhGaussianActor, seed: int | None = None):
+        self.spec = spec
+        self.actor = actor.eval()
+        self._generator = torch.Generator()
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        else:
+            self._generator.seed()
+
+    def act(self, observation: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32))
+        if obs.ndim != 2 or obs.shape[1] != self.spec.observation_dim:
+            raise ValueError(
+                f"observation batch has shape {tuple(obs.shape)}; expected "
+                f"(batch, {self.spec.observation_dim})"
+            )
+        with torch.inference_mode():
+            if deterministic:
+                action = self.actor.mode(obs)
+            else:
+                action, _ = self.actor.sample(obs, self._generator)
+        return action.numpy().astype(np.float32, copy=False)
+
+    def load_weights(self, weights: Weights) -> None:
+        own = self.actor.state_dict()
+        if set(weights) != set(own):
+            raise ValueError(
+                f"weights do not fit {KIND}: missing {sorted(set(own) - set(weights))}, "
+                f"unexpected {sorted(set(weights) - set(own))}"
+            )
+        for name, value in weights.items():
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(own[name].shape)}"
+                )
+        self.actor.load_state_dict(
+            {name: torch.as_tensor(np.asarray(v, dtype=np.float32)) for name, v in weights.items()}
+        )
+
+    def export_weights(self) -> dict[str, np.ndarray]:
+        state = self.actor.state_dict()
+        return {name: t.detach().cpu().numpy().copy() for name, t in state.items()}
+
+
+def build(spec: PolicySpec, options: Mapping[str, JSON]) -> MlpGaussianPolicy:
+    """Factory registered as ``mlp_gaussian``; options: ``hidden_sizes``, ``seed``."""
+    seed = options.get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return MlpGaussianPolicy(spec, build_actor(spec, hidden_sizes_option(options)), seed)

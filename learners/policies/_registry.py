@@ -1,0 +1,111 @@
+"""Policy kinds by name, built from a robot's observation/action description."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from learners.core import JSON, Policy
+from learners.policies import _weights
+from schemas import spaces
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy needs to know about its robot: sizes and action bounds."""
+
+    observation_dim: int
+    """length of the flat state observation."""
+    action_dim: int
+    """length of the flat action."""
+    action_low: tuple[float, ...]
+    """per-element lower action bound."""
+    action_high: tuple[float, ...]
+    """per-element upper action bound."""
+
+    def __post_init__(self) -> None:
+        if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
+            raise ValueError(
+                f"action bounds have {len(self.action_low)}/{len(self.action_high)} values "
+                f"for an action of {self.action_dim}"
+            )
+        if not all(lo < hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
+            raise ValueError(
+                f"action_low {self.action_low} not below action_high {self.action_high} everywhere"
+            )
+
+    @classmethod
+    def from_robot_spec(cls, spec: spaces.RobotSpec) -> PolicySpec:
+        """Flatten a robot's observation and action specs.
+
+        Raises ``ValueError`` if the action is unbounded: squashed policies need bounds,
+        so give the robot's action spec ``low``/``high``.
+        """
+        act = spec.action
+        if act.low is None or act.high is None:
+            raise ValueError(
+                f"robot type {spec.robot_type!r} has an unbounded action; set low/high on "
+                "its action spec"
+            )
+
+        def flat(bound: float | tuple[float, ...]) -> tuple[float, ...]:
+            values = np.broadcast_to(np.asarray(bound, dtype=np.float64), (act.size,))
+            return tuple(float(v) for v in values)
+
+        return cls(spec.observation.size, act.size, flat(act.low), flat(act.high))
+
+
+#: Builds a policy of one kind from its spec and kind-specific JSON options.
+PolicyFactory = Callable[[PolicySpec, Mapping[str, JSON]], Policy]
+
+_FACTORIES: dict[str, PolicyFactory] = {}
+
+#: Header metadata keys that make a weights blob self-describing.
+KIND_KEY = "policy_kind"
+OPTIONS_KEY = "policy_options"
+
+
+def register(kind: str, factory: PolicyFactory) -> None:
+    """Make ``kind`` buildable. Raises ``ValueError`` if the name is already taken."""
+    if kind in _FACTORIES and _FACTORIES[kind] is not factory:
+        raise ValueError(f"policy kind {kind!r} is already registered")
+    _FACTORIES[kind] = factory
+
+
+def kinds() -> tuple[str, ...]:
+    """The registered policy kinds, sorted."""
+    return tuple(sorted(_FACTORIES))
+
+
+def build(kind: str, spec: PolicySpec, options: Mapping[str, JSON] | None = None) -> Policy:
+    """A freshly initialised policy. Raises ``KeyError`` naming the known kinds."""
+    try:
+        factory = _FACTORIES[kind]
+    except KeyError:
+        raise KeyError(f"unknown policy kind {kind!r}; known: {', '.join(kinds())}") from None
+    return factory(spec, dict(options or {}))
+
+
+def weights_metadata(kind: str, options: Mapping[str, JSON] | None = None) -> dict[str, str]:
+    """Header metadata that lets :func:`load` rebuild the policy from the bytes alone."""
+    return {KIND_KEY: kind, OPTIONS_KEY: json.dumps(dict(options or {}), sort_keys=True)}
+
+
+def load(spec: PolicySpec, data: bytes) -> Policy:
+    """Build the policy a self-describing weights blob names, and load its weights.
+
+    The blob must carry :func:`weights_metadata` in its header. Raises ``ValueError`` on
+    malformed bytes, missing metadata or weights that do not fit ``spec``.
+    """
+    meta = _weights.safetensors_metadata(data)
+    if KIND_KEY not in meta:
+        raise ValueError(f"weights header has no {KIND_KEY!r}; publish with weights_metadata()")
+    options = json.loads(meta.get(OPTIONS_KEY, "{}"))
+    if not isinstance(options, dict):
+        raise ValueError(f"weights header {OPTIONS_KEY!r} is not a JSON object")
+    policy = build(meta[KIND_KEY], spec, options)
+    policy.load_weights(_weights.from_safetensors(data))
+    return policy

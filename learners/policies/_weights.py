@@ -1,0 +1,81 @@
+"""Weights as bytes in the safetensors layout: typed, shaped, no code execution on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+import safetensors.numpy
+import safetensors.torch
+import torch
+
+
+def to_safetensors(
+    weights: Mapping[str, np.ndarray | torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Serialise a flat name -> array mapping; ``metadata`` goes into the header.
+
+    Torch tensors are detached and copied to CPU; arrays are made contiguous.
+    """
+    arrays = {
+        name: (
+            value.detach().cpu().contiguous().numpy()
+            if isinstance(value, torch.Tensor)
+            else np.ascontiguousarray(value)
+        )
+        for name, value in weights.items()
+    }
+    return safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+
+
+def from_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """Parse bytes from :func:`to_safetensors`. Raises ``ValueError`` on malformed input."""
+    try:
+        return safetensors.numpy.load(data)
+    except Exception as exc:  # safetensors raises its own error types, and OverflowError
+        raise ValueError(f"not a valid safetensors blob ({len(data)} bytes): {exc}") from exc
+
+
+def state_dict_to_bytes(
+    state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Serialise a torch state dict (tensors only) to safetensors bytes."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
+    return safetensors.torch.save(tensors, metadata=dict(metadata) if metadata else None)
+
+
+def bytes_to_state_dict(data: bytes) -> dict[str, torch.Tensor]:
+    """Parse bytes from :func:`state_dict_to_bytes`. Raises ``ValueError`` if malformed."""
+    try:
+        return safetensors.torch.load(data)
+    except Exception as exc:
+        raise ValueError(f"not a valid safetensors blob ({len(data)} bytes): {exc}") from exc
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob's header ({} if none).
+
+    Reads only the header (8-byte little-endian length, then JSON), so it is cheap on big
+    blobs. Raises ``ValueError`` if the header is malformed.
+    """
+    if len(data) < 8:
+        raise ValueError("safetensors blob shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ValueError(f"safetensors header claims {n} bytes but the blob is {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as exc:
+        raise ValueError(f"safetensors header is not JSON: {exc}") from exc
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError("safetensors __metadata__ is not a string mapping")
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` as lowercase hex, the form weight manifests carry."""
+    return hashlib.sha256(data).hexdigest()

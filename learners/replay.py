@@ -1,0 +1,350 @@
+"""The hot replay buffer: a numpy ring under a memory budget, and the RLPD mixing sampler.
+
+Layout: one ring slot per *step*, not per transition. A step's next observation is found
+through ``next_slot``, the slot of the same episode's following step, so each observation
+(and camera image) is stored once, not twice. The ring overwrites oldest-first and a
+successor is always written after its predecessor, so a link can never point at a slot
+that was overwritten while the row that links to it survives.
+
+How a step becomes a sampleable transition ``(s_t, a_t, r_t, s_{t+1}, terminated_t)``:
+
+- its successor (step ``t + 1`` of the same robot and episode) arrives, in the same
+  batch or a later one: ``s_{t+1}`` is that step's observation;
+- it ``terminated``: no successor will come and none is needed (no bootstrap); the row
+  links to itself;
+- it was ``truncated``: its ``next_observation`` (the final observation) is written to an
+  extra, never-sampled slot and the row links to that; without that column it is dropped
+  (counted in ``dropped``), since a cut-off episode cannot be bootstrapped blind.
+
+A step whose successor never arrives (robot crashed, a gap in steps) stays unsampleable
+until the ring overwrites it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from learners.core import Batch, ReplayBuffer, Sampler, StepBatch
+from schemas import spaces
+
+#: Rejection-sampling rounds before falling back to an exact draw from valid slots.
+_REJECTION_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Shapes, dtypes and memory budget of a :class:`NumpyReplayBuffer`."""
+
+    observation_shape: tuple[int, ...]
+    """shape of one state observation."""
+    action_shape: tuple[int, ...]
+    """shape of one action."""
+    memory_budget_bytes: int = 1 << 30
+    """upper bound on the bytes the ring's arrays take; fixes the capacity in steps."""
+    observation_dtype: str = "float32"
+    """storage dtype of state observations."""
+    image_shapes: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    """camera name -> (height, width, 3); images are stored as uint8."""
+    seed: int = 0
+    """seed of the sampling RNG."""
+
+    @classmethod
+    def from_robot_spec(
+        cls, spec: spaces.RobotSpec, memory_budget_bytes: int, seed: int = 0
+    ) -> ReplayConfig:
+        """Shapes and cameras of a robot (observations stored as float32)."""
+        return cls(
+            observation_shape=spec.observation.shape,
+            action_shape=spec.action.shape,
+            memory_budget_bytes=memory_budget_bytes,
+            image_shapes={cam.name: cam.shape for cam in spec.cameras},
+            seed=seed,
+        )
+
+    def columns(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Every per-slot array: name -> (shape of one slot, dtype)."""
+        cols: dict[str, tuple[tuple[int, ...], np.dtype]] = {
+            "observation": (self.observation_shape, np.dtype(self.observation_dtype)),
+            "action": (self.action_shape, np.dtype(np.float32)),
+            "reward": ((), np.dtype(np.float32)),
+            "terminated": ((), np.dtype(np.bool_)),
+            "policy_version": ((), np.dtype(np.int64)),
+            "next_slot": ((), np.dtype(np.int64)),
+            "row_id": ((), np.dtype(np.int64)),
+            "sampleable": ((), np.dtype(np.bool_)),
+        }
+        for name, shape in self.image_shapes.items():
+            cols[f"image/{name}"] = (tuple(shape), np.dtype(np.uint8))
+        return cols
+
+    def slot_bytes(self) -> int:
+        """Bytes one ring slot takes across all arrays."""
+        return sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.columns().values())
+
+    def capacity(self) -> int:
+        """Ring slots that fit the budget."""
+        return self.memory_budget_bytes // self.slot_bytes()
+
+
+class NumpyReplayBuffer(ReplayBuffer):
+    """In-memory replay of steps, bounded by ``memory_budget_bytes`` (arrays only).
+
+    ``add`` is vectorised over rows; only per-episode bookkeeping (linking a batch to the
+    previous batch of the same episode) loops, once per episode in the batch.
+    """
+
+    def __init__(self, config: ReplayConfig) -> None:
+        self.config = config
+        self.capacity = config.capacity()
+        if self.capacity < 2:
+            raise ValueError(
+                f"memory budget {config.memory_budget_bytes} B holds {self.capacity} steps of "
+                f"{config.slot_bytes()} B; raise memory_budget_bytes"
+            )
+        self._arrays = {
+            name: np.zeros((self.capacity, *shape), dtype=dtype)
+            for name, (shape, dtype) in config.columns().items()
+        }
+        self._arrays["next_slot"][:] = -1
+        self._arrays["row_id"][:] = -1
+        self._written = 0  # steps ever written; slot of row id r is r % capacity
+        self._sampleable = 0
+        self._pending: dict[tuple[Hashable, Hashable], tuple[int, int]] = {}
+        self._prune_at = 1024
+        self.dropped = 0
+        """truncated steps dropped for want of a ``next_observation``."""
+        self._rng = np.random.default_rng(config.seed)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the ring's arrays (at most ``memory_budget_bytes``)."""
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def __len__(self) -> int:
+        return self._sampleable
+
+    def add(self, steps: StepBatch) -> int:
+        n = len(steps)
+        if n == 0:
+            return 0
+        self._check(steps)
+        a = self._arrays
+
+        # Sort by (robot, episode, step) so an episode's steps are adjacent and in order.
+        _, robot_code = np.unique(steps.robot_id, return_inverse=True)
+        _, episode_code = np.unique(steps.episode_id, return_inverse=True)
+        stream = robot_code.astype(np.int64) * (int(episode_code.max()) + 1) + episode_code
+        step = np.asarray(steps.step, dtype=np.int64)
+        order = np.lexsort((step, stream))
+        stream, step = stream[order], step[order]
+        terminated = np.asarray(steps.terminated, dtype=bool)[order]
+        truncated = (
+            np.zeros(n, dtype=bool)
+            if steps.truncated is None
+            else np.asarray(steps.truncated, dtype=bool)[order] & ~terminated
+        )
+        ends = terminated | truncated
+        has_next_in_batch = np.zeros(n, dtype=bool)
+        has_next_in_batch[:-1] = (stream[1:] == stream[:-1]) & (step[1:] == step[:-1] + 1)
+        has_next_in_batch &= ~ends
+        needs_final = truncated if steps.next_observation is not None else np.zeros(n, bool)
+        self.dropped += int((truncated & ~needs_final).sum())
+        n_final = int(needs_final.sum())
+        total = n + n_final
+        if total > self.capacity:
+            raise ValueError(
+                f"a batch of {total} steps does not fit a ring of {self.capacity}; raise "
+                "memory_budget_bytes or send smaller batches"
+            )
+
+        row_ids = self._written + np.arange(total, dtype=np.int64)
+        slots = row_ids % self.capacity
+        self._sampleable -= int(a["sampleable"][slots].sum())  # rows about to be overwritten
+
+        step_slots, final_slots = slots[:n], slots[n:]
+        next_slot = np.full(n, -1, dtype=np.int64)
+        next_slot[:-1][has_next_in_batch[:-1]] = step_slots[1:][has_next_in_batch[:-1]]
+        next_slot[terminated] = step_slots[terminated]
+        next_slot[needs_final] = final_slots
+
+        a["observation"][step_slots] = np.asarray(steps.observation)[order]
+        a["action"][step_slots] = np.asarray(steps.action)[order]
+        a["reward"][step_slots] = np.asarray(steps.reward)[order]
+        a["terminated"][step_slots] = terminated
+        a["policy_version"][step_slots] = np.asarray(steps.policy_version)[order]
+        a["next_slot"][step_slots] = next_slot
+        a["row_id"][slots] = row_ids
+        a["sampleable"][step_slots] = next_slot >= 0
+        for name in self.config.image_shapes:
+            a[f"image/{name}"][step_slots] = steps.images[name][order]
+        if n_final:
+            assert steps.next_observation is not None  # needs_final is all False otherwise
+            a["observation"][final_slots] = np.asarray(steps.next_observation)[order][needs_final]
+            for name in self.config.image_shapes:
+                a[f"image/{name}"][final_slots] = steps.next_images[name][order][needs_final]
+            a["action"][final_slots] = 0.0
+            a["reward"][final_slots] = 0.0
+            a["terminated"][final_slots] = False
+            a["policy_version"][final_slots] = a["policy_version"][step_slots[needs_final]]
+            a["next_slot"][final_slots] = -1
+            a["sampleable"][final_slots] = False
+        self._written += total
+        made = int((next_slot >= 0).sum())
+
+        # Link each episode's first step here to its predecessor from an earlier batch, and
+        # remember each episode's last step until its successor comes.
+        robot_ids = np.asarray(steps.robot_id)[order]
+        episode_ids = np.asarray(steps.episode_id)[order]
+        starts = np.flatnonzero(np.r_[True, stream[1:] != stream[:-1]])
+        last = np.r_[starts[1:] - 1, n - 1]
+        for first, final in zip(starts.tolist(), last.tolist(), strict=True):
+            key = (robot_ids[first].item(), episode_ids[first].item())
+            pred = self._pending.pop(key, None)
+            if pred is not None and pred[1] == step[first] - 1:
+                pred_slot = pred[0] % self.capacity
+                if a["row_id"][pred_slot] == pred[0]:  # not yet overwritten
+                    a["next_slot"][pred_slot] = step_slots[first]
+                    a["sampleable"][pred_slot] = True
+                    made += 1
+            if not ends[final]:
+                self._pending[key] = (int(row_ids[final]), int(step[final]))
+        self._sampleable += made
+        if len(self._pending) > self._prune_at:
+            self._prune_pending()  # episodes whose successor never came and was overwritten
+            self._prune_at = max(1024, 2 * len(self._pending))
+        return made
+
+    def sample(self, batch_size: int, current_version: int = 0) -> Batch:
+        if self._sampleable == 0:
+            raise LookupError("the replay buffer holds no complete transition yet")
+        a = self._arrays
+        filled = min(self._written, self.capacity)
+        idx = self._rng.integers(0, filled, size=batch_size)
+        for _ in range(_REJECTION_ROUNDS):
+            bad = ~a["sampleable"][idx]
+            if not bad.any():
+                break
+            idx[bad] = self._rng.integers(0, filled, size=int(bad.sum()))
+        else:
+            bad = ~a["sampleable"][idx]
+            if bad.any():
+                valid = np.flatnonzero(a["sampleable"][:filled])
+                idx[bad] = self._rng.choice(valid, size=int(bad.sum()))
+        nxt = a["next_slot"][idx]
+        version = a["policy_version"][idx]
+        lag = current_version - version
+        return Batch(
+            observation=torch.from_numpy(a["observation"][idx]),
+            action=torch.from_numpy(a["action"][idx]),
+            reward=torch.from_numpy(a["reward"][idx]),
+            next_observation=torch.from_numpy(a["observation"][nxt]),
+            terminated=torch.from_numpy(a["terminated"][idx].astype(np.float32)),
+            policy_version=torch.from_numpy(version),
+            images={n: torch.from_numpy(a[f"image/{n}"][idx]) for n in self.config.image_shapes},
+            next_images={
+                n: torch.from_numpy(a[f"image/{n}"][nxt]) for n in self.config.image_shapes
+            },
+            stats={
+                "replay/version_lag_mean": float(lag.mean()),
+                "replay/version_lag_max": float(lag.max()),
+                "replay/size": float(self._sampleable),
+            },
+        )
+
+    def _check(self, steps: StepBatch) -> None:
+        n = len(steps)
+        expect: list[tuple[str, np.ndarray | None, tuple[int, ...]]] = [
+            ("observation", steps.observation, self.config.observation_shape),
+            ("action", steps.action, self.config.action_shape),
+            ("reward", steps.reward, ()),
+            ("terminated", steps.terminated, ()),
+            ("policy_version", steps.policy_version, ()),
+            ("robot_id", steps.robot_id, ()),
+            ("episode_id", steps.episode_id, ()),
+            ("truncated", steps.truncated, ()),
+            ("next_observation", steps.next_observation, self.config.observation_shape),
+        ]
+        for name, image_shape in self.config.image_shapes.items():
+            expect.append((f"images[{name!r}]", steps.images.get(name), image_shape))
+            if steps.next_observation is not None:
+                expect.append((f"next_images[{name!r}]", steps.next_images.get(name), image_shape))
+        for name, col, shape in expect:
+            if col is None:
+                if name.startswith("images"):
+                    raise ValueError(f"step batch lacks {name}")
+                continue
+            if tuple(np.shape(col)) != (n, *shape):
+                raise ValueError(
+                    f"step batch column {name} has shape {np.shape(col)}, expected {(n, *shape)}"
+                )
+
+    def _prune_pending(self) -> None:
+        row_id = self._arrays["row_id"]
+        self._pending = {
+            key: (rid, step)
+            for key, (rid, step) in self._pending.items()
+            if row_id[rid % self.capacity] == rid
+        }
+
+
+def concat_batches(batches: Sequence[Batch], generator: torch.Generator | None = None) -> Batch:
+    """Rows of all ``batches``, shuffled together (so any later split mixes them too)."""
+    total = sum(len(b) for b in batches)
+    perm = torch.randperm(total, generator=generator)
+
+    def cat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(ts))[perm]
+
+    first = batches[0]
+    return Batch(
+        observation=cat([b.observation for b in batches]),
+        action=cat([b.action for b in batches]),
+        reward=cat([b.reward for b in batches]),
+        next_observation=cat([b.next_observation for b in batches]),
+        terminated=cat([b.terminated for b in batches]),
+        policy_version=cat([b.policy_version for b in batches]),
+        images={n: cat([b.images[n] for b in batches]) for n in first.images},
+        next_images={n: cat([b.next_images[n] for b in batches]) for n in first.next_images},
+    )
+
+
+class MixingSampler(Sampler):
+    """RLPD's symmetric sampling: a fixed fraction of every batch from prior data.
+
+    ``prior`` holds demonstrations, interventions or earlier experiments' transitions;
+    ``online`` this experiment's. Each batch has exactly ``round(batch_size *
+    prior_fraction)`` prior rows, shuffled among the online ones. Stats are the online
+    sampler's, the prior sampler's under ``replay/prior/``, and ``replay/prior_fraction``.
+    """
+
+    def __init__(
+        self, online: Sampler, prior: Sampler, prior_fraction: float = 0.5, seed: int = 0
+    ) -> None:
+        if not 0.0 <= prior_fraction <= 1.0:
+            raise ValueError(f"prior_fraction must lie in [0, 1], got {prior_fraction}")
+        self.online = online
+        self.prior = prior
+        self.prior_fraction = prior_fraction
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size: int, current_version: int = 0) -> Batch:
+        n_prior = round(batch_size * self.prior_fraction)
+        parts: list[Batch] = []
+        stats: dict[str, float] = {"replay/prior_fraction": n_prior / batch_size}
+        if n_prior < batch_size:
+            online = self.online.sample(batch_size - n_prior, current_version)
+            parts.append(online)
+            stats.update(online.stats)
+        if n_prior:
+            prior = self.prior.sample(n_prior, current_version)
+            parts.append(prior)
+            stats.update(
+                {k.replace("replay/", "replay/prior/", 1): v for k, v in prior.stats.items()}
+            )
+        return dataclasses.replace(concat_batches(parts, self._generator), stats=stats)

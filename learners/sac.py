@@ -1,0 +1,349 @@
+"""Soft Actor-Critic for state observations, with the RLPD variant as a config preset.
+
+SAC: Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications" (twin critics,
+target networks with Polyak averaging, automatic temperature tuning).
+RLPD: Ball et al. 2023, "Efficient Online Reinforcement Learning with Offline Data" — the
+same algorithm with a LayerNorm critic ensemble whose target takes the minimum over a
+random subset, a high update-to-data ratio, and 50/50 sampling of online and prior data
+(the last is :class:`learners.replay.MixingSampler`, not this file's business).
+
+Read top to bottom: config, networks, then the update. No Kafka, no Delta here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from learners.core import JSON, Algorithm, Batch, TrainingState
+from learners.policies import PolicySpec, build_actor
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Hyper-parameters of SAC / RLPD. Defaults are SAC's; :meth:`rlpd` gives RLPD's."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """widths of the hidden layers of the actor and of each critic."""
+    gamma: float = 0.99
+    """discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient: target <- (1 - tau) * target + tau * online, per critic step."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha)."""
+    init_alpha: float = 1.0
+    """initial entropy temperature."""
+    autotune: bool = True
+    """tune alpha so the policy's entropy tracks target_entropy; else alpha stays fixed."""
+    target_entropy_per_dim: float = -1.0
+    """target entropy per action dimension (SAC: -1, RLPD: -1/2), in the [-1, 1] box."""
+    num_critics: int = 2
+    """critics in the ensemble (SAC: 2 = q1, q2; RLPD: 10)."""
+    num_min_critics: int = 2
+    """size of the random critic subset whose minimum forms the target (RLPD: 2)."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden critic layer (RLPD: on)."""
+    actor_q: Literal["min", "mean"] = "min"
+    """how the actor reduces the critics: min (SAC) or ensemble mean (RLPD)."""
+    backup_entropy: bool = True
+    """subtract alpha * log pi(a'|s') in the target (the soft Bellman backup)."""
+    utd_ratio: int = 1
+    """critic updates per update() call; the batch is split into this many minibatches."""
+    seed: int = 0
+    """seeds network initialisation and the update's own noise."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_min_critics <= self.num_critics:
+            raise ValueError(
+                f"num_min_critics={self.num_min_critics} must lie in [1, num_critics="
+                f"{self.num_critics}]"
+            )
+        if self.utd_ratio < 1:
+            raise ValueError(f"utd_ratio must be at least 1, got {self.utd_ratio}")
+
+    @classmethod
+    def rlpd(cls, **overrides: Any) -> SACConfig:
+        """RLPD's published settings, with ``overrides`` on top."""
+        settings: dict[str, Any] = {
+            "num_critics": 10,
+            "num_min_critics": 2,
+            "critic_layer_norm": True,
+            "actor_q": "mean",
+            "target_entropy_per_dim": -0.5,
+            "utd_ratio": 20,
+        }
+        return cls(**(settings | overrides))
+
+
+# ---------------------------------------------------------------------------- networks
+
+
+class EnsembleLinear(nn.Module):
+    """``E`` independent linear layers applied as one batched matmul: (E, B, i) -> (E, B, o)."""
+
+    def __init__(self, ensemble: int, n_in: int, n_out: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)  # nn.Linear's default initialisation, per member
+        self.weight = nn.Parameter(torch.empty(ensemble, n_in, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(ensemble, 1, n_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.baddbmm(self.bias, x, self.weight)
+        return out
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over features with a separate affine transform per ensemble member."""
+
+    def __init__(self, ensemble: int, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ensemble, 1, n))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class CriticEnsemble(nn.Module):
+    """``num_critics`` Q-networks Q(s, a); returns shape (num_critics, batch)."""
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        num_critics: int,
+        layer_norm: bool,
+    ) -> None:
+        super().__init__()
+        self.num_critics = num_critics
+        sizes = [observation_dim + action_dim, *hidden_sizes]
+        self.hidden = nn.ModuleList(
+            EnsembleLinear(num_critics, n_in, n_out) for n_in, n_out in itertools.pairwise(sizes)
+        )
+        self.norms = nn.ModuleList(
+            EnsembleLayerNorm(num_critics, n) if layer_norm else nn.Identity() for n in hidden_sizes
+        )
+        self.out = EnsembleLinear(num_critics, hidden_sizes[-1], 1)
+
+    def forward(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([observation, action], dim=-1)
+        x = x.unsqueeze(0).expand(self.num_critics, *x.shape)
+        for linear, norm in zip(self.hidden, self.norms, strict=True):
+            x = F.relu(norm(linear(x)))
+        q: torch.Tensor = self.out(x).squeeze(-1)
+        return q
+
+
+# ---------------------------------------------------------------------------- algorithm
+
+
+class SAC(Algorithm):
+    """SAC / RLPD on flat state observations; the actor is ``policies``' ``mlp_gaussian``."""
+
+    def __init__(self, spec: PolicySpec, config: SACConfig | None = None) -> None:
+        self.spec = spec
+        self.config = config = config or SACConfig()
+        with torch.random.fork_rng(devices=[]):  # seed initialisation, leave global RNG be
+            torch.manual_seed(config.seed)
+            self.actor = build_actor(spec, config.hidden_sizes)
+            self.qf = CriticEnsemble(
+                spec.observation_dim,
+                spec.action_dim,
+                config.hidden_sizes,
+                config.num_critics,
+                config.critic_layer_norm,
+            )
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+        self.target_entropy = config.target_entropy_per_dim * spec.action_dim
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=config.critic_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.update_step = 0
+
+    @property
+    def alpha(self) -> float:
+        return self.log_alpha.exp().item()
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        minibatches = batch.split(self.config.utd_ratio)
+        for minibatch in minibatches:
+            stats |= self.update_critic(minibatch)
+            self.update_target()
+        stats |= self.update_actor_and_alpha(minibatches[-1])
+        self.update_step += 1
+        stats["charts/update_step"] = float(self.update_step)
+        return stats
+
+    def update_critic(self, batch: Batch) -> dict[str, float]:
+        """One gradient step of every critic towards the soft Bellman target."""
+        cfg = self.config
+        with torch.no_grad():
+            alpha = self.log_alpha.exp()
+            next_action, next_log_prob = self.actor.sample(batch.next_observation, self.generator)
+            target_qs = self.qf_target(batch.next_observation, next_action)
+            subset = torch.randperm(cfg.num_critics, generator=self.generator)
+            min_qf_next_target = target_qs[subset[: cfg.num_min_critics]].min(dim=0).values
+            if cfg.backup_entropy:
+                min_qf_next_target = min_qf_next_target - alpha * next_log_prob
+            next_q_value = batch.reward + (1.0 - batch.terminated) * cfg.gamma * min_qf_next_target
+
+        qs = self.qf(batch.observation, batch.action)
+        qf_loss = F.mse_loss(qs, next_q_value.expand_as(qs))
+        self.q_optimizer.zero_grad()
+        torch.autograd.backward(qf_loss)
+        self.q_optimizer.step()
+        return {
+            "losses/critic": qf_loss.item(),
+            "values/q": qs.mean().item(),
+            "values/target_q": next_q_value.mean().item(),
+        }
+
+    def update_target(self) -> None:
+        """Polyak-average the critics into their targets."""
+        with torch.no_grad():
+            for param, target_param in zip(
+                self.qf.parameters(), self.qf_target.parameters(), strict=True
+            ):
+                target_param.lerp_(param, self.config.tau)
+
+    def update_actor_and_alpha(self, batch: Batch) -> dict[str, float]:
+        """One step of the actor (max Q + alpha * entropy) and of the temperature."""
+        alpha = self.log_alpha.exp().detach()
+        self.qf.requires_grad_(False)  # the actor's loss needs dQ/da, not dQ/dtheta
+        action, log_prob = self.actor.sample(batch.observation, self.generator)
+        qs = self.qf(batch.observation, action)
+        self.qf.requires_grad_(True)
+        q = qs.min(dim=0).values if self.config.actor_q == "min" else qs.mean(dim=0)
+        actor_loss = (alpha * log_prob - q).mean()
+        self.actor_optimizer.zero_grad()
+        torch.autograd.backward(actor_loss)
+        self.actor_optimizer.step()
+        stats = {"losses/actor": actor_loss.item(), "charts/entropy": -log_prob.mean().item()}
+
+        if self.config.autotune:
+            # d/d(log alpha) < 0 when entropy is below target, so alpha rises, and vice versa.
+            alpha_loss = (-self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad()
+            torch.autograd.backward(alpha_loss)
+            self.alpha_optimizer.step()
+            stats["losses/alpha"] = alpha_loss.item()
+        stats["charts/alpha"] = self.alpha
+        return stats
+
+    # ------------------------------------------------------------------ weights and state
+
+    def policy_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.actor.state_dict().items()}
+
+    def state(self) -> TrainingState:
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, module in self._modules().items():
+            for name, t in module.state_dict().items():
+                tensors[f"{prefix}.{name}"] = t.detach().clone()
+        tensors["log_alpha"] = self.log_alpha.detach().clone()
+        tensors["generator"] = self.generator.get_state()
+        meta: dict[str, JSON] = {
+            "algorithm": "sac",
+            "update_step": self.update_step,
+            "config": _jsonable(dataclasses.asdict(self.config)),
+            "spec": _jsonable(dataclasses.asdict(self.spec)),
+        }
+        for name, optimizer in self._optimizers().items():
+            meta[f"optimizer/{name}"] = _flatten_optimizer(name, optimizer, tensors)
+        return TrainingState(tensors, meta)
+
+    def load_state(self, state: TrainingState) -> None:
+        if state.meta.get("spec") != _jsonable(dataclasses.asdict(self.spec)):
+            raise ValueError(
+                f"checkpoint is for spec {state.meta.get('spec')}, not {self.spec}; "
+                "resume with the robot spec it was trained on"
+            )
+        t = state.tensors
+        for prefix, module in self._modules().items():
+            own = module.state_dict()
+            module.load_state_dict({name: t[f"{prefix}.{name}"] for name in own})
+        with torch.no_grad():
+            self.log_alpha.copy_(t["log_alpha"])
+        self.generator.set_state(t["generator"])
+        for name, optimizer in self._optimizers().items():
+            _load_optimizer(optimizer, state.meta[f"optimizer/{name}"], t)
+        step = state.meta["update_step"]
+        if not isinstance(step, int):
+            raise ValueError(f"checkpoint update_step is {step!r}, not an int")
+        self.update_step = step
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "qf": self.qf, "qf_target": self.qf_target}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {
+            "actor": self.actor_optimizer,
+            "q": self.q_optimizer,
+            "alpha": self.alpha_optimizer,
+        }
+
+
+def _jsonable(value: Any) -> JSON:
+    """Tuples to lists, recursively, so a round-trip through JSON compares equal."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _flatten_optimizer(
+    name: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> JSON:
+    """Optimizer state as JSON, its tensors moved into ``tensors`` under ``optim/...`` keys."""
+    sd = optimizer.state_dict()
+    state: dict[str, JSON] = {}
+    for param_id, param_state in sd["state"].items():
+        entry: dict[str, JSON] = {}
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensor_key = f"optim/{name}/{param_id}/{key}"
+                tensors[tensor_key] = value.detach().clone()
+                entry[key] = {"tensor": tensor_key}
+            else:
+                entry[key] = _jsonable(value)
+        state[str(param_id)] = entry
+    return {"state": state, "param_groups": _jsonable(sd["param_groups"])}
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, flat: JSON, tensors: dict[str, torch.Tensor]
+) -> None:
+    if not isinstance(flat, dict) or not isinstance(flat.get("state"), dict):
+        raise ValueError("checkpoint optimizer entry is malformed")
+    state: dict[int, dict[str, Any]] = {}
+    flat_state = flat["state"]
+    assert isinstance(flat_state, dict)
+    for param_id, entry in flat_state.items():
+        assert isinstance(entry, dict)
+        state[int(param_id)] = {
+            key: tensors[str(value["tensor"])]
+            if isinstance(value, dict) and "tensor" in value
+            else value
+            for key, value in entry.items()
+        }
+    optimizer.load_state_dict({"state": state, "param_groups": flat["param_groups"]})

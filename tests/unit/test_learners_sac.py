@@ -1,0 +1,147 @@
+"""SAC / RLPD updates on hand-made batches (no buffer, no environment)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from learners import core, policies, sac
+
+torch.set_num_threads(1)
+
+SPEC = policies.PolicySpec(
+    observation_dim=5, action_dim=3, action_low=(-1.0, 0.0, -2.0), action_high=(1.0, 0.5, 6.0)
+)
+SMALL: dict[str, Any] = {"hidden_sizes": (32, 32)}
+
+
+def _batch(n: int = 64, seed: int = 0) -> core.Batch:
+    g = torch.Generator().manual_seed(seed)
+    low, high = torch.tensor(SPEC.action_low), torch.tensor(SPEC.action_high)
+    return core.Batch(
+        observation=torch.randn(n, SPEC.observation_dim, generator=g),
+        action=low + (high - low) * torch.rand(n, SPEC.action_dim, generator=g),
+        reward=torch.randn(n, generator=g),
+        next_observation=torch.randn(n, SPEC.observation_dim, generator=g),
+        terminated=(torch.rand(n, generator=g) < 0.1).float(),
+        policy_version=torch.zeros(n, dtype=torch.int64),
+    )
+
+
+def test_networks_have_the_documented_shapes() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL, num_critics=4, num_min_critics=2))
+    batch = _batch(17)
+    action, log_prob = algo.actor.sample(batch.observation)
+    assert action.shape == (17, 3)
+    assert log_prob.shape == (17,)
+    assert algo.qf(batch.observation, action).shape == (4, 17)
+    assert algo.qf_target(batch.observation, action).shape == (4, 17)
+
+
+def test_actions_respect_asymmetric_bounds() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL))
+    obs = 100.0 * torch.randn(4096, SPEC.observation_dim)  # drive the squash to saturation
+    for action in (algo.actor.sample(obs)[0], algo.actor.mode(obs)):
+        assert torch.all(action >= torch.tensor(SPEC.action_low))
+        assert torch.all(action <= torch.tensor(SPEC.action_high))
+
+
+def test_an_update_returns_finite_namespaced_metrics() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL))
+    stats = algo.update(_batch())
+    expected = {
+        "losses/critic",
+        "losses/actor",
+        "losses/alpha",
+        "values/q",
+        "values/target_q",
+        "charts/alpha",
+        "charts/entropy",
+        "charts/update_step",
+    }
+    assert expected <= set(stats)
+    assert all("/" in k and math.isfinite(v) for k, v in stats.items())
+    assert stats["charts/update_step"] == 1.0
+
+
+def test_the_critics_regress_onto_rewards_when_nothing_is_bootstrapped() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL, critic_lr=1e-3, gamma=0.0))
+    batch = _batch(128)
+    first = algo.update_critic(batch)["losses/critic"]
+    for _ in range(300):
+        last = algo.update_critic(batch)["losses/critic"]
+    assert last < 0.25 * first
+
+
+def test_target_networks_follow_the_critics_by_polyak_averaging() -> None:
+    tau = 0.1
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL, tau=tau))
+    before = [p.detach().clone() for p in algo.qf_target.parameters()]
+    algo.update_critic(_batch())  # moves the online critics, not the targets
+    for old, new in zip(before, algo.qf_target.parameters(), strict=True):
+        assert torch.equal(old, new)
+    online = [p.detach().clone() for p in algo.qf.parameters()]
+    algo.update_target()
+    for old, target, param in zip(before, algo.qf_target.parameters(), online, strict=True):
+        torch.testing.assert_close(target, (1 - tau) * old + tau * param)
+    assert not any(p.requires_grad for p in algo.qf_target.parameters())
+
+
+@pytest.mark.parametrize(("target_per_dim", "direction"), [(5.0, 1.0), (-20.0, -1.0)])
+def test_temperature_tuning_moves_alpha_toward_the_target_entropy(
+    target_per_dim: float, direction: float
+) -> None:
+    """Entropy below target (an unreachable +5/dim) raises alpha; above (-20/dim) lowers it."""
+    config = sac.SACConfig(**SMALL, init_alpha=0.5, target_entropy_per_dim=target_per_dim)
+    algo = sac.SAC(SPEC, config)
+    for i in range(20):
+        algo.update(_batch(seed=i))
+    assert direction * (algo.alpha - 0.5) > 0.0
+
+
+def test_a_fixed_temperature_stays_fixed() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL, init_alpha=0.3, autotune=False))
+    stats = algo.update(_batch())
+    assert algo.alpha == pytest.approx(0.3)
+    assert "losses/alpha" not in stats
+
+
+def test_rlpd_preset_uses_a_layer_normed_ensemble_with_a_random_min_subset() -> None:
+    config = sac.SACConfig.rlpd(**SMALL)
+    assert (config.num_critics, config.num_min_critics, config.utd_ratio) == (10, 2, 20)
+    algo = sac.SAC(SPEC, config)
+    assert algo.target_entropy == -1.5
+    assert any(isinstance(m, sac.EnsembleLayerNorm) for m in algo.qf.modules())
+    assert algo.qf(_batch().observation, _batch().action).shape == (10, 64)
+
+
+def test_a_high_utd_update_takes_one_critic_step_per_minibatch_and_one_actor_step() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig.rlpd(**SMALL, utd_ratio=4))
+    algo.update(_batch(4 * 32))
+
+    def steps(optimizer: torch.optim.Optimizer) -> int:
+        return int(next(iter(optimizer.state.values()))["step"])
+
+    assert steps(algo.q_optimizer) == 4
+    assert steps(algo.actor_optimizer) == 1
+    with pytest.raises(ValueError, match="split"):
+        algo.update(_batch(30))
+
+
+def test_an_ensemble_subset_larger_than_the_ensemble_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_min_critics"):
+        sac.SACConfig(num_critics=2, num_min_critics=3)
+
+
+def test_published_weights_drive_an_agent_policy_like_the_learners_actor() -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL))
+    algo.update(_batch())
+    policy = policies.build("mlp_gaussian", SPEC, {"hidden_sizes": [32, 32]})
+    policy.load_weights(algo.policy_weights())
+    obs = _batch().observation
+    with torch.no_grad():
+        expected = algo.actor.mode(obs).numpy()
+    assert (policy.act(obs.numpy(), deterministic=True) == expected).all()
