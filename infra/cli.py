@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -17,6 +19,9 @@ from pydantic import ValidationError
 COMMANDS: tuple[str, ...] = (
     "infra.cmd_broker",
     "infra.cmd_topics",
+    "infra.cmd_fleet",
+    "infra.cmd_tail",
+    "infra.bench",
 )
 
 
@@ -37,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("USER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return int(args.func(args) or 0)
     except (BrokerError, BrokerUnreachableError) as exc:

@@ -1,0 +1,275 @@
+"""One robot's life under leases and commands, one control period at a time.
+
+:class:`RobotWorker` holds no Kafka: it is handed an :class:`~agents.outbox.EventSink`
+to put events into, the current lease, and the commands that arrived.  The agent
+process (:mod:`agents.agent`) calls :meth:`RobotWorker.tick` once per control period.
+
+What a row of a raw transition batch means here: the robot saw ``observation[i]`` (and
+``images[i]``), the policy of ``policy_version[i]`` chose ``action[i]``, and applying it
+led to ``info[i]`` — the privileged task state *after* the action, which is what a reward
+function scores.  When an episode ends, its last row is marked ``truncated`` and carries
+the final observation, since no later row holds it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from agents import safety
+from agents.outbox import EventSink
+from agents.policies import PolicyFn
+from agents.robot import RobotError, Step
+from schemas import events as ev
+from schemas.transitions import TransitionBatch
+from topics import catalog
+
+State = ev.RobotState
+
+
+@dataclass(frozen=True)
+class Lease:
+    experiment_id: str
+    lease_id: str
+
+
+@dataclass
+class _Rows:
+    """Steps recorded since the last flush (column lists, turned into arrays at flush)."""
+
+    episode_id: list[str] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
+    observation: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    action: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    policy_version: list[int] = field(default_factory=list)
+    observed_ns: list[int] = field(default_factory=list)
+    acted_ns: list[int] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    final_observation: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    info: dict[str, list[npt.NDArray[np.float32]]] = field(default_factory=dict)
+    images: dict[str, list[npt.NDArray[np.uint8]]] = field(default_factory=dict)
+    final_images: dict[str, list[npt.NDArray[np.uint8]]] = field(default_factory=dict)
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+@dataclass
+class _Episode:
+    episode_id: str
+    experiment_id: str
+    started: float
+    step: Step
+    index: int = 0
+    first_version: int = 0
+    last_version: int = 0
+
+
+class RobotWorker:
+    """Runs episodes for the leased experiment and obeys commands.
+
+    States: ``idle`` (no lease; the robot is not driven), ``running`` (episodes back to
+    back), ``paused`` (holds, the episode stays open, nothing is recorded), ``stopped``
+    (episode ended, no new one until ``resume``), ``estopped`` (the e-stop latch holds
+    the robot until ``resume``).  E-stop is obeyed before anything else in a period.
+    """
+
+    def __init__(
+        self,
+        robot: safety.Guarded,
+        *,
+        robot_id: str,
+        site: str,
+        sink: EventSink,
+        policy: Callable[[], tuple[PolicyFn, int]],
+        flush_steps: int = 50,
+        flush_s: float = 0.5,
+        run_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.robot = robot
+        self.robot_id = robot_id
+        self.site = site
+        self.sink = sink
+        self._policy = policy
+        self.flush_steps = flush_steps
+        self.flush_s = flush_s
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self.state = State.IDLE
+        self.lease: Lease | None = None
+        self.steps_total = 0
+        self.episodes_total = 0
+        self.policy_version = 0
+        self._episode: _Episode | None = None
+        self._rows = _Rows()
+        self._n_episodes = 0
+
+    # -- one control period --------------------------------------------------------------------
+
+    def tick(self, lease: Lease | None, commands: list[ev.CommandKind]) -> None:
+        """Apply commands, follow the lease, and take at most one control step."""
+        for command in sorted(commands, key=lambda c: c is not ev.CommandKind.ESTOP):
+            self._command(command)
+        if lease != self.lease:
+            self._end_episode(ev.EpisodeEndReason.STOPPED)
+            self.lease = lease
+            if self.state in (State.RUNNING, State.IDLE):
+                self.state = State.RUNNING if lease is not None else State.IDLE
+        if self.state is State.ESTOPPED:
+            self.robot.hold()
+        elif self.state is State.PAUSED:
+            if self._episode is not None:
+                self.robot.hold()
+        elif self.state is State.RUNNING and self.lease is not None:
+            self._step()
+        if len(self._rows) and (len(self._rows) >= self.flush_steps
+                                or self._clock() - self._rows.started >= self.flush_s):
+            self.flush()
+
+    def _command(self, command: ev.CommandKind) -> None:
+        if command is ev.CommandKind.ESTOP:
+            self.robot.estop()
+            self._end_episode(ev.EpisodeEndReason.ESTOPPED)
+            self.state = State.ESTOPPED
+        elif command is ev.CommandKind.PAUSE and self.state is State.RUNNING:
+            self.state = State.PAUSED
+        elif command is ev.CommandKind.STOP:
+            self._end_episode(ev.EpisodeEndReason.STOPPED)
+            if self.state is not State.ESTOPPED:
+                self.state = State.STOPPED
+        elif command is ev.CommandKind.RESUME:
+            if self.state is State.ESTOPPED:
+                self.robot.release()
+            if self.state in (State.ESTOPPED, State.PAUSED, State.STOPPED):
+                self.state = State.RUNNING if self.lease is not None else State.IDLE
+
+    def _step(self) -> None:
+        assert self.lease is not None
+        policy, version = self._policy()
+        self.policy_version = version
+        if self._episode is None:
+            self._start_episode(version)
+        episode = self._episode
+        assert episode is not None
+        seen = episode.step
+        observed_ns = self._wall_ns()
+        action = np.asarray(policy(seen.observation), dtype=np.float32)
+        try:
+            step = self.robot.step(action)
+        except RobotError:
+            self._end_episode(ev.EpisodeEndReason.ROBOT_ERROR)
+            raise
+        rows = self._rows
+        if not len(rows):
+            rows.started = self._clock()
+        rows.episode_id.append(episode.episode_id)
+        rows.step.append(episode.index)
+        rows.observation.append(seen.observation)
+        rows.action.append(action)
+        rows.policy_version.append(version)
+        rows.observed_ns.append(observed_ns)
+        rows.acted_ns.append(self._wall_ns())
+        rows.truncated.append(step.done)
+        for name, value in step.info.items():
+            rows.info.setdefault(name, []).append(value)
+        for name, image in seen.images.items():
+            rows.images.setdefault(name, []).append(image)
+        if step.done:
+            rows.final_observation.append(step.observation)
+            for name, image in step.images.items():
+                rows.final_images.setdefault(name, []).append(image)
+        episode.step = step
+        episode.index += 1
+        episode.last_version = version
+        self.steps_total += 1
+        if step.done:
+            self._end_episode(ev.EpisodeEndReason.TASK_DONE if step.terminated
+                              else ev.EpisodeEndReason.TIME_LIMIT)
+
+    def _start_episode(self, version: int) -> None:
+        assert self.lease is not None
+        self._n_episodes += 1
+        episode_id = f"{self.robot_id}.{self.run_id}.{self._n_episodes:06d}"
+        first = self.robot.reset()
+        self._episode = _Episode(episode_id, self.lease.experiment_id, self._clock(), first,
+                                 first_version=version, last_version=version)
+        self.sink.send(catalog.EPISODES, ev.EpisodeStartedV1(
+            site=self.site, robot_id=self.robot_id, experiment_id=self.lease.experiment_id,
+            episode_id=episode_id, policy_version=version,
+            task=self.robot.spec.robot_type,
+        ))
+
+    def _end_episode(self, reason: ev.EpisodeEndReason) -> None:
+        episode = self._episode
+        if episode is None:
+            return
+        rows = self._rows
+        if len(rows) and rows.episode_id[-1] == episode.episode_id and not rows.truncated[-1]:
+            # Cut off mid-episode (lease change, stop, e-stop): the last row has no
+            # successor, so it carries the final observation.
+            rows.truncated[-1] = True
+            rows.final_observation.append(episode.step.observation)
+            for name, image in episode.step.images.items():
+                rows.final_images.setdefault(name, []).append(image)
+        self.flush()
+        self._episode = None
+        self.episodes_total += 1
+        self.sink.send(catalog.EPISODES, ev.EpisodeEndedV1(
+            site=self.site, robot_id=self.robot_id, experiment_id=episode.experiment_id,
+            episode_id=episode.episode_id, steps=episode.index, reason=reason,
+            duration_s=max(0.0, self._clock() - episode.started),
+            first_policy_version=episode.first_version,
+            last_policy_version=episode.last_version,
+            success=True if reason is ev.EpisodeEndReason.TASK_DONE else None,
+        ))
+
+    def flush(self) -> None:
+        """Send the recorded steps as one raw transition batch (per experiment)."""
+        rows = self._rows
+        if not len(rows):
+            return
+        self._rows = _Rows()
+        experiment_id = self._episode.experiment_id if self._episode else (
+            self.lease.experiment_id if self.lease else None)
+        # Rows always belong to one experiment: a lease change ends the episode and
+        # flushes before the new lease's first step.
+        assert experiment_id is not None
+        batch = TransitionBatch.build(
+            ev.TransitionBatchV1(
+                site=self.site, robot_id=self.robot_id, experiment_id=experiment_id,
+                robot_type=self.robot.spec.robot_type, n_steps=len(rows),
+            ),
+            episode_id=np.array(rows.episode_id), step=np.array(rows.step, np.int64),
+            observation=np.stack(rows.observation), action=np.stack(rows.action),
+            policy_version=np.array(rows.policy_version, np.int64),
+            observed_ns=np.array(rows.observed_ns, np.int64),
+            acted_ns=np.array(rows.acted_ns, np.int64),
+            truncated=np.array(rows.truncated, np.bool_),
+            final_observation=(np.stack(rows.final_observation)
+                               if rows.final_observation else None),
+            info={k: np.stack(v) for k, v in rows.info.items()} or None,
+            images={k: np.stack(v) for k, v in rows.images.items()} or None,
+            final_images={k: np.stack(v) for k, v in rows.final_images.items()} or None,
+        )
+        self.sink.send(catalog.TRANSITIONS_RAW, batch)
+
+    def heartbeat(self, seq: int, uptime_s: float) -> ev.HeartbeatV1:
+        return ev.HeartbeatV1(
+            site=self.site, robot_id=self.robot_id,
+            experiment_id=self.lease.experiment_id if self.lease else None,
+            seq=seq, state=self.state, policy_version=self.policy_version,
+            steps_total=self.steps_total, uptime_s=uptime_s,
+        )
+
+    def close(self) -> None:
+        self._end_episode(ev.EpisodeEndReason.STOPPED)
+        self.robot.close()

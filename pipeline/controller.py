@@ -1,0 +1,162 @@
+"""The controller process: the fleet registry and scheduler on Kafka.
+
+At start it rebuilds :class:`~pipeline.fleet.Fleet` from the compacted ``robots``,
+``experiments`` and ``assignments`` topics (read from the beginning: there is no other
+state store), then follows them and ``heartbeats`` live, ticks the fleet about once a
+second, and publishes its decisions (leases, releases, state changes, experiment status).
+
+Delivery: the controller commits no offsets.  Its decisions are published and flushed
+before they are applied to its own state, so a crash after publishing is healed by the
+rebuild (it reads its own decision back), and a crash before it simply decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.fleet import Fleet
+from schemas import events as ev
+from topics import catalog
+from topics.follow import Follower
+from topics.producer import EventProducer
+from topics.settings import KafkaSettings
+from topics.validation import Accepted, Rejected
+
+log = logging.getLogger(__name__)
+
+#: Which catalog topic each controller decision goes to.
+TOPIC_OF: dict[type[ev.Envelope], catalog.TopicSpec] = {
+    ev.RobotStateChangedV1: catalog.ROBOTS,
+    ev.LeaseGrantedV1: catalog.ASSIGNMENTS,
+    ev.LeaseReleasedV1: catalog.ASSIGNMENTS,
+    ev.ExperimentStatusV1: catalog.EXPERIMENTS,
+    ev.ExperimentSubmittedV1: catalog.EXPERIMENTS,
+}
+
+
+class ControllerSettings(BaseSettings):
+    """The controller (environment prefix ``USER_CONTROLLER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="USER_CONTROLLER_", frozen=True,
+                                      extra="ignore")
+
+    heartbeat_timeout_s: float = Field(5.0, gt=0, description="silence before a robot is lost")
+    tick_s: float = Field(0.5, gt=0, description="how often the scheduler decides")
+    rebuild_timeout_s: float = Field(120.0, gt=0, description="longest rebuild at start")
+
+
+class Controller:
+    """Runs the fleet against Kafka until :meth:`stop` is called."""
+
+    def __init__(self, kafka: KafkaSettings, settings: ControllerSettings | None = None) -> None:
+        self.kafka = kafka
+        self.settings = settings or ControllerSettings()
+        self.fleet = Fleet(self.settings.heartbeat_timeout_s)
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        producer = EventProducer(self.kafka, role="controller")
+        follower = Follower(self.kafka, {
+            catalog.ROBOTS: "beginning",
+            catalog.EXPERIMENTS: "beginning",
+            catalog.ASSIGNMENTS: "beginning",
+            catalog.HEARTBEATS: "end",
+        }, role="controller")
+        try:
+            started = time.monotonic()
+            backlog: list[Accepted | Rejected] = []
+            if not follower.wait_caught_up(self.settings.rebuild_timeout_s, backlog):
+                raise TimeoutError("rebuilding fleet state from Kafka took too long")
+            now = time.monotonic()
+            for item in backlog:
+                self._apply(item, now)
+            log.info("rebuilt fleet state in %.1f s: %d robots, %d experiments",
+                     now - started, len(self.fleet.robots), len(self.fleet.experiments))
+            self.fleet.grace(now)
+            self.ready.set()
+            next_tick = time.monotonic()
+            last_heard = time.monotonic()
+            blind = False
+            while not self._stop.is_set():
+                for item in follower.poll(0.1):
+                    now = time.monotonic()
+                    if isinstance(item, Accepted) and isinstance(item.event, ev.HeartbeatV1):
+                        if blind:
+                            log.warning("heartbeats are back after %.0f s of silence; "
+                                        "every robot gets a fresh timeout", now - last_heard)
+                            self.fleet.grace(now)
+                            blind = False
+                        last_heard = now
+                    self._apply(item, now)
+                now = time.monotonic()
+                if self.fleet.robots and not blind and (
+                        now - last_heard > self.settings.heartbeat_timeout_s):
+                    # Silence from *every* robot points at the broker or our link, not at
+                    # the robots: declare nobody lost until heartbeats flow again.
+                    log.warning("no heartbeat from any robot for %.0f s: broker or network "
+                                "outage suspected; not declaring robots lost",
+                                now - last_heard)
+                    blind = True
+                if now >= next_tick:
+                    self._decide(producer, detect_lost=not blind)
+                    next_tick = time.monotonic() + self.settings.tick_s
+        finally:
+            follower.close()
+            producer.flush(10.0)
+
+    def _apply(self, item: Accepted | Rejected, now: float) -> None:
+        if isinstance(item, Accepted) and isinstance(item.event, ev.Envelope):
+            try:
+                self.fleet.apply(item.event, now)
+            except ValueError as exc:  # e.g. an experiment spec that no longer validates
+                log.error("ignoring %s: %s", item.event.schema_name, exc)
+        elif not isinstance(item, Accepted):
+            log.warning("unreadable record on a control topic: %s", item)
+
+    def _decide(self, producer: EventProducer, *, detect_lost: bool = True) -> None:
+        decisions = self.fleet.tick(time.monotonic(), detect_lost=detect_lost)
+        if not decisions:
+            return
+        for event in decisions:
+            producer.send(TOPIC_OF[type(event)], event)
+        # Decisions take effect only once durable; while the broker is away we wait
+        # (deciding again meanwhile would hand out a robot twice).
+        while True:
+            try:
+                producer.flush(10.0)
+                break
+            except TimeoutError:
+                log.warning("waiting for the broker to accept %d decisions", len(decisions))
+                if self._stop.is_set():
+                    return
+        now = time.monotonic()
+        if not detect_lost:
+            self.fleet.grace(now)
+        for event in decisions:
+            self.fleet.apply(event, now)
+            _log_decision(event)
+
+
+def _log_decision(event: ev.Envelope) -> None:
+    match event:
+        case ev.LeaseGrantedV1():
+            log.info("leased %s (%s) to %s", event.robot_id, event.site, event.experiment_id)
+        case ev.LeaseReleasedV1():
+            log.info("released %s from %s: %s", event.robot_id, event.experiment_id,
+                     event.reason.value)
+        case ev.RobotStateChangedV1():
+            log.info("robot %s is %s (%s)", event.robot_id, event.state.value, event.reason)
+        case ev.ExperimentStatusV1():
+            log.info("experiment %s is %s: %s", event.experiment_id, event.state.value,
+                     event.detail)
+        case _:
+            pass

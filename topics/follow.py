@@ -1,0 +1,123 @@
+"""Follow several topics from chosen starts, without a consumer group.
+
+Services that rebuild their state from the log (the controller from the compacted
+``robots``/``experiments``/``assignments`` topics; an agent from ``assignments``) read
+each topic from the beginning and keep following it.  :meth:`Follower.caught_up` says
+when everything that existed at start has been read, so a service knows when its
+rebuilt state is complete and it may start deciding.
+
+Delivery: none to keep — nothing is committed; every start re-reads from the given
+starts, which is what rebuilding state from the log means.  Refused records are
+returned as :class:`~topics.validation.Rejected` for the caller to report; a read-only
+follower writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Literal
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+
+from topics.catalog import TopicSpec
+from topics.consumer import record_of
+from topics.settings import KafkaSettings
+from topics.validation import Accepted, Rejected, Rules, validate
+
+log = logging.getLogger(__name__)
+
+From = Literal["beginning", "end"]
+
+
+class Follower:
+    """Reads every partition of the given topics from ``beginning`` or ``end``.
+
+    Raises ``LookupError`` naming the missing topic when one does not exist, and
+    ``TimeoutError`` when the broker does not answer within ``timeout_s``.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        starts: Mapping[TopicSpec, From],
+        *,
+        rules: Rules | None = None,
+        timeout_s: float = 30.0,
+        role: str = "follower",
+    ) -> None:
+        self._rules = rules or Rules()
+        group = f"{settings.client_id}-{role}-{uuid.uuid4().hex[:12]}"
+        self._client = Consumer(settings.consumer_config(group, role=role))
+        self._end: dict[tuple[str, int], int] = {}
+        assignment: list[TopicPartition] = []
+        try:
+            for spec, start in starts.items():
+                meta = self._client.list_topics(spec.name, timeout=timeout_s)
+                topic = meta.topics.get(spec.name)
+                if topic is None or topic.error is not None or not topic.partitions:
+                    raise LookupError(f"topic {spec.name!r} does not exist on "
+                                      f"{settings.bootstrap}; run `userctl topics create`")
+                for p in sorted(topic.partitions):
+                    tp = TopicPartition(spec.name, p)
+                    low, high = self._client.get_watermark_offsets(tp, timeout=timeout_s)
+                    if start == "beginning":
+                        assignment.append(TopicPartition(spec.name, p, low))
+                        if high > low:
+                            self._end[(spec.name, p)] = high
+                    else:
+                        assignment.append(TopicPartition(spec.name, p, OFFSET_END))
+        except KafkaException as exc:
+            self._client.close()
+            raise TimeoutError(f"Kafka at {settings.bootstrap} did not answer: "
+                               f"{exc.args[0]}") from None
+        except LookupError:
+            self._client.close()
+            raise
+        self._client.assign(assignment)
+        self._caught_up = not self._end
+
+    def poll(self, timeout_s: float = 0.2, max_records: int = 500) -> list[Accepted | Rejected]:
+        """The next records (validated) from any followed partition, in partition order."""
+        out: list[Accepted | Rejected] = []
+        for msg in self._client.consume(max_records, timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                continue
+            rec = record_of(msg)
+            key = (rec.topic, rec.partition)
+            if key in self._end and rec.offset + 1 >= self._end[key]:
+                del self._end[key]
+            out.append(validate(rec, self._rules))
+        return out
+
+    def caught_up(self) -> bool:
+        """True once every record that existed when following began has been returned."""
+        if self._caught_up:
+            return True
+        if self._end:
+            # Transaction markers or compaction can leave the last offsets without a
+            # record: ask the client where it stands instead.
+            positions = self._client.position(
+                [TopicPartition(t, p) for (t, p) in self._end])
+            for tp in positions:
+                if tp.offset >= 0 and tp.offset >= self._end.get((tp.topic, tp.partition), 0):
+                    self._end.pop((tp.topic, tp.partition), None)
+        self._caught_up = not self._end
+        return self._caught_up
+
+    def wait_caught_up(self, timeout_s: float, sink: list[Accepted | Rejected]) -> bool:
+        """Poll into ``sink`` until caught up; False if ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up():
+            if time.monotonic() > deadline:
+                return False
+            sink.extend(self.poll(0.2))
+        return True
+
+    def close(self) -> None:
+        self._client.close()
