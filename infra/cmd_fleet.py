@@ -238,8 +238,9 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     rows = [["EXPERIMENT", "STATE", "ROBOTS", "WANTS", "DETAIL"]]
     for exp in fleet.experiments.values():
-        rows.append([exp.experiment_id, exp.state.value, str(len(exp.robots)),
-                     str(exp.spec.robot_count), exp.detail])
+        wants = str(exp.spec.robot_count) if exp.spec else "-"
+        rows.append([exp.experiment_id, exp.state.value, str(len(exp.robots)), wants,
+                     exp.detail or exp.invalid])
     _table(rows)
     return 0
 
@@ -253,7 +254,10 @@ def _show(args: argparse.Namespace) -> int:
     print(f"experiment {exp.experiment_id}: {exp.state.value}"
           + (f" ({exp.detail})" if exp.detail else ""))
     print("robots: " + (", ".join(sorted(exp.robots)) or "none"))
-    print(yaml.safe_dump(exp.spec.model_dump(mode="json"), sort_keys=False).rstrip())
+    if exp.spec is None:
+        print(exp.invalid)
+    else:
+        print(yaml.safe_dump(exp.spec.model_dump(mode="json"), sort_keys=False).rstrip())
     return 0
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from schemas import events as ev
 from schemas.experiment import ExperimentSpec, RobotRequest
 from schemas.spaces import RobotSpec
@@ -64,11 +66,25 @@ class Robot:
 
 @dataclass
 class Experiment:
+    """An experiment as submitted; ``spec`` is None when the submission did not validate
+    (the scheduler then fails it, saying why, instead of crashing on it)."""
+
     experiment_id: str
-    spec: ExperimentSpec
+    spec: ExperimentSpec | None
     state: ExperimentState = ExperimentState.SUBMITTED
     detail: str = ""
     robots: set[str] = field(default_factory=set)
+    invalid: str = ""
+
+
+def _experiment(event: ev.ExperimentSubmittedV1) -> Experiment:
+    try:
+        return Experiment(event.experiment_id, ExperimentSpec.model_validate(event.spec))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        return Experiment(event.experiment_id, None,
+                          invalid=f"invalid spec: {where}: {first['msg']}")
 
 
 class Fleet:
@@ -104,8 +120,7 @@ class Fleet:
                     robot.state = event.state
             case ev.ExperimentSubmittedV1():
                 if event.experiment_id not in self.experiments:
-                    spec = ExperimentSpec.model_validate(event.spec)
-                    self.experiments[event.experiment_id] = Experiment(event.experiment_id, spec)
+                    self.experiments[event.experiment_id] = _experiment(event)
                     self._order.append(event.experiment_id)
             case ev.ExperimentStatusV1():
                 exp = self.experiments.get(event.experiment_id)
@@ -210,7 +225,12 @@ class Fleet:
         taken: set[str] = set()
         for exp_id in self._order:
             exp = self.experiments[exp_id]
-            if exp.state in ACTIVE:
+            if exp.spec is None:
+                if exp.state is not ExperimentState.FAILED:
+                    out.append(ev.ExperimentStatusV1(
+                        experiment_id=exp.experiment_id, state=ExperimentState.FAILED,
+                        detail=exp.invalid[:1000]))
+            elif exp.state in ACTIVE:
                 out.extend(self._place(exp, now, lost, taken))
             else:
                 out.extend(self._release_all(exp, lost))
@@ -234,6 +254,7 @@ class Fleet:
     def _place(
         self, exp: Experiment, now: float, lost: set[str], taken: set[str]
     ) -> list[ev.Envelope]:
+        assert exp.spec is not None
         out: list[ev.Envelope] = []
         holding = {r for r in exp.robots if r not in lost}
         missing = 0

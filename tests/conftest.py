@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from topics.catalog import Cleanup, Key, TopicSpec, Value
 from topics.settings import KafkaSettings
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -109,3 +112,40 @@ def create_topic(settings: KafkaSettings, name: str, partitions: int = 1) -> Top
     spec = adhoc_spec(name, partitions)
     admin.ensure_topics(settings, [spec])
     return spec
+
+
+class Processes:
+    """Processes a test starts (``userctl …``), killed at teardown; logs under tmp."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def userctl(self, name: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+            env=env, cwd=REPO, start_new_session=True,
+        )
+        self.running.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.running:
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

@@ -61,8 +61,7 @@ class Follower:
                     raise LookupError(f"topic {spec.name!r} does not exist on "
                                       f"{settings.bootstrap}; run `userctl topics create`")
                 for p in sorted(topic.partitions):
-                    tp = TopicPartition(spec.name, p)
-                    low, high = self._client.get_watermark_offsets(tp, timeout=timeout_s)
+                    low, high = self._watermarks(TopicPartition(spec.name, p), timeout_s)
                     if start == "beginning":
                         assignment.append(TopicPartition(spec.name, p, low))
                         if high > low:
@@ -78,6 +77,22 @@ class Follower:
             raise
         self._client.assign(assignment)
         self._caught_up = not self._end
+
+    def _watermarks(self, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+        """Low and high offsets; retries while the cluster settles (e.g. just after a
+        broker restart, before partition leaders are elected)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                low, high = self._client.get_watermark_offsets(
+                    tp, timeout=max(0.5, deadline - time.monotonic()))
+                return int(low), int(high)
+            except KafkaException as exc:
+                # NOT_LEADER_FOR_PARTITION and LEADER_NOT_AVAILABLE come back as not
+                # retriable from this call, yet they pass once leaders are elected.
+                if exc.args[0].fatal() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def poll(self, timeout_s: float = 0.2, max_records: int = 500) -> list[Accepted | Rejected]:
         """The next records (validated) from any followed partition, in partition order."""

@@ -188,3 +188,12 @@ def test_a_cancelled_experiment_gives_its_robots_back() -> None:
     ]
     assert fleet.robots["r1"].state is ev.RobotState.IDLE
     assert run_tick(fleet, 2.0) == []
+
+
+def test_an_invalid_submission_fails_with_the_field_named_instead_of_crashing() -> None:
+    fleet = Fleet(TIMEOUT)
+    fleet.apply(ev.ExperimentSubmittedV1(experiment_id="bad", spec={"robots": "many"}), 0.0)
+    [status] = run_tick(fleet, 1.0)
+    assert isinstance(status, ev.ExperimentStatusV1)
+    assert status.state is ev.ExperimentState.FAILED and "name" in status.detail
+    assert run_tick(fleet, 2.0) == []
