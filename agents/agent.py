@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents import pacing, registry, safety
+from agents import pacing, registry, safety, weights, weights_kafka
 from agents.outbox import Outbox
 from agents.policies import PolicyFn, RandomPolicy, scripted
 from agents.worker import Lease, RobotWorker
@@ -135,6 +135,7 @@ class Agent:
         self.robot_ids = settings.robot_ids()
         self._stop = threading.Event()
         self.mailbox = _Mailbox(self.robot_ids)
+        self.pacer: pacing.Pacer | None = None
         options: dict[str, Any] = {}
         if settings.control_hz is not None:
             options["control_hz"] = settings.control_hz
@@ -147,6 +148,8 @@ class Agent:
         spool = settings.home / "agents" / settings.site / self.robot_ids[0] / "spool"
         self.outbox = Outbox(kafka, spool, max_bytes=settings.spool_mb << 20,
                              role=f"agent-{self.robot_ids[0]}")
+        # Learned policies: fetched and verified in the background, swapped in per step.
+        self.weights = weights_kafka.subscriber_for(kafka, self.robots[0].spec)
         self.workers = [
             RobotWorker(robot, robot_id=rid, site=settings.site, sink=self.outbox,
                         policy=self._policy_for(robot, i),
@@ -163,7 +166,8 @@ class Agent:
         else:
             seed = None if self.settings.seed is None else self.settings.seed + 1000 + i
             fn = RandomPolicy(robot.spec.action, seed=seed)
-        return lambda: (fn, 0)
+        return weights.learned_or(lambda: (fn, 0), self.weights,
+                                  lambda: self.workers[i].lease)
 
     def stop(self) -> None:
         self._stop.set()
@@ -178,8 +182,10 @@ class Agent:
         listener = threading.Thread(target=self._listen, args=(follower,), daemon=True,
                                     name="control-listener")
         listener.start()
+        if self.weights is not None:
+            self.weights.start()
         hz = self.settings.control_hz or self.robots[0].spec.control_hz
-        pacer = pacing.Pacer(hz if self.settings.realtime else None)
+        pacer = self.pacer = pacing.Pacer(hz if self.settings.realtime else None)
         seq, next_beat = 0, 0.0
         log.info("agent up: %s at %s, %.0f Hz%s", ", ".join(self.robot_ids),
                  self.settings.site, hz, "" if self.settings.realtime else " (flat out)")
@@ -202,6 +208,8 @@ class Agent:
             if not delivered:
                 log.warning("%d records stay spooled for the next start", self.outbox.backlog)
             self.outbox.close(timeout_s=0.5)
+            if self.weights is not None:
+                self.weights.close()
             self._stop.set()
 
     def _follow(self) -> Follower:

@@ -117,7 +117,12 @@ class RobotWorker:
 
     def tick(self, lease: Lease | None, commands: list[ev.CommandKind]) -> None:
         """Apply commands, follow the lease, and take at most one control step."""
-        for command in sorted(commands, key=lambda c: c is not ev.CommandKind.ESTOP):
+        if ev.CommandKind.ESTOP in commands:
+            # An e-stop voids whatever was ordered before it; only what came after it
+            # (in arrival order) still applies.
+            last = len(commands) - 1 - commands[::-1].index(ev.CommandKind.ESTOP)
+            commands = commands[last:]
+        for command in commands:
             self._command(command)
         if lease != self.lease:
             self._end_episode(ev.EpisodeEndReason.STOPPED)

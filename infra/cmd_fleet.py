@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per robot")
     p.set_defaults(func=_robots)
 
+    p = sub.add_parser("command", help="order a robot to pause, resume, stop or e-stop")
+    p.add_argument("robot_id")
+    p.add_argument("order", choices=[c.value for c in ev.CommandKind])
+    p.add_argument("--reason", default="", help="why, for the log")
+    p.set_defaults(func=_command)
+
     p = sub.add_parser("experiments", help="submit, list, show and cancel experiments")
     esub = p.add_subparsers(dest="experiments_cmd", required=True)
     s = esub.add_parser("submit", help="submit an experiment spec (YAML)")
@@ -273,4 +279,15 @@ def _cancel(args: argparse.Namespace) -> int:
         detail=f"cancelled by operator at {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%SZ}"))
     producer.flush(30.0)
     print(f"cancelled {args.name}; the controller frees its robots")
+    return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    kafka = KafkaSettings()
+    producer = EventProducer(kafka, role="cli")
+    producer.send(catalog.COMMANDS, ev.CommandV1(
+        robot_id=args.robot_id, command=ev.CommandKind(args.order), reason=args.reason,
+        issued_by=os.environ.get("USER", "operator")))
+    producer.flush(30.0)
+    print(f"sent {args.order} to {args.robot_id}")
     return 0

@@ -162,6 +162,18 @@ def test_two_robot_types_at_two_sites_are_leased_to_one_experiment(
                                         else site_b)
             assert batch.event.robot_type == ("reacher2d" if batch.event.site == site_a
                                               else "arm7")
+
+        # An operator's e-stop reaches the robot through the commands topic.
+        robot = f"reacher-{unique}"
+        order = processes.userctl("estop", "command", robot, "estop", env=env)
+        assert order.wait(timeout=60) == 0, processes.log("estop")
+        episodes = Watch(kafka, (catalog.EPISODES,))
+        try:
+            episodes.wait_for("the e-stopped episode's end", lambda: [
+                e for e in episodes.of(ev.EpisodeEndedV1)
+                if e.robot_id == robot and e.reason is ev.EpisodeEndReason.ESTOPPED])
+        finally:
+            episodes.close()
     finally:
         cancel(processes, env, name)
 
