@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "infra.cmd_topics",
     "infra.cmd_fleet",
     "infra.cmd_tail",
+    "infra.cmd_topology",
     "infra.bench",
 )
 

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     best: dict[str, tuple[int, float]] = {}
     with tempfile.TemporaryDirectory(prefix="user-bench-fleet-") as tmp:
         for robot_type in args.types.split(","):
-            count = 1
-            while count <= args.max_robots:
+
+            def probe(count: int, robot_type: str = robot_type) -> bool:
                 missed, steps_s, hz = measure(kafka, robot_type, count, args.seconds,
                                               Path(tmp))
                 print(f"{robot_type:10s} K={count:4d}  missed {missed:6.1%}  "
@@ -99,9 +99,25 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(f"| {robot_type} | {count} | {missed:.1%} | {hz:.1f} | "
                              f"{steps_s:,.0f} |")
                 if missed > MAX_MISSED:
+                    return False
+                if count > best.get(robot_type, (0, 0.0))[0]:
+                    best[robot_type] = (count, steps_s)
+                return True
+
+            # Double until a K misses too many deadlines, then bisect between the last
+            # good K and that one (two more probes).
+            good, count = 0, 1
+            while count <= args.max_robots and probe(count):
+                good, count = count, count * 2
+            bad = count
+            for _ in range(2):
+                if bad > args.max_robots or bad - good <= 1:
                     break
-                best[robot_type] = (count, steps_s)
-                count *= 2
+                mid = (good + bad) // 2
+                if probe(mid):
+                    good = mid
+                else:
+                    bad = mid
     lines.append("")
     for robot_type, (count, steps_s) in best.items():
         lines.append(f"**{robot_type}: {count} robots** sustained at 20 Hz within 5 % missed "
