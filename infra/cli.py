@@ -19,6 +19,10 @@ from pydantic import ValidationError
 COMMANDS: tuple[str, ...] = (
     "infra.cmd_broker",
     "infra.cmd_topics",
+    "infra.cmd_rewards",
+    "infra.cmd_sink",
+    "infra.cmd_replay",
+    "infra.cmd_history",
     "infra.cmd_fleet",
     "infra.cmd_tail",
     "infra.cmd_topology",
@@ -38,9 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infra.broker import BrokerError
+    from infra.broker import BrokerError, default_home
     from topics.admin import BrokerUnreachableError
 
+    # Every process started from here (and its children) shares one state directory.
+    os.environ.setdefault("USER_HOME", str(default_home()))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -1,0 +1,232 @@
+"""The Delta history, reused: replay to a topic, back-fill a reward, ask in SQL (DESIGN §4).
+
+* :func:`replay` republishes an experiment's raw steps from ``transitions_raw`` to a
+  topic, robot by robot in the order each robot took them (original batches, original
+  event ids), so a new stream job or learner can consume a past experiment.
+* :func:`backfill` scores the history with another reward function and writes the rows
+  to ``transitions`` next to the existing ones (each row names its ``reward_fn``).  It
+  writes only steps newer than what that function already has per robot, in commits
+  that each carry an app transaction, so it can be stopped and rerun: nothing is
+  written twice, nothing of another function is touched.
+* :func:`sql` runs DuckDB SQL over every table (``transitions_raw``, ``transitions``,
+  ``episodes``, ``policies``) as Arrow datasets; other readers (polars, Spark, pandas via
+  ``deltalake``) read the same tables without this code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+from pipeline import rewards, tables
+from pipeline.sink import open_table
+from topics import catalog, serde
+from topics.producer import EventProducer
+from topics.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: Rows per back-fill commit.
+BACKFILL_CHUNK_ROWS = 50_000
+
+
+class HistoryError(LookupError):
+    """A table or experiment that is not in the history; the message says what to do."""
+
+
+def _table(root: Path | str, name: str) -> DeltaTable:
+    dt = open_table(tables.table_path(root, name))
+    if dt is None:
+        raise HistoryError(f"no Delta table {name!r} under {root}; is the sink writing there "
+                           "(`userctl sink --root …`)?")
+    return dt
+
+
+def experiment_rows(root: Path | str, table: str, experiment: str,
+                    columns: list[str] | None = None) -> pa.Table:
+    """All rows of ``experiment`` in ``table`` (a partition read)."""
+    dataset = _table(root, table).to_pyarrow_dataset()
+    return dataset.to_table(columns=columns, filter=ds.field("experiment_id") == experiment)
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    topic: str
+    batches: int
+    steps: int
+    robots: tuple[str, ...]
+
+
+def _partitions_of(kafka: KafkaSettings, topic: str) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient(kafka.admin_config()).list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise HistoryError(f"topic {topic!r} does not exist on {kafka.bootstrap}; create it "
+                           "first (e.g. `infra/bin/kafka-topics --create --topic …`)")
+    return len(meta.partitions)
+
+
+def replay(kafka: KafkaSettings, root: Path | str, experiment: str, to_topic: str,
+           *, producer: EventProducer | None = None) -> ReplayReport:
+    """Publish ``experiment``'s raw batches to ``to_topic`` (``transitions.raw`` wire form,
+    key ``site/robot``).  The partition is the robot's site partition when the topic has
+    enough partitions, else Kafka's key hash: either way one robot stays on one partition,
+    in the order it took its steps."""
+    data = experiment_rows(root, tables.TRANSITIONS_RAW, experiment)
+    if data.num_rows == 0:
+        raise HistoryError(f"experiment {experiment!r} has no rows in "
+                           f"{tables.TRANSITIONS_RAW}")
+    by_site = _partitions_of(kafka, to_topic) >= kafka.sites.partition_count
+    own = producer is None
+    out = producer or EventProducer(kafka, role="replay")
+    batches = steps = 0
+    robots: set[str] = set()
+    for batch in tables.batches_from_rows(data):
+        rec = serde.encode(catalog.TRANSITIONS_RAW, batch, sites=kafka.sites if by_site else None)
+        while True:
+            try:
+                out.send_encoded(replace(rec, topic=to_topic))
+                break
+            except BufferError:  # local queue full: let it drain
+                out.flush()
+        batches += 1
+        steps += len(batch)
+        robots.add(batch.robot_id)
+    out.flush()
+    if own:
+        log.info("replayed %d batches (%d steps) of %s to %s", batches, steps, experiment,
+                 to_topic)
+    return ReplayReport(to_topic, batches, steps, tuple(sorted(robots)))
+
+
+# -- back-fill ----------------------------------------------------------------------------
+
+
+@dataclass
+class BackfillReport:
+    reward_fn: str
+    steps: int = 0
+    commits: int = 0
+    skipped: int = 0
+    robots: dict[str, int] = field(default_factory=dict)
+
+
+def watermarks(root: Path | str, experiment: str, reward_fn: str) -> dict[str, int]:
+    """robot -> newest ``observed_ns`` of ``reward_fn`` rows in ``transitions``."""
+    dt = open_table(tables.table_path(root, tables.TRANSITIONS))
+    if dt is None:
+        return {}
+    seen = dt.to_pyarrow_dataset().to_table(
+        columns=["robot_id", "observed_ns"],
+        filter=(ds.field("experiment_id") == experiment) & (ds.field("reward_fn") == reward_fn))
+    if seen.num_rows == 0:
+        return {}
+    top = seen.group_by("robot_id").aggregate([("observed_ns", "max")])
+    return dict(zip(top.column("robot_id").to_pylist(),
+                    top.column("observed_ns_max").to_pylist(), strict=True))
+
+
+def _rewarded_rows(fn: rewards.Registered, raw: pa.Table) -> Iterator[pa.Table]:
+    # A robot's steps sit on one partition; in `transitions` they keep its number, and
+    # offset -1 marks rows written by a back-fill rather than read from Kafka.
+    parts = raw.group_by("robot_id").aggregate([("kafka_partition", "max")])
+    partition_of = dict(zip(parts.column("robot_id").to_pylist(),
+                            parts.column("kafka_partition_max").to_pylist(), strict=True))
+    for batch in tables.batches_from_rows(raw):
+        yield tables.batch_rows(rewards.apply(fn, batch),
+                                tables.Source("backfill", int(partition_of[batch.robot_id]), -1))
+
+
+def backfill(root: Path | str, experiment: str, fn: rewards.Registered) -> BackfillReport:
+    """Write ``fn``'s rewards for every raw step of ``experiment`` that ``transitions``
+    does not yet hold for ``fn``.  Idempotent and resumable; rows of other reward
+    functions are never read or rewritten."""
+    raw = experiment_rows(root, tables.TRANSITIONS_RAW, experiment)
+    report = BackfillReport(fn.id)
+    if raw.num_rows == 0:
+        raise HistoryError(f"experiment {experiment!r} has no rows in {tables.TRANSITIONS_RAW}")
+    marks = watermarks(root, experiment, fn.id)
+    robot = raw.column("robot_id").to_numpy(zero_copy_only=False)
+    observed = raw.column("observed_ns").to_numpy()
+    floor = np.array([marks.get(r, -1) for r in robot], np.int64)
+    keep = observed > floor
+    report.skipped = int((~keep).sum())
+    raw = raw.filter(pa.array(keep))
+    path = tables.table_path(root, tables.TRANSITIONS)
+    app_id = f"backfill-{experiment}-{fn.id}"
+    pending: list[pa.Table] = []
+    rows = 0
+
+    def commit() -> None:
+        nonlocal pending, rows
+        if not pending:
+            return
+        dt = open_table(path)
+        version = (dt.transaction_version(app_id) or 0) + 1 if dt is not None else 1
+        data = pa.concat_tables(pending, promote_options="permissive")
+        write_deltalake(dt if dt is not None else path, data, mode="append",
+                        schema_mode="merge", partition_by=list(tables.PARTITION_BY),
+                        commit_properties=CommitProperties(
+                            app_transactions=[Transaction(app_id, version)]))
+        report.commits += 1
+        report.steps += data.num_rows
+        for r, n in zip(*np.unique(data.column("robot_id").to_numpy(zero_copy_only=False),
+                                   return_counts=True), strict=True):
+            report.robots[str(r)] = report.robots.get(str(r), 0) + int(n)
+        pending, rows = [], 0
+
+    for part in _rewarded_rows(fn, raw):
+        pending.append(part)
+        rows += part.num_rows
+        if rows >= BACKFILL_CHUNK_ROWS:
+            commit()
+    commit()
+    return report
+
+
+# -- SQL ----------------------------------------------------------------------------------
+
+#: Success rate and mean return per robot per policy version, from ``transitions``.
+#: An episode succeeds if any of its steps does; its policy version is its first step's.
+SUCCESS_BY_ROBOT_AND_VERSION = """
+WITH ep AS (
+  SELECT robot_id, episode_id, min(policy_version) AS policy_version,
+         bool_or(success) AS success, sum(reward) AS episode_return, count(*) AS steps
+  FROM transitions
+  WHERE experiment_id = $experiment AND reward_fn = $reward_fn
+  GROUP BY robot_id, episode_id)
+SELECT robot_id, policy_version, count(*) AS episodes,
+       round(avg(CAST(success AS INTEGER)), 3) AS success_rate,
+       round(avg(episode_return), 3) AS mean_return, CAST(sum(steps) AS BIGINT) AS steps
+FROM ep GROUP BY robot_id, policy_version ORDER BY robot_id, policy_version
+"""
+
+
+def sql(root: Path | str, query: str, params: dict[str, object] | None = None) -> pa.Table:
+    """Run DuckDB ``query`` with every existing history table as a view of its name."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        for name in tables.TABLE_OF_TOPIC.values():
+            dt = open_table(tables.table_path(root, name))
+            if dt is not None:
+                con.register(name, dt.to_pyarrow_dataset())
+        relation = con.sql(query, params=params or None)
+        if relation is None:  # a statement that returns no rows
+            return pa.table({})
+        result: pa.Table = relation.to_arrow_table()
+        return result
+    finally:
+        con.close()

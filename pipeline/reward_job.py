@@ -1,0 +1,121 @@
+"""The reward job: a faust-streaming app that scores ``transitions.raw`` into ``transitions``.
+
+One app (one consumer group, ``rewards-<name>-<version>``) per reward function, so
+several functions run side by side over the same raw stream and each rewarded row names
+its function; more instances of one function share the partitions as a group.  A
+rewarded batch goes to the *same partition* number of ``transitions`` as its raw batch
+came from, so a site's and a robot's order carries over.
+
+Delivery: **at-least-once**.  faust acknowledges a raw record once the agent has handed
+its rewarded batch to the producer, and before committing offsets it flushes the producer
+(``processing_guarantee="at_least_once"``).  A crash between the send and the commit
+scores the record again, so ``transitions`` may hold a batch twice; the Delta sink drops
+such repeats (``pipeline.sink``: a robot's rewarded steps are only written once per
+reward function, by time watermark), so no duplicate reaches Delta.
+
+The scoring itself is :func:`score`, a pure function of a Kafka record; the faust app
+around it is a few lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import faust
+
+from pipeline import rewards
+from pipeline.tables import user_home
+from schemas.events import RejectReason
+from schemas.transitions import TransitionBatch
+from topics import catalog, serde, validation
+from topics.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def app_id(fn: rewards.Registered, suffix: str = "") -> str:
+    """The faust app id (and consumer group) of ``fn``'s job."""
+    return f"rewards-{fn.name}-{fn.version}{suffix}".replace("@", "-")
+
+
+def score(fn: rewards.Registered, record: validation.Record, *, out_topic: str,
+          dlq_topic: str, consumer: str = "") -> serde.Encoded:
+    """The record to publish for one raw record: its rewarded batch on ``out_topic``
+    (same partition, same key), or its dead letter on ``dlq_topic``.  Never raises for
+    bad input."""
+    # Validate as the catalog topic: a namespaced topic only changes the name.
+    result = validation.validate(replace(record, topic=catalog.TRANSITIONS_RAW.name))
+    if isinstance(result, validation.Accepted) and isinstance(result.event, TransitionBatch):
+        try:
+            rewarded = rewards.apply(fn, result.event)
+            encoded = serde.encode(catalog.TRANSITIONS, rewarded)
+            return replace(encoded, topic=out_topic, partition=record.partition)
+        except (ValueError, ArithmeticError) as exc:  # SchemaError/RewardError included
+            reason = getattr(exc, "reason", RejectReason.DECODER_ERROR)
+            result = validation.Rejected(record, reason, f"{fn.id}: {exc}")
+    elif isinstance(result, validation.Accepted):
+        result = validation.Rejected(record, RejectReason.WRONG_TOPIC,
+                                     "not a transition batch")
+    rejected = replace(result, record=record)
+    log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset,
+                rejected.detail)
+    letter = validation.dead_letter(rejected, consumer=consumer)
+    return replace(serde.encode(catalog.DLQ, letter), topic=dlq_topic)
+
+
+def build_app(kafka: KafkaSettings, fn: rewards.Registered, *, topic_suffix: str = "",
+              datadir: Path | None = None) -> faust.App:
+    """The faust app that runs ``fn`` over ``transitions.raw`` (+ ``topic_suffix``)."""
+    name = app_id(fn, topic_suffix)
+    datadir = datadir or user_home() / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        name,
+        broker=kafka.faust_broker_url(),
+        datadir=str(datadir / name),
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,  # topics are made by `userctl topics create`
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=kafka.message_max_bytes,
+        consumer_max_fetch_size=kafka.message_max_bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    source = app.topic(catalog.TRANSITIONS_RAW.name + topic_suffix, key_type=bytes,
+                       value_type=bytes, allow_empty=True)
+    out_topic = catalog.TRANSITIONS.name + topic_suffix
+    dlq_topic = catalog.DLQ.name + topic_suffix
+
+    @app.agent(source)
+    async def reward(stream):  # type: ignore[no-untyped-def]
+        # Delivery: at-least-once (see the module doc); offsets are committed by faust
+        # after the producer is flushed.
+        async for event in stream.events():
+            msg = event.message
+            record = validation.Record(
+                topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                value=event.value, key=event.key,
+                headers=tuple((k, v) for k, v in (msg.headers or [])),
+                timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None)
+            out = score(fn, record, out_topic=out_topic, dlq_topic=dlq_topic,
+                        consumer=name)
+            await app.producer.send(out.topic, out.key, out.value, out.partition,
+                                    None, list(out.headers))
+
+    return app
+
+
+def run(kafka: KafkaSettings, fn: rewards.Registered, *, topic_suffix: str = "",
+        datadir: Path | None = None, loglevel: str = "INFO") -> None:
+    """Run ``fn``'s job until SIGTERM/SIGINT (a faust worker in this process)."""
+    app = build_app(kafka, fn, topic_suffix=topic_suffix, datadir=datadir)
+    log.info("reward job %s: %s%s -> %s%s, kafka %s", fn.id, catalog.TRANSITIONS_RAW.name,
+             topic_suffix, catalog.TRANSITIONS.name, topic_suffix, kafka.redacted())
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,333 @@
+"""The Delta Lake history: table names, and events <-> Delta rows (DESIGN §4).
+
+Tables, each partitioned by ``experiment_id``:
+
+* ``transitions_raw`` — one row per raw step (``transitions.raw``);
+* ``transitions`` — one row per step per reward function (``transitions``), ``reward_fn``
+  names the function as ``name@version``;
+* ``episodes`` — episode started/ended events (``episodes``);
+* ``policies`` — every published weights manifest (``weights.manifests``).
+
+Rows use only types every Delta reader understands: strings, integers, floats, bools,
+variable lists (vectors), binary (one camera image, raw HWC uint8 bytes) and structs
+(``images.<camera>``, ``info.<name>``).  Times are int64 nanoseconds since the epoch
+(``observed_ns``), because Delta timestamps stop at microseconds.  Each batch row also
+records its ``layout`` (the per-step shapes, JSON) so :func:`batches_from_rows` can
+rebuild the exact numpy batches, and its Kafka source (``kafka_partition``,
+``kafka_offset``, ``batch_row``).  Nested or unknown event fields are JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import AwareDatetime
+
+from schemas import events, transitions
+from schemas.transitions import Layout, RewardedTransitionBatch, TransitionBatch
+from topics import catalog, serde
+
+TRANSITIONS_RAW = "transitions_raw"
+TRANSITIONS = "transitions"
+EPISODES = "episodes"
+POLICIES = "policies"
+
+#: Which table each sunk topic fills (catalog topic name -> table name).
+TABLE_OF_TOPIC: dict[str, str] = {
+    catalog.TRANSITIONS_RAW.name: TRANSITIONS_RAW,
+    catalog.TRANSITIONS.name: TRANSITIONS,
+    catalog.EPISODES.name: EPISODES,
+    catalog.WEIGHTS_MANIFESTS.name: POLICIES,
+}
+
+def user_home() -> Path:
+    """The state directory every USER process shares (``USER_HOME``; `userctl` sets it)."""
+    return Path(os.environ.get("USER_HOME", ".user"))
+
+
+#: Every table is partitioned by experiment, so one experiment's history is a prefix.
+PARTITION_BY = ("experiment_id",)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record was read: its rows remember it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def table_path(root: Path | str, table: str) -> str:
+    """Where ``table`` lives under the history root."""
+    return str(Path(root) / table)
+
+
+# -- batches -> rows ----------------------------------------------------------------------
+
+
+def _strings(arr: pa.Array) -> pa.Array:
+    return arr.cast(pa.string())
+
+
+def _list(arr: pa.Array) -> pa.Array:
+    """fixed_size_list<T> -> list<T> (nulls kept)."""
+    return arr.cast(pa.list_(arr.type.value_type))
+
+
+def _binary_of_fsl(arr: pa.Array) -> pa.Array:
+    """fixed_size_list<uint8>[n] -> binary, one image's bytes per row, zero-copy."""
+    size = arr.type.list_size
+    n = len(arr)
+    values = arr.values.slice(arr.offset * size, n * size)
+    data = values.buffers()[1]
+    start = values.offset
+    offsets = (np.arange(n + 1, dtype=np.int64) * size + start).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), data])
+
+
+def _nullable(table: pa.Table) -> pa.Table:
+    """Every field nullable (recursively): schemas of different robots then merge."""
+
+    def loosen(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, loosen(f.type), True) for f in t])
+        if pa.types.is_list(t):
+            return pa.list_(pa.field("element", loosen(t.value_type), True))
+        return t
+
+    schema = pa.schema([pa.field(f.name, loosen(f.type), True) for f in table.schema])
+    return table.cast(schema)
+
+
+def layout_json(layout: Layout) -> str:
+    return json.dumps({
+        "observation": list(layout.observation),
+        "action": list(layout.action),
+        "cameras": {k: list(v) for k, v in layout.cameras.items()},
+        "info": {k: list(v) for k, v in layout.info.items()},
+    }, sort_keys=True)
+
+
+def _layout_of(text: str) -> Layout:
+    raw = json.loads(text)
+    return Layout(
+        observation=tuple(raw["observation"]),
+        action=tuple(raw["action"]),
+        cameras={k: (int(v[0]), int(v[1]), int(v[2])) for k, v in raw["cameras"].items()},
+        info={k: tuple(v) for k, v in raw["info"].items()},
+    )
+
+
+def batch_rows(batch: TransitionBatch | RewardedTransitionBatch, source: Source) -> pa.Table:
+    """One Delta row per step of ``batch``, with its header fields and Kafka source."""
+    rb = transitions.to_arrow(batch)
+    n = len(batch)
+    e = batch.event
+    cols: dict[str, pa.Array] = {
+        "experiment_id": pa.array([e.experiment_id] * n, pa.string()),
+        "site": pa.array([e.site] * n, pa.string()),
+        "robot_id": pa.array([e.robot_id] * n, pa.string()),
+        "robot_type": pa.array([e.robot_type] * n, pa.string()),
+    }
+    if isinstance(batch, RewardedTransitionBatch):
+        cols["reward_fn"] = pa.array([batch.reward_fn] * n, pa.string())
+    for name in rb.schema.names:
+        if name in cols:
+            continue
+        arr = rb.column(name)
+        typ = arr.type
+        if pa.types.is_dictionary(typ):
+            cols[name] = _strings(arr)
+        elif pa.types.is_timestamp(typ):
+            cols[name] = arr.view(pa.int64())
+        elif pa.types.is_fixed_size_list(typ):
+            cols[name] = _list(arr)
+        elif pa.types.is_struct(typ):
+            subs = []
+            for i, sub in enumerate(typ):
+                child = arr.field(i)
+                if pa.types.is_fixed_size_list(sub.type):
+                    child = (_binary_of_fsl(child) if sub.type.value_type == pa.uint8()
+                             else _list(child))
+                subs.append(child)
+            cols[name] = pa.StructArray.from_arrays(subs, names=[f.name for f in typ])
+        else:
+            cols[name] = arr
+    raw_id = getattr(e, "raw_event_id", None)
+    if isinstance(batch, RewardedTransitionBatch):
+        cols["raw_event_id"] = pa.array([str(raw_id) if raw_id else None] * n, pa.string())
+    cols["batch_event_id"] = pa.array([str(e.event_id)] * n, pa.string())
+    cols["batch_row"] = pa.array(np.arange(n, dtype=np.int32))
+    cols["layout"] = pa.array([layout_json(batch.layout)] * n, pa.string())
+    cols["kafka_partition"] = pa.array([source.partition] * n, pa.int32())
+    cols["kafka_offset"] = pa.array([source.offset] * n, pa.int64())
+    return _nullable(pa.table(cols))
+
+
+# -- events -> rows -----------------------------------------------------------------------
+
+
+def _arrow_type(annotation: object) -> pa.DataType:
+    """The Arrow type of a pydantic field annotation; structured values become JSON text."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arrow_type(args[0]) if len(args) == 1 else pa.string()
+    if origin is typing.Literal:
+        value = typing.get_args(annotation)[0]
+        return _arrow_type(type(value))
+    if origin is typing.Annotated:
+        return _arrow_type(typing.get_args(annotation)[0])
+    if annotation is bool:
+        return pa.bool_()
+    if annotation is int:
+        return pa.int64()
+    if annotation is float:
+        return pa.float64()
+    if annotation is datetime or annotation is AwareDatetime:
+        return pa.timestamp("us", tz="UTC")
+    return pa.string()
+
+
+def _cell(value: object, typ: pa.DataType) -> object:
+    if value is None:
+        return None
+    if pa.types.is_string(typ):
+        if isinstance(value, Enum):
+            return str(value.value)
+        if isinstance(value, (str, uuid.UUID)):
+            return str(value)
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def event_rows(event: events.Envelope, source: Source) -> pa.Table:
+    """One Delta row for a JSON event; the columns follow the model's fields."""
+    fields = type(event).model_fields
+    data = event.model_dump(mode="python")
+    if isinstance(event, events.WeightsManifestV1):
+        data["tensors"] = [t.model_dump() for t in event.tensors]
+    cols: dict[str, pa.Array] = {}
+    for name, info in fields.items():
+        typ = _arrow_type(info.annotation)
+        if name == "event_id":
+            typ = pa.string()
+        value = data.get(name)
+        if isinstance(value, tuple):
+            value = list(value)
+        cols[name] = pa.array([_cell(value, typ)], typ)
+    cols["kafka_partition"] = pa.array([source.partition], pa.int32())
+    cols["kafka_offset"] = pa.array([source.offset], pa.int64())
+    return _nullable(pa.table(cols))
+
+
+def rows(payload: serde.Payload, source: Source) -> pa.Table:
+    """The Delta rows of any sunk record's payload."""
+    if isinstance(payload, (TransitionBatch, RewardedTransitionBatch)):
+        return batch_rows(payload, source)
+    return event_rows(payload, source)
+
+
+# -- rows -> batches (replay) -------------------------------------------------------------
+
+
+def _dense(arr: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """(n, *shape) float32 of a list column; null rows are zeros."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    out = np.zeros((n, *shape), np.float32)
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
+    if valid.any():
+        values = arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        out[valid] = values.astype(np.float32).reshape(int(valid.sum()), *shape)
+    return out
+
+
+def _images(arr: pa.Array, shape: tuple[int, ...]) -> npt.NDArray[np.uint8]:
+    """(k, *shape) uint8 of the non-null rows of a binary image column."""
+    kept = arr.filter(arr.is_valid())
+    if len(kept) == 0:
+        return np.zeros((0, *shape), np.uint8)
+    data = b"".join(kept.to_pylist())
+    return np.frombuffer(data, np.uint8).reshape(len(kept), *shape)
+
+
+def _column(table: pa.Table, name: str) -> npt.NDArray[np.generic]:
+    out: npt.NDArray[np.generic] = table.column(name).to_numpy(zero_copy_only=False)
+    return out
+
+
+def batch_from_rows(table: pa.Table) -> TransitionBatch:
+    """The raw batch of the rows of one ``batch_event_id`` (in ``batch_row`` order).
+
+    The header keeps the original event id, site, robot and experiment; ``produced_at``
+    is now.  Raises ``SchemaError`` if the rows do not make a valid batch.
+    """
+    table = table.sort_by("batch_row")
+    first = table.slice(0, 1).to_pylist()[0]
+    layout = _layout_of(first["layout"])
+    n = table.num_rows
+    truncated = np.asarray(_column(table, "truncated"), np.bool_)
+    images: dict[str, npt.NDArray[np.uint8]] = {}
+    finals: dict[str, npt.NDArray[np.uint8]] = {}
+    for cam, shape in layout.cameras.items():
+        images[cam] = _images(pc.struct_field(table.column("images").combine_chunks(), cam),
+                              shape)
+        finals[cam] = _images(
+            pc.struct_field(table.column("final_images").combine_chunks(), cam), shape)
+    info = {
+        name: _dense(pc.struct_field(table.column("info").combine_chunks(), name), shape)
+        for name, shape in layout.info.items()
+    }
+    final_obs = _dense(table.column("final_observation"), layout.observation)[truncated]
+    event = events.TransitionBatchV1(
+        event_id=uuid.UUID(first["batch_event_id"]), site=first["site"],
+        robot_id=first["robot_id"], experiment_id=first["experiment_id"],
+        robot_type=first["robot_type"], n_steps=n)
+    return TransitionBatch.build(
+        event,
+        episode_id=np.asarray(_column(table, "episode_id"), np.str_),
+        step=_column(table, "step"),
+        observation=_dense(table.column("observation"), layout.observation),
+        action=_dense(table.column("action"), layout.action),
+        policy_version=_column(table, "policy_version"),
+        observed_ns=_column(table, "observed_ns"),
+        acted_ns=_column(table, "acted_ns"),
+        intervention=_column(table, "intervention"),
+        human_action=_dense(table.column("human_action"), layout.action),
+        truncated=truncated,
+        final_observation=final_obs,
+        images=images,
+        final_images=finals,
+        info=info,
+    )
+
+
+def batches_from_rows(table: pa.Table) -> Iterator[TransitionBatch]:
+    """The raw batches held by ``table``'s rows, robot by robot in the order each robot
+    took its steps (``observed_ns``); each original batch is rebuilt whole."""
+    if table.num_rows == 0:
+        return
+    # A robot's batches never overlap in time, so sorted by (robot, time) each batch is
+    # one run of equal batch ids.
+    table = table.sort_by([("robot_id", "ascending"), ("observed_ns", "ascending")])
+    ids = np.asarray(table.column("batch_event_id").to_numpy(zero_copy_only=False))
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    for start, end in zip(starts, ends, strict=True):
+        yield batch_from_rows(table.slice(int(start), int(end - start)))
