@@ -72,6 +72,9 @@ class StopSpec(_Frozen):
     success_window: int = Field(50, ge=1, description="…over the last N episodes")
     max_env_steps: int | None = Field(None, ge=1, description="stop after this many env steps")
     max_wall_s: float | None = Field(None, gt=0, description="stop after this long")
+    target_robot_types: tuple[str, ...] = Field(
+        (), description="robot types that must reach the target (empty: every type)"
+    )
 
 
 class ExperimentSpec(_Frozen):
