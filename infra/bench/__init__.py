@@ -13,6 +13,7 @@ import importlib
 #: Benchmark name -> module; each registers ``userctl bench <name>``.
 BENCHMARKS: dict[str, str] = {
     "codec": "infra.bench.codec",
+    "weights": "infra.bench.weights",
     "ingest": "infra.bench.ingest",
     "fleet": "infra.bench.fleet",
 }

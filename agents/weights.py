@@ -1,0 +1,451 @@
+"""Streaming weight sync, robot side: fetch, verify and swap in learned policies.
+
+DESIGN §5 / issue 6 item 3.  A :class:`WeightsSubscriber` runs one background thread
+per agent process.  It follows the manifests of every experiment (from the beginning,
+so a robot that joins late goes straight to the newest version), and for each
+experiment a robot here is leased to it fetches the newest version's chunks, checks
+them (:func:`assemble`: every chunk present, at its offset, of its size and SHA-256; the
+whole blob's size and SHA-256), builds the policy through ``learners.policies`` and
+swaps a complete :class:`Applied` ``(policy, version)`` in under a lock.
+
+The control loop never touches the network: each control step asks
+:func:`learned_or` for the current pair, a dictionary look-up.  A corrupt, partial or
+mismatching version is never applied; the robot keeps what it ran before, the reason
+is logged and counted in :attr:`WeightsSubscriber.rejected`.
+
+Transport is a :class:`WeightsSource` (:mod:`agents.weights_kafka` on the real topics,
+or a fake), so the logic here runs in unit tests without a broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.policies import PolicyFn
+from agents.worker import Lease
+from learners import policies
+from schemas import events
+
+log = logging.getLogger(__name__)
+
+#: Header metadata key of the spec a blob was trained for; the learner writes it
+#: (``learners.weights_sync.SPEC_KEY``, which agents may not import).
+SPEC_KEY = "policy_spec"
+
+#: Why a version was refused (the keys of :attr:`WeightsSubscriber.rejected`).
+REASONS = (
+    "bad_manifest",    # the manifest contradicts itself
+    "missing_chunk",   # a chunk it names is not on the topic (expired, never written)
+    "unreadable_chunk",  # a chunk record fails decoding (its bytes do not match its hash …)
+    "chunk_mismatch",  # a chunk belongs to another version/index/offset than named
+    "chunk_size",      # a chunk is not as long as the manifest says
+    "chunk_hash",      # a chunk's SHA-256 differs from the manifest's
+    "blob_size",       # the assembled blob is not total_bytes long
+    "blob_hash",       # the assembled blob's SHA-256 differs from the manifest's
+    "bad_blob",        # not a self-describing safetensors blob of the manifest's kind
+    "spec_mismatch",   # trained for another robot description
+    "build_failed",    # learners.policies could not build or load it
+    "fetch_timeout",   # the chunks did not all arrive in time
+    "fetch_error",     # the transport failed while fetching (logged with its traceback)
+)
+
+
+class Policy(Protocol):
+    """What an agent needs of a ``learners.policies`` policy (``learners.core.Policy``)."""
+
+    def act(self, observation: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+
+
+class WeightsRejected(Exception):
+    """A version that must not be applied; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FetchedChunk:
+    """A chunk as read back, with the ``weights`` offset it was read at."""
+
+    offset: int
+    chunk: events.WeightsChunkV1
+
+
+# -- pure verification ----------------------------------------------------------------------
+
+
+def check_manifest(manifest: events.WeightsManifestV1) -> None:
+    """Raise :class:`WeightsRejected` (``bad_manifest``) if the manifest contradicts itself."""
+    n = len(manifest.chunk_sha256)
+    want = math.ceil(manifest.total_bytes / manifest.chunk_bytes)
+    if n != want or n == 0:
+        raise WeightsRejected("bad_manifest", f"{n} chunks for {manifest.total_bytes} bytes "
+                              f"in chunks of {manifest.chunk_bytes} (expected {want})")
+    if len(set(manifest.chunk_offsets)) != n:
+        raise WeightsRejected("bad_manifest", "two chunks share an offset")
+
+
+def assemble(manifest: events.WeightsManifestV1, fetched: Iterable[FetchedChunk]) -> bytes:
+    """The verified blob of ``manifest`` from its chunks, given in any order.
+
+    Checks, in this order: every chunk belongs to this experiment and version and was
+    read at the offset the manifest names for its index; none is missing; each has the
+    size and SHA-256 the manifest names (recomputed here, not trusted from the chunk);
+    the joined blob has ``total_bytes`` and the manifest's SHA-256.  Raises
+    :class:`WeightsRejected` naming the first failure.
+    """
+    check_manifest(manifest)
+    n = len(manifest.chunk_sha256)
+    parts: dict[int, bytes] = {}
+    for item in fetched:
+        c = item.chunk
+        if (c.experiment_id, c.version, c.n_chunks) != (manifest.experiment_id,
+                                                         manifest.version, n):
+            raise WeightsRejected("chunk_mismatch", f"chunk at offset {item.offset} is "
+                                  f"{c.experiment_id} v{c.version} {c.index + 1}/{c.n_chunks}, "
+                                  f"expected {manifest.experiment_id} v{manifest.version} of {n}")
+        if c.index >= n or manifest.chunk_offsets[c.index] != item.offset:
+            raise WeightsRejected("chunk_mismatch", f"chunk {c.index} read at offset "
+                                  f"{item.offset}, the manifest does not put it there")
+        parts[c.index] = c.data
+    missing = [i for i in range(n) if i not in parts]
+    if missing:
+        raise WeightsRejected("missing_chunk", f"chunks {missing[:5]} of {n} did not arrive")
+    last = manifest.total_bytes - manifest.chunk_bytes * (n - 1)
+    for i in range(n):
+        data = parts[i]
+        size = manifest.chunk_bytes if i < n - 1 else last
+        if len(data) != size:
+            raise WeightsRejected("chunk_size", f"chunk {i} has {len(data)} bytes, expected {size}")
+        if hashlib.sha256(data).hexdigest() != manifest.chunk_sha256[i]:
+            raise WeightsRejected("chunk_hash", f"chunk {i} does not match its SHA-256")
+    blob = b"".join(parts[i] for i in range(n))
+    if len(blob) != manifest.total_bytes:
+        raise WeightsRejected("blob_size", f"{len(blob)} bytes, expected {manifest.total_bytes}")
+    if hashlib.sha256(blob).hexdigest() != manifest.sha256:
+        raise WeightsRejected("blob_hash", "the joined chunks do not match the manifest's SHA-256")
+    return blob
+
+
+def _spec_of(text: str) -> policies.PolicySpec:
+    raw = json.loads(text)
+    return policies.PolicySpec(int(raw["observation_dim"]), int(raw["action_dim"]),
+                               tuple(float(v) for v in raw["action_low"]),
+                               tuple(float(v) for v in raw["action_high"]))
+
+
+def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
+                 spec: policies.PolicySpec) -> Policy:
+    """The policy a verified blob describes, for a robot of ``spec``.
+
+    Raises :class:`WeightsRejected`: ``bad_blob`` (header unreadable, or another kind
+    than the manifest names), ``spec_mismatch`` (trained for another robot),
+    ``build_failed`` (the policy kind refuses the weights).
+    """
+    try:
+        meta = policies.safetensors_metadata(blob)
+    except ValueError as exc:
+        raise WeightsRejected("bad_blob", str(exc)) from None
+    kind = meta.get("policy_kind")
+    if kind != manifest.policy:
+        raise WeightsRejected("bad_blob", f"blob is of kind {kind!r}, the manifest says "
+                              f"{manifest.policy!r}")
+    if SPEC_KEY in meta:
+        try:
+            trained_for = _spec_of(meta[SPEC_KEY])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WeightsRejected("bad_blob", f"unreadable {SPEC_KEY}: {exc}") from None
+        if trained_for != spec:
+            raise WeightsRejected("spec_mismatch", f"trained for {trained_for}, this robot is "
+                                  f"{spec}")
+    try:
+        return policies.load(spec, blob)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsRejected("build_failed", str(exc)) from None
+
+
+# -- what the control loop sees -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A learned policy ready to run, and the version it is."""
+
+    version: int
+    policy: Policy
+    act: PolicyFn
+    """observation -> action (one robot, one step)."""
+    learner_step: int = 0
+    fetch_s: float = 0.0
+    """seconds spent reading its chunks."""
+    verify_s: float = 0.0
+    """seconds spent checking sizes and hashes and joining the blob."""
+    build_s: float = 0.0
+    """seconds spent building the policy and loading the weights."""
+
+
+def _act_fn(policy: Policy, deterministic: bool) -> PolicyFn:
+    def act(observation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        batch = np.asarray(observation, dtype=np.float32).reshape(1, -1)
+        return np.asarray(policy.act(batch, deterministic=deterministic)[0], dtype=np.float32)
+
+    return act
+
+
+def learned_or(
+    fallback: Callable[[], tuple[PolicyFn, int]],
+    subscriber: WeightsSubscriber | None,
+    lease: Callable[[], Lease | None],
+) -> Callable[[], tuple[PolicyFn, int]]:
+    """A robot's per-step policy source: the learned policy of its leased experiment once
+    a verified one exists, else ``fallback`` (version 0: no learned weights).
+
+    The returned callable does no I/O: it reads what the subscriber already swapped in.
+    """
+    if subscriber is None:
+        return fallback
+
+    def current() -> tuple[PolicyFn, int]:
+        held = lease()
+        if held is not None:
+            subscriber.want(held.experiment_id)
+            applied = subscriber.current(held.experiment_id)
+            if applied is not None:
+                return applied.act, applied.version
+        return fallback()
+
+    return current
+
+
+# -- the background subscriber --------------------------------------------------------------
+
+
+class WeightsSource(Protocol):
+    """Where a subscriber reads manifests and chunks (Kafka adapter, or a fake)."""
+
+    def manifests(self, timeout_s: float) -> list[events.WeightsManifestV1 | str]:
+        """New manifests (waiting up to ``timeout_s`` for the first); a ``str`` stands
+        for a manifest record that could not be read, and says why."""
+
+    def caught_up(self) -> bool:
+        """True once every manifest that existed at start has been returned."""
+
+    def fetch(self, manifest: events.WeightsManifestV1, timeout_s: float) -> list[FetchedChunk]:
+        """The chunks ``manifest`` names, read at its offsets.  Raises
+        :class:`WeightsRejected` (``missing_chunk``, ``unreadable_chunk``,
+        ``fetch_timeout``)."""
+
+    def close(self) -> None: ...
+
+
+class SubscriberSettings(BaseSettings):
+    """How an agent takes learned weights (environment prefix ``USER_AGENT_WEIGHTS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="USER_AGENT_WEIGHTS_", frozen=True,
+                                      extra="ignore")
+
+    enabled: bool = Field(True, description="run learned policies once they are published")
+    deterministic: bool = Field(
+        False, description="act with the policy's mode instead of sampling (evaluation)"
+    )
+    fetch_timeout_s: float = Field(120.0, gt=0, description="give up on a version after this")
+
+
+class WeightsSubscriber:
+    """Keeps the newest verified policy of each wanted experiment, fetched in the background.
+
+    Thread-safe: :meth:`want` and :meth:`current` are called from the control loop,
+    everything else happens on the subscriber's own thread.
+    """
+
+    def __init__(
+        self,
+        open_source: Callable[[], WeightsSource],
+        spec: policies.PolicySpec,
+        settings: SubscriberSettings | None = None,
+        *,
+        on_applied: Callable[[str, Applied], None] | None = None,
+    ) -> None:
+        self._open_source = open_source
+        self.spec = spec
+        self.settings = settings or SubscriberSettings()
+        self._on_applied = on_applied
+        self._lock = threading.Condition()
+        self._wanted: set[str] = set()
+        self._applied: dict[str, Applied] = {}
+        self._latest: dict[str, events.WeightsManifestV1] = {}
+        self._refused: dict[str, int] = {}  # experiment -> newest version refused
+        self._ready = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rejected: Counter[str] = Counter()
+        """versions refused, by reason (and ``bad_manifest`` records)."""
+        self.applied_versions: list[tuple[str, int]] = []
+        """every (experiment, version) swapped in, in order."""
+        self.last_rejection = ""
+
+    # -- control-loop side (no I/O) ----------------------------------------------------------
+
+    def want(self, experiment_id: str) -> None:
+        """Fetch weights for ``experiment_id`` (a robot here is leased to it)."""
+        if experiment_id in self._wanted:  # set membership is atomic; skip the lock
+            return
+        with self._lock:
+            self._wanted.add(experiment_id)
+            self._lock.notify_all()
+
+    def current(self, experiment_id: str) -> Applied | None:
+        """The newest applied policy of ``experiment_id``, or None."""
+        with self._lock:
+            return self._applied.get(experiment_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="weights-subscriber")
+        self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def ready(self) -> bool:
+        """True once every manifest that existed at start has been read."""
+        with self._lock:
+            return self._ready
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self._ready, timeout_s)
+
+    def wait_applied(self, experiment_id: str, version: int, timeout_s: float) -> bool:
+        """Wait until ``version`` (or newer) of ``experiment_id`` is applied."""
+        def done() -> bool:
+            applied = self._applied.get(experiment_id)
+            return applied is not None and applied.version >= version
+
+        with self._lock:
+            return self._lock.wait_for(done, timeout_s)
+
+    def wait_rejected(self, experiment_id: str, version: int, timeout_s: float) -> bool:
+        """Wait until ``version`` (or newer) of ``experiment_id`` has been refused."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: self._refused.get(experiment_id, 0) >= version, timeout_s)
+
+    # -- the background thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        source = self._connect()
+        if source is None:
+            return
+        try:
+            while not self._stop.is_set():
+                self._read_manifests(source, 0.1)
+                if not source.caught_up():
+                    continue  # a late joiner jumps straight to the newest version
+                with self._lock:
+                    if not self._ready:
+                        self._ready = True
+                        self._lock.notify_all()
+                for manifest in self._due():
+                    self._install(source, manifest)
+        except Exception:  # never take the agent down; robots keep their last policy
+            log.exception("weights subscriber stopped; robots keep their current policies")
+        finally:
+            source.close()
+
+    def _connect(self) -> WeightsSource | None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                return self._open_source()
+            except (TimeoutError, LookupError) as exc:
+                log.warning("weights: %s; retrying in %.0f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 15.0)
+        return None
+
+    def _read_manifests(self, source: WeightsSource, timeout_s: float) -> None:
+        for item in source.manifests(timeout_s):
+            if isinstance(item, str):
+                self._count("bad_manifest", f"unreadable manifest record: {item}")
+                continue
+            with self._lock:
+                held = self._latest.get(item.experiment_id)
+                if held is None or item.version > held.version:
+                    self._latest[item.experiment_id] = item
+
+    def _due(self) -> list[events.WeightsManifestV1]:
+        with self._lock:
+            due = []
+            for exp in self._wanted:
+                manifest = self._latest.get(exp)
+                if manifest is None:
+                    continue
+                applied = self._applied.get(exp)
+                if manifest.version <= (applied.version if applied else 0):
+                    continue
+                if manifest.version <= self._refused.get(exp, 0):
+                    continue
+                due.append(manifest)
+            return due
+
+    def _install(self, source: WeightsSource, manifest: events.WeightsManifestV1) -> None:
+        exp, version = manifest.experiment_id, manifest.version
+        try:
+            t0 = time.monotonic()
+            fetched = source.fetch(manifest, self.settings.fetch_timeout_s)
+            t1 = time.monotonic()
+            blob = assemble(manifest, fetched)
+            del fetched
+            t2 = time.monotonic()
+            policy = build_policy(manifest, blob, self.spec)
+            t3 = time.monotonic()
+        except Exception as exc:  # a transport failure must not end the subscriber
+            if not isinstance(exc, WeightsRejected):
+                log.exception("weights %s v%d: fetching failed", exp, version)
+                exc = WeightsRejected("fetch_error", f"{type(exc).__name__}: {exc}")
+            held = self.current(exp)
+            keeping = f"v{held.version}" if held else "the non-learned policy"
+            self._count(exc.reason, f"{exp} v{version} refused ({exc.detail}); keeping {keeping}",
+                        refused=(exp, version))
+            return
+        applied = Applied(version, policy, _act_fn(policy, self.settings.deterministic),
+                          manifest.learner_step, t1 - t0, t2 - t1, t3 - t2)
+        with self._lock:
+            self._applied[exp] = applied
+            self.applied_versions.append((exp, version))
+            self._lock.notify_all()
+        log.info("weights %s v%d applied (%d bytes, learner step %d; fetch %.3f s, verify "
+                 "%.3f s, build %.3f s)", exp, version, manifest.total_bytes,
+                 manifest.learner_step, applied.fetch_s, applied.verify_s, applied.build_s)
+        if self._on_applied is not None:
+            self._on_applied(exp, applied)
+
+    def _count(self, reason: str, detail: str, refused: tuple[str, int] | None = None) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+            self.last_rejection = f"{reason}: {detail}"
+            if refused is not None:
+                exp, version = refused
+                self._refused[exp] = max(self._refused.get(exp, 0), version)
+            self._lock.notify_all()
+        log.warning("weights: %s: %s", reason, detail)

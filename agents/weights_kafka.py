@@ -1,0 +1,148 @@
+"""The Kafka adapter of :mod:`agents.weights`: manifests from ``weights.manifests``, chunks
+from ``weights`` by direct assign + seek to the offsets a manifest names.
+
+Delivery: none to keep.  Manifests are followed from the beginning on every start
+(the topic is compacted: the newest manifest per experiment), nothing is committed, and
+chunks are read by offset without a consumer group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from agents import weights
+from agents.weights import FetchedChunk, SubscriberSettings, WeightsRejected, WeightsSubscriber
+from learners import policies
+from schemas import events, spaces
+from topics import catalog
+from topics.consumer import record_of
+from topics.follow import Follower
+from topics.settings import KafkaSettings
+from topics.validation import Accepted, validate
+
+log = logging.getLogger(__name__)
+
+#: The ``weights`` partition chunks are on (the topic has one; see learners.weights_sync_kafka).
+CHUNK_PARTITION = 0
+
+#: Records between two wanted offsets beyond which the reader seeks instead of reading on.
+_SEEK_GAP = 32
+
+
+class KafkaWeightsSource:
+    """A :class:`~agents.weights.WeightsSource` on the real topics.
+
+    Raises ``LookupError``/``TimeoutError`` from the constructor when the topics are
+    missing or the broker does not answer (the subscriber retries).
+    """
+
+    def __init__(self, settings: KafkaSettings, *, role: str = "agent-weights",
+                 timeout_s: float = 30.0) -> None:
+        self._timeout_s = timeout_s
+        self._follower = Follower(settings, {catalog.WEIGHTS_MANIFESTS: "beginning"},
+                                  role=f"{role}-manifests", timeout_s=timeout_s)
+        group = f"{settings.client_id}-{role}-chunks-{uuid.uuid4().hex[:12]}"
+        self._chunks = Consumer(settings.consumer_config(group, role=f"{role}-chunks"))
+
+    def manifests(self, timeout_s: float) -> list[events.WeightsManifestV1 | str]:
+        # Ask for one record so the call returns as soon as one exists (a batch call
+        # waits out its whole timeout), then take whatever else is already here.
+        items = self._follower.poll(timeout_s, max_records=1)
+        if items:
+            items += self._follower.poll(0.0, max_records=500)
+        out: list[events.WeightsManifestV1 | str] = []
+        for item in items:
+            if isinstance(item, Accepted) and isinstance(item.event, events.WeightsManifestV1):
+                out.append(item.event)
+            elif isinstance(item, Accepted):
+                out.append(f"offset {item.record.offset}: not a manifest")
+            else:
+                out.append(f"offset {item.record.offset}: {item.reason.value}: {item.detail}")
+        return out
+
+    def caught_up(self) -> bool:
+        return self._follower.caught_up()
+
+    def fetch(self, manifest: events.WeightsManifestV1, timeout_s: float) -> list[FetchedChunk]:
+        topic = catalog.WEIGHTS.name
+        try:
+            low, high = self._chunks.get_watermark_offsets(
+                TopicPartition(topic, CHUNK_PARTITION), timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise WeightsRejected("fetch_timeout", f"no watermarks for {topic}: {exc}") from None
+        absent = [o for o in manifest.chunk_offsets if not low <= o < high]
+        if absent:
+            raise WeightsRejected("missing_chunk", f"offsets {absent[:5]} are not on {topic} "
+                                  f"(it holds {low}..{high - 1}); expired or never written")
+        index_at = {o: i for i, o in enumerate(manifest.chunk_offsets)}
+        got: dict[int, FetchedChunk] = {}
+        deadline = time.monotonic() + timeout_s
+        position = min(index_at)
+        self._chunks.assign([TopicPartition(topic, CHUNK_PARTITION, position)])
+        try:
+            while len(got) < len(index_at):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WeightsRejected("fetch_timeout", f"{len(got)} of {len(index_at)} "
+                                          f"chunks arrived in {timeout_s:g}s")
+                # Ask for no more records than exist before the last wanted one, so the
+                # call returns as soon as they are here.
+                want = max(1, min(len(index_at) - len(got), max(index_at) + 1 - position, 1000))
+                for msg in self._chunks.consume(want, min(left, 1.0)):
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        continue
+                    offset = msg.offset() or 0
+                    position = offset + 1
+                    if offset not in index_at or offset in got:
+                        continue
+                    result = validate(record_of(msg))
+                    if not isinstance(result, Accepted) or not isinstance(
+                            result.event, events.WeightsChunkV1):
+                        detail = (f"{result.reason.value}: {result.detail}"
+                                  if not isinstance(result, Accepted) else "not a chunk")
+                        raise WeightsRejected("unreadable_chunk",
+                                              f"chunk at offset {offset}: {detail}")
+                    got[offset] = FetchedChunk(offset, result.event)
+                pending = [o for o in index_at if o not in got]
+                if not pending:
+                    break
+                nxt = min(pending)
+                if nxt < position:
+                    raise WeightsRejected("missing_chunk", f"offset {nxt} was skipped "
+                                          f"(the log has no record there)")
+                if nxt - position > _SEEK_GAP:
+                    position = nxt
+                    self._chunks.assign([TopicPartition(topic, CHUNK_PARTITION, position)])
+        finally:
+            self._chunks.unassign()  # stop prefetching chunks nobody asked for
+        return list(got.values())
+
+    def close(self) -> None:
+        self._follower.close()
+        self._chunks.close()
+
+
+def subscriber_for(
+    kafka: KafkaSettings,
+    robot_spec: spaces.RobotSpec,
+    settings: SubscriberSettings | None = None,
+) -> WeightsSubscriber | None:
+    """The weights subscriber of an agent hosting robots of ``robot_spec``, or None when
+    disabled (``USER_AGENT_WEIGHTS_ENABLED=false``) or when the robot's action is unbounded
+    (learned policies are squashed into the action bounds)."""
+    settings = settings or SubscriberSettings()
+    if not settings.enabled:
+        return None
+    try:
+        spec = policies.PolicySpec.from_robot_spec(robot_spec)
+    except ValueError as exc:
+        log.warning("learned weights disabled: %s", exc)
+        return None
+    return weights.WeightsSubscriber(lambda: KafkaWeightsSource(kafka), spec, settings)
