@@ -167,7 +167,7 @@ class Agent:
             seed = None if self.settings.seed is None else self.settings.seed + 1000 + i
             fn = RandomPolicy(robot.spec.action, seed=seed)
         return weights.learned_or(lambda: (fn, 0), self.weights,
-                                  lambda: self.workers[i].lease)
+                                  lambda: self.workers[i].lease, robot.spec.robot_type)
 
     def stop(self) -> None:
         self._stop.set()

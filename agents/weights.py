@@ -212,9 +212,11 @@ def learned_or(
     fallback: Callable[[], tuple[PolicyFn, int]],
     subscriber: WeightsSubscriber | None,
     lease: Callable[[], Lease | None],
+    robot_type: str,
 ) -> Callable[[], tuple[PolicyFn, int]]:
-    """A robot's per-step policy source: the learned policy of its leased experiment once
-    a verified one exists, else ``fallback`` (version 0: no learned weights).
+    """A robot's per-step policy source: the learned policy of its leased experiment (its
+    robot type's weights stream, :func:`learners.policies.weights_stream`) once a verified
+    one exists, else ``fallback`` (version 0: no learned weights).
 
     The returned callable does no I/O: it reads what the subscriber already swapped in.
     """
@@ -224,8 +226,9 @@ def learned_or(
     def current() -> tuple[PolicyFn, int]:
         held = lease()
         if held is not None:
-            subscriber.want(held.experiment_id)
-            applied = subscriber.current(held.experiment_id)
+            stream = policies.weights_stream(held.experiment_id, robot_type)
+            subscriber.want(stream)
+            applied = subscriber.current(stream)
             if applied is not None:
                 return applied.act, applied.version
         return fallback()

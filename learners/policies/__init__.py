@@ -23,6 +23,7 @@ from learners.policies._registry import (
     register,
     weights_metadata,
 )
+from learners.policies._streams import weights_stream
 from learners.policies._weights import (
     bytes_to_state_dict,
     from_safetensors,
@@ -52,4 +53,5 @@ __all__ = [
     "state_dict_to_bytes",
     "to_safetensors",
     "weights_metadata",
+    "weights_stream",
 ]

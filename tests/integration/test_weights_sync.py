@@ -227,7 +227,9 @@ def test_an_agent_runs_the_learned_policy_and_stamps_its_version_on_every_step(
                                 seed=1, flush_steps=5, flush_ms=100, home=tmp_path), kafka)
     spec = policies.PolicySpec.from_robot_spec(agent.robots[0].spec)
     trained = policies.build("mlp_gaussian", spec, {"hidden_sizes": [16, 16]})
-    pub = weights_sync.WeightsPublisher(KafkaWeightsSink(kafka), experiment, SETTINGS)
+    # The robot type's own stream of the experiment it is leased to.
+    stream = policies.weights_stream(experiment, "reacher2d")
+    pub = weights_sync.WeightsPublisher(KafkaWeightsSink(kafka), stream, SETTINGS)
     pub.start()
     steps = Follower(kafka, {catalog.TRANSITIONS_RAW: "end"}, role="test-steps")
     runner = threading.Thread(target=agent.run, name="agent")

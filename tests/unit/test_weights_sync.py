@@ -22,7 +22,8 @@ torch.set_num_threads(1)
 SPEC = policies.PolicySpec(4, 2, (-1.0, -1.0), (1.0, 1.0))
 OPTIONS = {"hidden_sizes": [8, 8]}
 OBS = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
-EXP = "exp-unit"
+LEASED_EXPERIMENT = "exp-unit"
+EXP = policies.weights_stream(LEASED_EXPERIMENT, "reacher2d")
 
 
 def snapshot(seed: int, step: int = 0, spec: policies.PolicySpec = SPEC) -> Snapshot:
@@ -413,8 +414,8 @@ def test_subscriber_swaps_in_verified_versions_and_keeps_the_last_good_one() -> 
     sink = InMemoryWeightsSink()
     sub = WeightsSubscriber(lambda: MemorySource(sink), SPEC)
     fallback = (lambda obs: np.zeros(2, np.float32), 0)
-    lease = Lease(EXP, "lease-1")
-    current = weights.learned_or(lambda: fallback, sub, lambda: lease)
+    lease = Lease(LEASED_EXPERIMENT, "lease-1")  # its reacher2d weights stream is EXP
+    current = weights.learned_or(lambda: fallback, sub, lambda: lease, "reacher2d")
     sub.start()
     try:
         assert current() == fallback  # nothing learned yet: version 0
@@ -459,5 +460,6 @@ def test_a_robot_without_a_lease_runs_its_fallback() -> None:
     sink = InMemoryWeightsSink()
     sub = WeightsSubscriber(lambda: MemorySource(sink), SPEC)
     fallback = (lambda obs: np.zeros(2, np.float32), 0)
-    assert weights.learned_or(lambda: fallback, sub, lambda: None)() == fallback
-    assert weights.learned_or(lambda: fallback, None, lambda: Lease(EXP, "l"))() == fallback
+    assert weights.learned_or(lambda: fallback, sub, lambda: None, "reacher2d")() == fallback
+    assert weights.learned_or(lambda: fallback, None, lambda: Lease(LEASED_EXPERIMENT, "l"),
+                              "reacher2d")() == fallback
