@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "infra.cmd_fleet",
     "infra.cmd_tail",
     "infra.cmd_topology",
+    "infra.cmd_demo",
     "infra.bench",
 )
 
