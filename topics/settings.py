@@ -143,6 +143,11 @@ class KafkaSettings(BaseSettings):
     )
     request_timeout_ms: int = Field(30_000, description="per-request timeout", gt=0)
     replication_factor: int = Field(1, description="replicas of each topic created", ge=1)
+    session_timeout_ms: int = Field(
+        10_000, ge=1_000,
+        description="a consumer-group member silent this long loses its partitions "
+        "(a killed sink's partitions move on after this)",
+    )
 
     @field_validator("sites", mode="before")
     @classmethod
@@ -225,6 +230,8 @@ class KafkaSettings(BaseSettings):
             "fetch.message.max.bytes": self.message_max_bytes,
             "receive.message.max.bytes": self.message_max_bytes + 64 * 1024 * 1024,
             "enable.partition.eof": False,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 4),
         }
 
     # -- aiokafka (faust) ----------------------------------------------------------------
