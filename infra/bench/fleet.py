@@ -23,7 +23,7 @@ from infra.bench import report
 from topics import admin
 from topics.settings import KafkaSettings
 
-HELP = "robots per agent process at 20 Hz with <= 5 % missed deadlines"
+HELP = "robots per agent process at 20 Hz within 5 percent missed deadlines"
 MAX_MISSED = 0.05
 
 
