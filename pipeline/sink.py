@@ -14,8 +14,9 @@ latest table snapshot is still the version it last wrote or found; a concurrent 
 that touches the same app id between that check and ours fails ours (Delta's conflict
 check), and the sink drops its buffer for those partitions and re-reads them from Delta.
 
-``transitions`` rows carry one more guard: a reward job is at-least-once, so a retry can
-publish a rewarded batch twice (as two Kafka records).  Per ``(partition, experiment,
+``transitions`` and ``transitions_raw`` rows carry one more guard: a reward job is
+at-least-once, so a retry can publish a rewarded batch twice (as two Kafka records), and an
+agent re-sends what its spool had not seen acknowledged when it died.  Per ``(partition, experiment,
 robot, reward_fn)`` the sink keeps the newest ``observed_ns`` already in Delta (recomputed from
 Delta on every assignment) and drops rows that are not newer: a robot's steps are
 strictly ordered in time, so a repeat is always older than the watermark.
@@ -46,7 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import tables
 from pipeline.tables import user_home
-from schemas.transitions import RewardedTransitionBatch
+from schemas.transitions import RewardedTransitionBatch, TransitionBatch
 from topics import catalog, serde, validation
 from topics.catalog import TopicSpec
 from topics.consumer import record_of
@@ -54,6 +55,12 @@ from topics.producer import EventProducer
 from topics.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+#: Tables whose rows are dropped when not newer than the robot's newest step already
+#: written: reward-job retries (``transitions``) and agents' re-sent spools
+#: (``transitions.raw``, at-least-once) repeat steps, and a robot's steps are strictly
+#: ordered in time.
+WATERMARKED = (tables.TRANSITIONS, tables.TRANSITIONS_RAW)
 
 #: Topics the sink writes to Delta by default (catalog names).
 DEFAULT_TOPICS: tuple[str, ...] = tuple(tables.TABLE_OF_TOPIC)
@@ -185,7 +192,7 @@ class DeltaSink:
             self._position[(tp.topic, tp.partition)] = 0 if version is None else version + 1
             tp.offset = OFFSET_BEGINNING if version is None else version + 1
             topic.buffer.drop(tp.partition)
-            if topic.table == tables.TRANSITIONS:
+            if topic.table in WATERMARKED:
                 self._load_watermarks(topic, tp.partition)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}"
                                           for tp in partitions) or "nothing")
@@ -212,16 +219,16 @@ class DeltaSink:
         dt = open_table(topic.path)
         if dt is None:
             return
+        rewarded = topic.table == tables.TRANSITIONS
+        keys = ["experiment_id", "robot_id", *(["reward_fn"] if rewarded else [])]
         seen = dt.to_pyarrow_dataset().to_table(
-            columns=["experiment_id", "robot_id", "reward_fn", "observed_ns"],
-            filter=pc.field("kafka_partition") == partition)
+            columns=[*keys, "observed_ns"], filter=pc.field("kafka_partition") == partition)
         if seen.num_rows == 0:
             return
-        top = seen.group_by(["experiment_id", "robot_id", "reward_fn"]).aggregate(
-            [("observed_ns", "max")])
+        top = seen.group_by(keys).aggregate([("observed_ns", "max")])
+        fns = top.column("reward_fn").to_pylist() if rewarded else [""] * top.num_rows
         for exp, robot, fn, ns in zip(top.column("experiment_id").to_pylist(),
-                                      top.column("robot_id").to_pylist(),
-                                      top.column("reward_fn").to_pylist(),
+                                      top.column("robot_id").to_pylist(), fns,
                                       top.column("observed_ns_max").to_pylist(), strict=True):
             self._watermarks[(partition, exp, robot, fn)] = int(ns)
 
@@ -232,7 +239,7 @@ class DeltaSink:
             self._expected[(topic.name, p)] = version
             self._position[(topic.name, p)] = 0 if version is None else version + 1
             topic.buffer.drop(p)
-            if topic.table == tables.TRANSITIONS:
+            if topic.table in WATERMARKED:
                 self._load_watermarks(topic, p)
             offset = OFFSET_BEGINNING if version is None else version + 1
             log.warning("%s[%d]: another writer moved its Delta version to %s; re-reading "
@@ -281,21 +288,23 @@ class DeltaSink:
         else:
             payload = result.event
             table = tables.rows(payload, tables.Source(topic.name, partition, offset))
-            if isinstance(payload, RewardedTransitionBatch):
+            if isinstance(payload, RewardedTransitionBatch | TransitionBatch):
                 table = self._fresh(partition, payload, table)
         topic.buffer.add(partition, offset, table, len(value))
         return topic
 
-    def _fresh(self, partition: int, batch: RewardedTransitionBatch, table: pa.Table
-               ) -> pa.Table:
-        """Rows newer than the watermark of (partition, experiment, robot, reward_fn)."""
-        key = (partition, batch.event.experiment_id, batch.robot_id, batch.reward_fn)
+    def _fresh(self, partition: int, batch: RewardedTransitionBatch | TransitionBatch,
+               table: pa.Table) -> pa.Table:
+        """Rows newer than the watermark of (partition, experiment, robot, reward_fn);
+        raw steps have no reward function ("")."""
+        fn = batch.reward_fn if isinstance(batch, RewardedTransitionBatch) else ""
+        key = (partition, batch.event.experiment_id, batch.robot_id, fn)
         mark = self._watermarks.get(key)
         if mark is not None:
             keep = batch.observed_ns > mark
             if not keep.all():
                 log.info("dropping %d repeated %s steps of %s", int((~keep).sum()),
-                         batch.reward_fn, batch.robot_id)
+                         fn or "raw", batch.robot_id)
                 table = table.filter(pa.array(keep))
         if len(batch):
             self._watermarks[key] = max(mark or -1, int(np.max(batch.observed_ns)))

@@ -269,3 +269,20 @@ def test_a_bad_record_goes_to_the_dlq_and_ingest_moves_past_it(ns: Namespace) ->
     assert_exactly_once(ns.table(tables.TRANSITIONS_RAW), produced)
     ends = ns.end_offsets(catalog.DLQ)
     assert sum(ends.values()) == 1
+
+
+def test_raw_steps_an_agent_sends_again_land_once(ns: Namespace) -> None:
+    # An agent killed before its spool saw the broker's acknowledgement sends the same
+    # records again when it restarts (at-least-once); Delta must still hold each step once.
+    produced = ns.produce_steps(robots=("r1", "r2"), batches=3)
+    for batch in produced[2:4]:
+        ns.send(catalog.TRANSITIONS_RAW, batch)
+    later = ns.produce_steps(robots=("r1", "r2"), batches=2, first_batch=3)
+    ns.producer.flush()
+    proc = ns.start_sink("--static")
+    try:
+        wait_for(lambda: ns.caught_up(catalog.TRANSITIONS_RAW, tables.TRANSITIONS_RAW), 60,
+                 "the sink to catch up", proc)
+    finally:
+        stop(proc)
+    assert_exactly_once(ns.table(tables.TRANSITIONS_RAW), produced + later)
