@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "infra.cmd_sink",
     "infra.cmd_replay",
     "infra.cmd_history",
+    "infra.cmd_learn",
     "infra.cmd_fleet",
     "infra.cmd_tail",
     "infra.cmd_topology",

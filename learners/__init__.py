@@ -9,9 +9,13 @@ Modules (import the module, not its names):
 - ``learners.replay`` — the in-memory ring buffer and RLPD's mixing sampler;
 - ``learners.sac`` — SAC and its RLPD preset;
 - ``learners.checkpoint`` — atomic checkpoints with source positions;
+- ``learners.loop`` — one experiment's learner (per-robot-type SAC, dedupe, UTD cap,
+  weight publishing, checkpoints, metrics) as pure logic over a step source;
+- ``learners.service`` — ``userctl learn``: the loop wired to Delta (warm start) and
+  Kafka (live steps, robots, weights, metrics);
 - ``learners.fakes`` — a pure-numpy point-mass task for tests.
 
 This file imports nothing, so ``import learners.policies`` stays light for agents.
 """
 
-__all__ = ["checkpoint", "core", "fakes", "policies", "replay", "sac"]
+__all__ = ["checkpoint", "core", "fakes", "loop", "policies", "replay", "sac", "service"]

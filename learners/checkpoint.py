@@ -41,7 +41,13 @@ def save(
     Creates the parent directory. Returns ``path``. Raises ``OSError`` if the disk refuses;
     an earlier checkpoint at ``path`` is then left intact.
     """
-    state = algorithm.state()
+    return save_state(path, algorithm.state(), source_positions)
+
+
+def save_state(
+    path: Path, state: TrainingState, source_positions: Mapping[str, JSON] | None = None
+) -> Path:
+    """Like :func:`save`, for a state already taken (e.g. several algorithms' merged)."""
     data = _weights.state_dict_to_bytes(
         state.tensors,
         metadata={

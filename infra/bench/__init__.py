@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "weights": "infra.bench.weights",
     "ingest": "infra.bench.ingest",
     "fleet": "infra.bench.fleet",
+    "learner": "infra.bench.learner",
     "all": "infra.bench.all",
 }
 

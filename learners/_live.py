@@ -1,0 +1,265 @@
+"""Kafka adapters of the learner: live rewarded steps, robot specs, the experiment spec,
+metrics and weights publishers.  The loop (:mod:`learners.loop`) sees none of this.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import replace
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from learners import weights_sync
+from learners.loop import Publisher, Steps
+from learners.policies import PolicySpec
+from learners.weights_sync_kafka import KafkaWeightsSink
+from schemas import events
+from schemas.experiment import ExperimentSpec
+from schemas.spaces import RobotSpec
+from schemas.transitions import RewardedTransitionBatch
+from topics import catalog, validation
+from topics.consumer import TopicReader, record_of
+from topics.follow import Follower
+from topics.producer import EventProducer
+from topics.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class RobotSpecs:
+    """The newest announced spec of each robot type, followed from ``robots``."""
+
+    def __init__(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
+        self._follower = Follower(kafka, {catalog.ROBOTS: "beginning"}, role="learner-robots",
+                                  timeout_s=timeout_s)
+        self._lock = threading.Lock()
+        self._specs: dict[str, RobotSpec] = {}
+        self._bad: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while not self._follower.caught_up() and time.monotonic() < deadline:
+            self.poll(0.2)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        for item in self._follower.poll(timeout_s):
+            event = item.event if isinstance(item, validation.Accepted) else None
+            if isinstance(event, events.RobotAnnouncedV1):
+                with self._lock:
+                    self._specs[event.spec.robot_type] = event.spec
+
+    def policy_spec(self, robot_type: str) -> PolicySpec | None:
+        with self._lock:
+            spec = self._specs.get(robot_type)
+        if spec is None:
+            return None
+        try:
+            return PolicySpec.from_robot_spec(spec)
+        except ValueError as exc:
+            if robot_type not in self._bad:
+                self._bad.add(robot_type)
+                log.error("cannot learn %s: %s", robot_type, exc)
+            return None
+
+    def close(self) -> None:
+        self._follower.close()
+
+
+class LiveSteps:
+    """A :class:`~learners.loop.StepSource` over the ``transitions`` topic.
+
+    Assigns every partition at a given offset (no consumer group, nothing committed) and
+    decodes records on a background thread into a bounded queue, keeping the steps of
+    one experiment and reward function.  When the queue is full the reader waits: the
+    learner is never blocked by the reader, only the reader by the learner.
+
+    Delivery: exactly where the caller says — each partition starts at the offset given
+    to :meth:`start` (the Delta app-transaction version + 1), so together with the
+    history the learner sees every record once; :meth:`positions` says how far it got.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        *,
+        experiments: tuple[str, ...],
+        reward_fn: str,
+        robots: RobotSpecs | None = None,
+        max_queued: int = 256,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self._experiments = set(experiments)
+        self._reward_fn = reward_fn
+        self._robots = robots
+        self._max_queued = max_queued
+        group = f"{kafka.client_id}-learner-{uuid.uuid4().hex[:12]}"
+        self._client = Consumer(kafka.consumer_config(group, role="learner"))
+        meta = self._client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            self._client.close()
+            raise LookupError(f"topic {topic!r} does not exist on {kafka.bootstrap}; run "
+                              "`userctl topics create`")
+        self.partitions = sorted(meta.partitions)
+        self._items: deque[tuple[int, int, Steps | None]] = deque()
+        self._cond = threading.Condition()
+        self._positions: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="learner-live", daemon=True)
+        self.rejected = 0
+        self.error: BaseException | None = None
+
+    def start(self, offsets: Mapping[int, int]) -> None:
+        """Read each partition from ``offsets[p]`` (from its beginning where absent)."""
+        assignment = [TopicPartition(self.topic, p, offsets.get(p, OFFSET_BEGINNING))
+                      for p in self.partitions]
+        log.info("live from %s", ", ".join(
+            f"{self.topic}[{tp.partition}]@{'beginning' if tp.offset < 0 else tp.offset}"
+            for tp in assignment))
+        self._client.assign(assignment)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # Delivery: exactly-once into the learner's buffer together with the Delta
+            # history (start offsets from the app transactions; nothing committed to Kafka).
+            while not self._stop.is_set():
+                if self._robots is not None:
+                    self._robots.poll(0.0)
+                with self._cond:
+                    self._cond.wait_for(lambda: len(self._items) < self._max_queued
+                                        or self._stop.is_set(), 0.5)
+                    if len(self._items) >= self._max_queued:
+                        continue
+                for msg in self._client.consume(200, 0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer: %s", err.str())
+                        continue
+                    item = self._decode(msg.partition() or 0, msg.offset() or 0,
+                                        record_of(msg))
+                    with self._cond:
+                        self._items.append(item)
+                        self._cond.notify_all()
+        except BaseException as exc:  # surfaced to the learner loop through drain()
+            self.error = exc
+            with self._cond:
+                self._cond.notify_all()
+
+    def _decode(self, partition: int, offset: int, rec: validation.Record
+                ) -> tuple[int, int, Steps | None]:
+        result = validation.validate(replace(rec, topic=catalog.TRANSITIONS.name))
+        if isinstance(result, validation.Rejected):
+            # The sink dead-letters bad records of this topic; the learner only skips them.
+            self.rejected += 1
+            log.warning("%s[%d]@%d skipped: %s %s", self.topic, partition, offset,
+                        result.reason.value, result.detail)
+            return partition, offset, None
+        batch = result.event
+        if (not isinstance(batch, RewardedTransitionBatch)
+                or batch.event.experiment_id not in self._experiments
+                or batch.reward_fn != self._reward_fn):
+            return partition, offset, None
+        return partition, offset, Steps.of_batch(batch)
+
+    def drain(self, max_items: int) -> list[Steps]:
+        if self.error is not None:
+            raise RuntimeError(f"reading {self.topic} failed: {self.error}") from self.error
+        out: list[Steps] = []
+        with self._cond:
+            while self._items and len(out) < max_items:
+                partition, offset, steps = self._items.popleft()
+                self._positions[f"{self.topic}:{partition}"] = offset + 1
+                if steps is not None:
+                    out.append(steps)
+            self._cond.notify_all()
+        return out
+
+    def wait(self, timeout_s: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._items) or self.error is not None, timeout_s)
+
+    def positions(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._positions)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._client.close()
+
+
+def read_experiment(kafka: KafkaSettings, experiment_id: str, timeout_s: float = 30.0
+                    ) -> ExperimentSpec:
+    """The spec of ``experiment_id``'s newest submission on ``experiments``.
+
+    Raises ``LookupError`` if it was never submitted, ``ValueError`` if its spec is invalid.
+    """
+    found: events.ExperimentSubmittedV1 | None = None
+    with TopicReader(kafka, catalog.EXPERIMENTS, start="beginning", timeout_s=timeout_s) as r:
+        for item in r.read():
+            if (isinstance(item, validation.Accepted)
+                    and isinstance(item.event, events.ExperimentSubmittedV1)
+                    and item.event.experiment_id == experiment_id):
+                found = item.event
+    if found is None:
+        raise LookupError(f"experiment {experiment_id!r} was never submitted on "
+                          f"{kafka.bootstrap}; submit it with `userctl experiments submit "
+                          "FILE.yaml`, or pass --spec FILE.yaml")
+    return ExperimentSpec.model_validate(found.spec)
+
+
+class KafkaMetrics:
+    """A :class:`~learners.loop.MetricsSink` producing to ``learner.metrics``."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._producer = EventProducer(kafka, role="learner-metrics")
+
+    def send(self, event: events.LearnerMetricsV1) -> None:
+        try:
+            self._producer.send(catalog.LEARNER_METRICS, event)
+        except BufferError:  # metrics are best effort: never stall learning for them
+            log.warning("learner.metrics: local queue full, metrics of step %d dropped",
+                        event.learner_step)
+
+    def close(self) -> None:
+        try:
+            self._producer.flush(10.0)
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("learner metrics not all delivered: %s", exc)
+
+
+class KafkaPublishers:
+    """Opens one :class:`~learners.weights_sync.WeightsPublisher` per weights stream."""
+
+    def __init__(self, kafka: KafkaSettings, spec: ExperimentSpec) -> None:
+        self._kafka = kafka
+        sync = spec.weight_sync
+        self._settings = weights_sync.WeightSyncSettings(
+            every_updates=sync.every_updates, every_s=sync.every_s,
+            max_bytes_per_s=sync.bandwidth_mb_s * 1e6, chunk_bytes=sync.chunk_bytes)
+        self.opened: list[weights_sync.WeightsPublisher] = []
+
+    def __call__(self, stream: str) -> tuple[Publisher, int]:
+        sink = KafkaWeightsSink(self._kafka, role=f"learner-weights-{stream}")
+        latest = sink.latest_version(stream) or 0
+        publisher = weights_sync.WeightsPublisher(sink, stream, self._settings)
+        publisher.start(first_version=latest + 1)
+        log.info("weights %s: publishing from version %d (%s)", stream, latest + 1,
+                 self._settings.model_dump(mode="json"))
+        self.opened.append(publisher)
+        return publisher, latest
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        for publisher in self.opened:
+            publisher.close(timeout_s)
