@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 SETUP_KEY := $(shell (cat pyproject.toml; pwd) | sha256sum | cut -c1-16)
 STAMP     := $(VENV)/.user-setup-$(SETUP_KEY)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup jars test test-unit lint demo broker-start broker-stop clean help
 
@@ -42,11 +43,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 demo: setup
-	$(BIN)/userctl broker start
-	$(BIN)/userctl topics create
-	@echo
-	@echo "The broker is up and the topic catalog exists (inspect it with infra/bin/kafka-topics)."
-	@echo "The full demo — a simulated fleet learning end to end — is not built yet (issue #7)."
+	$(BIN)/userctl demo $(DEMO_ARGS)
 
 broker-start: setup
 	$(BIN)/userctl broker start

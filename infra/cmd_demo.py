@@ -100,6 +100,14 @@ def _demo(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # Submitted first: the learner reads its spec at start, and the controller leases
+    # each robot as soon as it announces itself.
+    producer = EventProducer(kafka, role="demo")
+    producer.send(catalog.EXPERIMENTS, ev.ExperimentSubmittedV1(
+        experiment_id=spec.name, spec=spec.model_dump(mode="json"),
+        submitted_by="userctl demo"))
+    producer.flush(30.0)
+    print(f"submitted experiment {name} ({args.experiment})")
     print(f"starting {len(run_topo.roles)} roles: {', '.join(run_topo.roles)} "
           f"(logs in {home / 'logs' / run_topo.name})")
     sup_thread.start()
@@ -136,11 +144,8 @@ def _watch(kafka: KafkaSettings, spec: ExperimentSpec, progress: Progress,
         catalog.TRANSITIONS: "end", catalog.LEARNER_METRICS: "end",
     }, role="demo")
     types = tuple(r.robot_type for r in spec.robots)
-    wanted = spec.robot_count
-    submitted = False
     tty = sys.stdout.isatty()
     next_draw = 0.0
-    waiting_since = time.time()
     try:
         while not interrupted.is_set():
             for item in follower.poll(0.2):
@@ -155,26 +160,11 @@ def _watch(kafka: KafkaSettings, spec: ExperimentSpec, progress: Progress,
                 elif isinstance(event, ev.Envelope):
                     fleet.apply(event, event.produced_at.timestamp())
             now = time.time()
-            if not submitted:
-                alive = [r for r in fleet.robots.values()
-                         if r.alive(now, 5.0) and r.state is ev.RobotState.IDLE]
-                if len(alive) >= wanted or now - waiting_since > 120:
-                    producer = EventProducer(kafka, role="demo")
-                    producer.send(catalog.EXPERIMENTS, ev.ExperimentSubmittedV1(
-                        experiment_id=spec.name, spec=spec.model_dump(mode="json"),
-                        submitted_by="userctl demo"))
-                    producer.flush(30.0)
-                    submitted = True
-                    progress.started = now
-            else:
-                reason = progress.stop_reason(spec.stop, types, now)
-                if reason:
-                    return reason
+            reason = progress.stop_reason(spec.stop, types, now)
+            if reason:
+                return reason
             if now >= next_draw:
                 view = render(progress, _fleet_rows(fleet, spec.name), spec.stop)
-                if not submitted:
-                    view = (f"waiting for {wanted} robots to announce "
-                            f"({len(fleet.robots)} so far)…\n" + view)
                 if tty:
                     sys.stdout.write("\x1b[2J\x1b[H" + view + "\n")
                 else:
