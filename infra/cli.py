@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"userctl: bad setting {field}: {err['msg']} (input: {err.get('input')!r})",
               file=sys.stderr)
         return 2
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # a message for the user: one place prints it
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         return 130
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
 
+from infra._yaml import load_model
 from pipeline.controller import Controller, ControllerSettings
 from pipeline.fleet import Fleet
 from schemas import events as ev
@@ -202,20 +202,7 @@ def _robots(args: argparse.Namespace) -> int:
 
 def load_spec(path: Path) -> ExperimentSpec:
     """Read and validate an experiment file; errors name the field and the file."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"userctl: no experiment file {path}") from None
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"userctl: {path} is not valid YAML: {exc}") from None
-    try:
-        return ExperimentSpec.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"userctl: {path} is not a valid experiment spec:"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg']}")
-        raise SystemExit("\n".join(lines)) from None
+    return load_model(path, ExperimentSpec, "experiment spec")
 
 
 def _submit(args: argparse.Namespace) -> int:

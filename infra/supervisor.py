@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from infra._yaml import load_model
 from infra.broker import REPO
 
 log = logging.getLogger("userctl.supervisor")
@@ -73,19 +73,7 @@ class Topology(BaseModel):
 
 def load_topology(path: Path) -> Topology:
     """Read and validate a topology file; errors name the field and the file."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"userctl: no topology file {path}") from None
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"userctl: {path} is not valid YAML: {exc}") from None
-    try:
-        return Topology.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"userctl: {path} is not a valid topology:"]
-        for err in exc.errors():
-            lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-        raise SystemExit("\n".join(lines)) from None
+    return load_model(path, Topology, "topology")
 
 
 @dataclass
