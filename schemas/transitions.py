@@ -4,9 +4,10 @@
 :class:`RewardedTransitionBatch` (the same steps plus one reward function's view,
 ``transitions``) are frozen dataclasses of numpy arrays: what agents build, what
 learners and reward jobs receive.  Row ``i`` says: the robot saw ``observation[i]``
-(and ``images``/``info`` at the same instant), ``action[i]`` was applied (by the policy
-of ``policy_version[i]``, or by a human where ``intervention[i]``, who sent
-``human_action[i]``).  The next observation of a step is the observation of the next step
+(and ``images`` at the same instant), ``action[i]`` was applied (by the policy of
+``policy_version[i]``, or by a human where ``intervention[i]``, who sent
+``human_action[i]``), and ``info[i]`` is the privileged task state that action led to —
+the outcome a reward function scores.  The next observation of a step is the observation of the next step
 of the same episode, in this batch or a later one; a step after which the robot cut the
 episode off (``truncated``: time limit, stop) has no successor, so its final observation
 travels in ``final_observation``/``final_images``, one row per truncated step in order.
@@ -186,7 +187,8 @@ class StepColumns(Generic[H]):
                       where="truncated")
     )
     info: Mapping[str, F32] = field(
-        metadata=_col(Kind.INFO, "name -> (n, *shape) privileged task state", finite=True)
+        metadata=_col(Kind.INFO, "name -> (n, *shape) privileged task state after the action",
+                      finite=True)
     )
 
     def __post_init__(self) -> None:
