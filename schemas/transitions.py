@@ -7,8 +7,8 @@ learners and reward jobs receive.  Row ``i`` says: the robot saw ``observation[i
 (and ``images`` at the same instant), ``action[i]`` was applied (by the policy of
 ``policy_version[i]``, or by a human where ``intervention[i]``, who sent
 ``human_action[i]``), and ``info[i]`` is the privileged task state that action led to —
-the outcome a reward function scores.  The next observation of a step is the observation of the next step
-of the same episode, in this batch or a later one; a step after which the robot cut the
+the outcome a reward function scores.  The next observation of a step is the observation
+of the next step of the same episode, in this batch or a later one; a step after which the robot cut the
 episode off (``truncated``: time limit, stop) has no successor, so its final observation
 travels in ``final_observation``/``final_images``, one row per truncated step in order.
 

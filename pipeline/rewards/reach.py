@@ -2,8 +2,8 @@
 
 Both read the ``info`` arrays ``ee_pos`` and ``goal_pos`` (float32 (3,), world frame,
 metres) that the reach robots send with every step, and score each step by where its
-action took the end effector (``info`` is the state after the action).  A reach never ends early: ``terminated`` is all false
-and episodes end by truncation (time limit).
+action took the end effector (``info`` is the state after the action).  A reach never
+ends early: ``terminated`` is all false and episodes end by truncation (time limit).
 
 This module is also the template for a plug-in: one function per version, one
 ``@rewards.register`` line each.
