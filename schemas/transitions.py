@@ -8,9 +8,10 @@ learners and reward jobs receive.  Row ``i`` says: the robot saw ``observation[i
 ``policy_version[i]``, or by a human where ``intervention[i]``, who sent
 ``human_action[i]``), and ``info[i]`` is the privileged task state that action led to —
 the outcome a reward function scores.  The next observation of a step is the observation
-of the next step of the same episode, in this batch or a later one; a step after which the robot cut the
-episode off (``truncated``: time limit, stop) has no successor, so its final observation
-travels in ``final_observation``/``final_images``, one row per truncated step in order.
+of the next step of the same episode, in this batch or a later one; a step after which the
+robot cut the episode off (``truncated``: time limit, stop) has no successor, so its final
+observation travels in ``final_observation``/``final_images``, one row per truncated step
+in order.
 
 Every column is declared once, in the dataclass fields' metadata; :func:`arrow_schema`
 derives the Arrow schema from those declarations and a :class:`Layout` (shapes from the
