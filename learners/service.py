@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def _default_home() -> Path:
-    return Path.cwd() / ".user"
+    return tables.user_home()
 
 
 class LearnSettings(BaseSettings):
@@ -55,7 +55,7 @@ class LearnSettings(BaseSettings):
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per experiment")
     metrics_s: float = Field(5.0, gt=0, description="learner.metrics period")
     delta_root: Path = Field(
-        tables.DEFAULT_ROOT,
+        default_factory=tables.default_root,
         validation_alias=AliasChoices("USER_LEARN_DELTA_ROOT", "USER_SINK_ROOT"),
         description="the Delta sink's table root (defaults to the sink's)")
     sink_name: str = Field(

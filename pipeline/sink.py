@@ -46,9 +46,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import tables
-from pipeline.tables import user_home
 from schemas.transitions import RewardedTransitionBatch, TransitionBatch
 from topics import catalog, serde, validation
+from topics import tables as shared_tables
 from topics.catalog import TopicSpec
 from topics.consumer import record_of
 from topics.producer import EventProducer
@@ -71,9 +71,9 @@ class SinkSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="USER_SINK_", frozen=True, extra="ignore")
 
-    name: str = Field("delta-sink", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    name: str = Field(shared_tables.DEFAULT_SINK_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="consumer group and app-id prefix; one per history")
-    root: Path = Field(default_factory=lambda: user_home() / "delta",
+    root: Path = Field(default_factory=shared_tables.default_root,
                        description="directory holding the Delta tables (<USER_HOME>/delta)")
     topics: tuple[str, ...] = Field(DEFAULT_TOPICS, description="catalog topics to sink")
     topic_suffix: str = Field("", description="appended to every topic name (test namespaces)")
@@ -139,7 +139,7 @@ class _Topic:
         self.buffer = _Buffer()
 
     def app_id(self, partition: int) -> str:
-        return f"{self.sink}-{self.name}-{partition}"
+        return shared_tables.app_id(self.sink, self.name, partition)
 
 
 def open_table(path: str) -> DeltaTable | None:

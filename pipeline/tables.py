@@ -20,7 +20,6 @@ rebuild the exact numpy batches, and its Kafka source (``kafka_partition``,
 from __future__ import annotations
 
 import json
-import os
 import types
 import typing
 import uuid
@@ -39,9 +38,10 @@ from pydantic import AwareDatetime
 from schemas import events, transitions
 from schemas.transitions import Layout, RewardedTransitionBatch, TransitionBatch
 from topics import catalog, serde
+from topics import tables as shared_tables
 
 TRANSITIONS_RAW = "transitions_raw"
-TRANSITIONS = "transitions"
+TRANSITIONS = shared_tables.TRANSITIONS
 EPISODES = "episodes"
 POLICIES = "policies"
 
@@ -53,9 +53,7 @@ TABLE_OF_TOPIC: dict[str, str] = {
     catalog.WEIGHTS_MANIFESTS.name: POLICIES,
 }
 
-def user_home() -> Path:
-    """The state directory every USER process shares (``USER_HOME``; `userctl` sets it)."""
-    return Path(os.environ.get("USER_HOME", ".user"))
+user_home = shared_tables.user_home
 
 
 #: Every table is partitioned by experiment, so one experiment's history is a prefix.

@@ -8,6 +8,7 @@ the app transaction that records how far it has written each Kafka partition.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Final
 
@@ -17,8 +18,14 @@ TRANSITIONS: Final = "transitions"
 #: Every table is partitioned by this column, so one experiment's history is a prefix.
 PARTITION_COLUMN: Final = "experiment_id"
 
-#: Where the tables live unless ``USER_SINK_ROOT`` says otherwise (relative to the cwd).
-DEFAULT_ROOT: Final = Path(".user/delta")
+def user_home() -> Path:
+    """The state directory every USER process shares (``USER_HOME``; `userctl` sets it)."""
+    return Path(os.environ.get("USER_HOME", ".user"))
+
+
+def default_root() -> Path:
+    """Where the tables live unless ``USER_SINK_ROOT`` says otherwise: ``<USER_HOME>/delta``."""
+    return user_home() / "delta"
 
 #: The sink's name unless ``USER_SINK_NAME`` says otherwise; it prefixes the app ids.
 DEFAULT_SINK_NAME: Final = "delta-sink"
