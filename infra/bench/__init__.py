@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "infra.bench.ingest",
     "fleet": "infra.bench.fleet",
     "learner": "infra.bench.learner",
+    "async-sync": "infra.bench.async_sync",
     "all": "infra.bench.all",
 }
 
