@@ -36,7 +36,7 @@ from topics.producer import EventProducer
 from topics.settings import KafkaSettings
 from topics.validation import Accepted
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 TARGET = 0.8
 WINDOW = 30
