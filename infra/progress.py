@@ -2,8 +2,9 @@
 
 :class:`Progress` folds rewarded transition batches, heartbeats and learner metrics of
 one experiment into what a researcher watches: steps/s, episodes and success rate per
-robot type, policy version and its lag, buffer size.  An episode's success is the reward
-function's ``success`` at its last step.  :func:`write_report` turns the same numbers
+robot type, policy version and its lag, buffer size.  An episode succeeded if the reward
+function said ``success`` at any of its steps — the learner's rule too (its stop condition
+and the demo's agree).  :func:`write_report` turns the same numbers
 into ``runs/<experiment>/``: ``curves.png`` (success rate per robot type against
 environment steps), ``summary.json`` and ``README.md``.
 """
@@ -21,6 +22,30 @@ import numpy as np
 from schemas import events as ev
 from schemas.experiment import StopSpec
 from schemas.transitions import RewardedTransitionBatch
+
+
+class EpisodeOutcomes:
+    """Episode success as the learner counts it: an episode succeeded if the reward
+    function said ``success`` at any of its steps (the end of an episode is its truncated
+    or terminated row, possibly in a later batch than its successes)."""
+
+    def __init__(self, max_open: int = 10_000) -> None:
+        self._succeeded: dict[tuple[str, str], None] = {}
+        self._max_open = max_open
+
+    def feed(self, batch: RewardedTransitionBatch) -> list[bool]:
+        """The outcomes of the episodes that end in ``batch``, in order."""
+        robot = batch.event.robot_id
+        for i in np.flatnonzero(batch.success):
+            self._succeeded[(robot, str(batch.episode_id[i]))] = None
+        out = []
+        for i in np.flatnonzero(batch.truncated | batch.terminated):
+            key = (robot, str(batch.episode_id[i]))
+            out.append(key in self._succeeded)
+            self._succeeded.pop(key, None)
+        while len(self._succeeded) > self._max_open:  # episodes whose end never came
+            del self._succeeded[next(iter(self._succeeded))]
+        return out
 
 
 @dataclass
@@ -51,6 +76,7 @@ class Progress:
         self.policy_version = 0
         self.learner_step = 0
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self._outcomes = EpisodeOutcomes()
 
     def _type(self, robot_type: str) -> TypeStats:
         if robot_type not in self.types:
@@ -67,10 +93,9 @@ class Progress:
         now = time.time() if now is None else now
         stats = self._type(batch.event.robot_type)
         stats.steps += len(batch)
-        ends = np.flatnonzero(batch.truncated | batch.terminated)
-        for i in ends:
+        for outcome in self._outcomes.feed(batch):
             stats.episodes += 1
-            stats.recent.append(bool(batch.success[i]))
+            stats.recent.append(outcome)
             rate = stats.success_rate
             assert rate is not None
             stats.curve.append((now - self.started, stats.steps, rate))

@@ -35,6 +35,7 @@ from agents import pacing, registry
 from agents.policies import PolicyFn, RandomPolicy
 from agents.worker import Lease, RobotWorker
 from infra.bench import report
+from infra.progress import EpisodeOutcomes
 from learners import policies
 from learners.loop import Learner, Steps
 from learners.policies import PolicySpec
@@ -149,6 +150,7 @@ class Harness:
         self.spec = experiment(args)
         self.result = Result(mode, recent=deque(maxlen=args.window))
         self.sink = MemorySink()
+        self.outcomes = EpisodeOutcomes()
         self.reward = rewards.lookup("reach_dense@1")
         robots = [registry.make_robot("reacher2d", seed=args.seed + i)
                   for i in range(args.robots)]
@@ -193,9 +195,9 @@ class Harness:
             rewarded = rewards.apply(self.reward, raw)
             self.learner.add(Steps.of_batch(rewarded), "live")
             n += len(rewarded)
-            for i in np.flatnonzero(rewarded.truncated | rewarded.terminated):
+            for outcome in self.outcomes.feed(rewarded):
                 self.result.episodes += 1
-                self.result.recent.append(bool(rewarded.success[i]))
+                self.result.recent.append(outcome)
         self.result.env_steps += n
         return n
 

@@ -72,3 +72,30 @@ def test_the_report_has_curves_a_summary_and_a_page(tmp_path: Path) -> None:
     assert summary["policy_version"] == 3 and summary["stopped_because"] == "time bound"
     assert "reacher2d" in (out / "README.md").read_text()
     assert "policy version 3" in render(p, [], stop)
+
+
+def _rows(episode: str, steps: list[int], success: list[bool], last: bool
+          ) -> RewardedTransitionBatch:
+    n = len(steps)
+    truncated = np.zeros(n, np.bool_)
+    truncated[-1] = last
+    raw = TransitionBatch.build(
+        ev.TransitionBatchV1(site="lab-a", robot_id="r0", experiment_id="exp",
+                             robot_type="reacher2d", n_steps=n),
+        episode_id=[episode] * n, step=steps, observation=np.zeros((n, 3), np.float32),
+        action=np.zeros((n, 2), np.float32), policy_version=np.zeros(n, np.int64),
+        observed_ns=np.array(steps, np.int64), truncated=truncated,
+        final_observation=np.zeros((int(last), 3), np.float32))
+    return RewardedTransitionBatch.from_raw(raw, reward_fn="reach_dense@1",
+                                            reward=np.zeros(n), success=success,
+                                            terminated=np.zeros(n, np.bool_))
+
+
+def test_an_episode_succeeds_if_any_of_its_steps_did_even_in_an_earlier_batch() -> None:
+    p = Progress("exp", window=4, started=0.0)
+    # e1 reaches the goal at step 1 and has left it when it ends in the next batch.
+    p.on_rewarded(_rows("e1", [0, 1], [False, True], last=False), now=1.0)
+    assert p.types["reacher2d"].episodes == 0
+    p.on_rewarded(_rows("e1", [2, 3], [False, False], last=True), now=2.0)
+    p.on_rewarded(_rows("e2", [0, 1, 2, 3], [False] * 4, last=True), now=3.0)
+    assert list(p.types["reacher2d"].recent) == [True, False]
