@@ -202,6 +202,7 @@ class Agent:
                     next_beat = now + self.settings.heartbeat_s
                 pacer.wait()
         finally:
+            beats.close(timeout_s=1.0)  # a stale heartbeat is worth nothing
             for worker in self.workers:
                 worker.close()
             delivered = self.outbox.drain(10.0)

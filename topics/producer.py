@@ -77,3 +77,14 @@ class EventProducer:
         if left:
             raise TimeoutError(f"{left} records still undelivered after {timeout_s:g}s; "
                                "is the broker reachable?")
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what the broker takes within ``timeout_s``, then drop what is left.
+
+        For records that lose their worth with time (heartbeats): without it, a client
+        whose broker is gone keeps retrying them (``message.timeout.ms=0``) until the
+        process exits.
+        """
+        self._producer.flush(timeout_s)
+        self._producer.purge()
+        self._producer.flush(0)
