@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "- what: K robots in one `userctl agent` process (MuJoCo, random policy, "
         "recording, Arrow encoding, disk spool, Kafka forwarder to a local broker); "
         f"{args.seconds:g} s per K after 1 s warm-up; K doubles until > 5 % of the "
-        "50 ms control deadlines are missed",
+        "50 ms control deadlines are missed, then two bisection steps",
         "",
         "| robot type | robots | missed deadlines | loop rate (Hz) | steps/s |",
         "|---|---:|---:|---:|---:|",
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     lines.append("")
     for robot_type, (count, steps_s) in best.items():
         lines.append(f"**{robot_type}: {count} robots** sustained at 20 Hz within 5 % missed "
-                     f"deadlines in one process ({steps_s:,.0f} steps/s); the next doubling "
-                     "missed more (or hit --max-robots).")
+                     f"deadlines in one process ({steps_s:,.0f} steps/s); every larger K "
+                     "tried missed more (or --max-robots was reached).")
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
