@@ -34,17 +34,13 @@ from agents.outbox import Outbox
 from agents.policies import PolicyFn, RandomPolicy, scripted
 from agents.worker import Lease, RobotWorker
 from schemas import events as ev
-from topics import catalog
+from topics import catalog, tables
 from topics.follow import Follower
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
 from topics.validation import Accepted, Rejected
 
 log = logging.getLogger(__name__)
-
-
-def _default_home() -> Path:
-    return Path.cwd() / ".user"
 
 
 class AgentSettings(BaseSettings):
@@ -70,7 +66,7 @@ class AgentSettings(BaseSettings):
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat period")
     spool_mb: int = Field(1024, ge=1, description="local disk budget for an outage")
     seed: int | None = Field(None, description="robots' random seed (None: fresh)")
-    home: Path = Field(default_factory=_default_home,
+    home: Path = Field(default_factory=tables.user_home,
                        validation_alias=AliasChoices("USER_HOME"),
                        description="state directory; the agent's spool lives under it")
 

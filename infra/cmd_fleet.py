@@ -84,10 +84,6 @@ def _agent(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, name)
     if args.fast:
         overrides["realtime"] = False
-    if "USER_HOME" not in os.environ:
-        from infra.broker import default_home
-
-        overrides["home"] = default_home()
     kafka = KafkaSettings()
     settings = AgentSettings(**overrides)  # type: ignore[arg-type]
     log.info("agent settings: %s", settings.model_dump(mode="json"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from infra.cmd_fleet import load_spec
@@ -47,10 +46,6 @@ def _run(args: argparse.Namespace) -> int:
         "metrics_s": args.metrics_s, "device": args.device, "torch_threads": args.torch_threads,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
-    if "USER_HOME" not in os.environ:
-        from infra.broker import default_home
-
-        overrides["home"] = default_home()
     settings = service.LearnSettings(**overrides)
     spec = load_spec(args.spec) if args.spec else None
     try:

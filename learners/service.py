@@ -38,17 +38,13 @@ from topics.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 
-def _default_home() -> Path:
-    return tables.user_home()
-
-
 class LearnSettings(BaseSettings):
     """One learner process (environment prefix ``USER_LEARN_``)."""
 
     model_config = SettingsConfigDict(env_prefix="USER_LEARN_", frozen=True, extra="ignore",
                                       populate_by_name=True)
 
-    home: Path = Field(default_factory=_default_home, validation_alias=AliasChoices("USER_HOME"),
+    home: Path = Field(default_factory=tables.user_home, validation_alias=AliasChoices("USER_HOME"),
                        description="state directory; checkpoints go to "
                                    "<home>/learners/<experiment>/checkpoints")
     checkpoint_s: float = Field(60.0, gt=0, description="checkpoint period (and on SIGTERM)")
