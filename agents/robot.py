@@ -47,6 +47,11 @@ class Step:
     ``terminated`` means the task reached a terminal state; ``truncated`` means the episode
     hit ``spec.max_episode_steps``. ``index`` is the step's position in its episode
     (0 for the observation returned by ``reset``).
+
+    ``unstable`` (a one-line reason, '' when all is well) says the simulation broke during
+    this step — a physics-instability warning, a non-finite state: the episode ends here,
+    ``truncated``, and ``observation``/``info``/``images`` repeat the last valid state
+    (the broken one is not data).  A simulator never resets itself mid-episode instead.
     """
 
     observation: npt.NDArray[np.float32]
@@ -55,6 +60,7 @@ class Step:
     images: Mapping[str, npt.NDArray[np.uint8]] = dataclasses.field(default_factory=dict)
     terminated: bool = False
     truncated: bool = False
+    unstable: str = ""
 
     @property
     def done(self) -> bool:

@@ -107,9 +107,9 @@ def _batch_json(batch: transitions.AnyBatch) -> dict[str, object]:
     for i in range(len(batch)):
         row: dict[str, object] = {k: _array_json(v[i]) if v.ndim > 1 else v[i].item()
                                   for k, v in cols.items()
-                                  if k not in ("robot_id", "final_observation")}
+                                  if k not in ("robot_id", "incarnation", "final_observation")}
         if not batch.intervention[i]:
-            row["human_action"] = None
+            row["policy_action"] = None
         for name, img in batch.images.items():
             row[f"images.{name}"] = _array_json(img[i])
         for name, arr in batch.info.items():
@@ -168,22 +168,25 @@ def _vec(arr: np.ndarray, width: int = 4) -> str:
 def _batch_text(where: str, batch: transitions.AnyBatch, max_steps: int) -> str:
     e = batch.event
     cams = ",".join(f"{k}({v.shape[1]}x{v.shape[2]})" for k, v in batch.images.items())
-    head = (f"{where}  {e.schema_name} v{e.schema_version}  {_who(e)}  steps={len(batch)}"
+    head = (f"{where}  {e.schema_name} v{e.schema_version}  {_who(e)}  "
+            f"incarnation={e.incarnation}  steps={len(batch)}"
             + (f"  cameras={cams}" if cams else "")
             + (f"  info={','.join(batch.info)}" if batch.info else "")
             + (f"  reward_fn={batch.reward_fn}"
                if isinstance(batch, transitions.RewardedTransitionBatch) else ""))
-    header = ["EPISODE", "STEP", "POLICY", "OBSERVATION", "ACTION", "HUMAN", "TRUNC"]
+    header = ["EPISODE", "STEP", "SEQ", "POLICY", "OBSERVATION", "ACTION", "PROPOSED",
+              "TRUNC"]
     rewarded = isinstance(batch, transitions.RewardedTransitionBatch)
     if rewarded:
         header += ["REWARD", "SUCCESS", "TERM"]
     rows = [header]
     n = len(batch) if max_steps <= 0 else min(max_steps, len(batch))
     for i in range(n):
-        row = [str(batch.episode_id[i]), str(batch.step[i]), str(batch.policy_version[i]),
-               _vec(batch.observation[i]), _vec(batch.action[i]),
-               _vec(batch.human_action[i]) if batch.intervention[i] else "-",
-               "yes" if batch.truncated[i] else ""]
+        row = [str(batch.episode_id[i]), str(batch.step[i]), str(batch.seq[i]),
+               str(batch.policy_version[i]), _vec(batch.observation[i]),
+               _vec(batch.action[i]),
+               _vec(batch.policy_action[i]) if batch.intervention[i] else "-",
+               (str(batch.end_reason[i]) or "yes") if batch.truncated[i] else ""]
         if isinstance(batch, transitions.RewardedTransitionBatch):
             row += [f"{batch.reward[i]:+.4f}", "yes" if batch.success[i] else "",
                     "yes" if batch.terminated[i] else ""]

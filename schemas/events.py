@@ -105,7 +105,12 @@ class RejectReason(StrEnum):
     UNKNOWN_ROBOT = "unknown_robot"
     INCONSISTENT = "inconsistent"
     HASH_MISMATCH = "hash_mismatch"
+    #: Rows that break the intervention contract (``policy_action`` only and always
+    #: where ``intervention``) or the episode-end contract (``end_reason``).
+    CONTRACT = "contract"
     DECODER_ERROR = "decoder_error"
+    #: the broker refused the record when it was produced (a permanent delivery error)
+    REFUSED = "refused"
 
 
 class SchemaError(ValueError):
@@ -169,6 +174,15 @@ class HeartbeatV1(Envelope):
     policy_version: int | None = Field(None, ge=0)
     steps_total: int = Field(0, ge=0, description="control steps taken by this agent run")
     uptime_s: float = Field(0.0, ge=0)
+    spool_bytes: int = Field(0, ge=0, description="recorded bytes not yet confirmed by Kafka")
+    spool_full: bool = Field(
+        False, description="the spool's budget is spent: episodes are held until it drains")
+    dead_letters: int = Field(
+        0, ge=0, description="records this agent run dead-lettered: refused by the broker, or "
+        "unreadable commands and weights")
+    incarnation: Ident | None = Field(
+        None, description="the agent's current hold on the robot (TransitionBatchV2); two "
+        "alternating here mean two agents drive one robot id")
 
 
 # -- experiments and leases ---------------------------------------------------------------
@@ -270,6 +284,46 @@ class RewardedTransitionBatchV1(Envelope):
     raw_event_id: uuid.UUID | None = Field(None, description="the raw batch it was computed from")
 
 
+#: The incarnation every V1 batch is read as: V1 rows had no step identity but their
+#: observation time, which the upcast makes their ``seq``.
+V1_INCARNATION = "v1"
+
+
+class TransitionBatchV2(Envelope):
+    """Header of a batch of raw steps of one robot (``transitions.raw``).
+
+    A step's identity is ``(robot_id, incarnation, seq)``: ``incarnation`` is minted by
+    the agent each time it takes the robot (a new lease, a new agent process), the rows'
+    ``seq`` counts steps within it from 0.  Timestamps are data, never identity.
+    """
+
+    schema_name: Literal["transition_batch"] = "transition_batch"
+    schema_version: Literal[2] = 2
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    robot_type: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    n_steps: int = Field(gt=0)
+    incarnation: Ident = Field(description="the agent's hold on the robot the steps come from")
+
+
+class RewardedTransitionBatchV2(Envelope):
+    """Header of a batch of rewarded steps (``transitions``): one reward function's view
+    of a raw batch's steps, with the raw batch's step identity."""
+
+    schema_name: Literal["rewarded_transition_batch"] = "rewarded_transition_batch"
+    schema_version: Literal[2] = 2
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    robot_type: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    n_steps: int = Field(gt=0)
+    incarnation: Ident = Field(description="the agent's hold on the robot the steps come from")
+    reward_fn: RewardFnId
+    raw_event_id: uuid.UUID | None = Field(None, description="the raw batch it was computed from")
+
+
+
 # -- episodes -----------------------------------------------------------------------------
 
 
@@ -279,6 +333,9 @@ class EpisodeEndReason(StrEnum):
     STOPPED = "stopped"
     ESTOPPED = "estopped"
     ROBOT_ERROR = "robot_error"
+    #: The simulator went unstable (a MuJoCo warning such as ``mjWARN_BADQACC``, a
+    #: non-finite state): the episode ends there instead of being reset silently.
+    SIM_UNSTABLE = "sim_unstable"
 
 
 class EpisodeStartedV1(Envelope):
@@ -305,6 +362,7 @@ class EpisodeEndedV1(Envelope):
     episode_id: Ident
     steps: int = Field(ge=0)
     reason: EpisodeEndReason
+    detail: str = Field("", max_length=1000, description="what ended it, for a person")
     duration_s: float = Field(ge=0)
     interventions: int = Field(0, ge=0, description="steps a human overrode")
     first_policy_version: int = Field(ge=0)
@@ -349,6 +407,12 @@ class WeightsManifestV1(Envelope):
     tensors: tuple[TensorInfo, ...] = ()
     trained_on: dict[str, int] = Field(
         default_factory=dict, description="'topic:partition' -> last offset the learner used"
+    )
+    lineage: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="what this version trained on, enough to replay it (learners.lineage): "
+                    "run, seed, Delta warm start, the live offsets ingested before each "
+                    "update since the stream's previous manifest; {} from older learners",
     )
 
     @model_validator(mode="after")
@@ -425,8 +489,8 @@ class DeadLetterV1(Envelope):
     schema_name: Literal["dead_letter"] = "dead_letter"
     schema_version: Literal[1] = 1
     source_topic: str
-    source_partition: int = Field(ge=0)
-    source_offset: int = Field(ge=0)
+    source_partition: int = Field(ge=-1, description="-1: refused when produced, never written")
+    source_offset: int = Field(ge=-1, description="-1: refused when produced, never written")
     source_timestamp_ms: int | None = None
     consumer: str = Field("", max_length=256, description="group id or tool that refused it")
     reason: RejectReason
@@ -443,6 +507,35 @@ class DeadLetterV1(Envelope):
 
     def original_key(self) -> bytes | None:
         return None if self.key_b64 is None else base64.b64decode(self.key_b64)
+
+
+class GapDetectedV1(Envelope):
+    """Records a consumer expected to read no longer exist (retention, deleted records,
+    a truncated partition): offsets ``first_missing`` to ``last_missing`` of
+    ``topic[partition]`` were never read by ``consumer``.  ``experiment_id`` is set when
+    the consumer serves one experiment (a learner), unset for shared ones (the sink).
+    """
+
+    schema_name: Literal["gap_detected"] = "gap_detected"
+    schema_version: Literal[1] = 1
+    consumer: str = Field(min_length=1, max_length=256, description="group id, sink or learner")
+    topic: str = Field(min_length=1, max_length=249)
+    partition: int = Field(ge=0)
+    first_missing: int = Field(ge=0, description="first offset that was expected and is gone")
+    last_missing: int = Field(ge=0, description="last offset that is gone (inclusive)")
+    detected_at: AwareDatetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GapDetectedV1:
+        if self.last_missing < self.first_missing:
+            raise ValueError(f"last_missing {self.last_missing} is before first_missing "
+                             f"{self.first_missing}")
+        return self
+
+    @property
+    def missing(self) -> int:
+        """How many offsets are gone."""
+        return self.last_missing - self.first_missing + 1
 
 
 #: Every event model of version 1, for :mod:`schemas.registry`.
@@ -463,4 +556,8 @@ ALL_V1: tuple[type[Envelope], ...] = (
     CommandV1,
     LearnerMetricsV1,
     DeadLetterV1,
+    GapDetectedV1,
 )
+
+#: Version-2 models; :mod:`schemas.registry` registers each with its upcaster from V1.
+ALL_V2: tuple[type[Envelope], ...] = (TransitionBatchV2, RewardedTransitionBatchV2)

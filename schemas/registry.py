@@ -20,7 +20,16 @@ from collections.abc import Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 
-from schemas.events import ALL_V1, Envelope, RejectReason, SchemaError, schema_id
+from schemas.events import (
+    ALL_V1,
+    V1_INCARNATION,
+    Envelope,
+    RejectReason,
+    RewardedTransitionBatchV2,
+    SchemaError,
+    TransitionBatchV2,
+    schema_id,
+)
 
 #: Turns a payload of version N into one of version N + 1 (``schema_version`` is set by
 #: the registry, the function need not touch it).
@@ -140,5 +149,14 @@ def validation_error(name: str, exc: ValidationError) -> SchemaError:
     return SchemaError(reason, f"{name}: {where}: {first['msg']}{more}")
 
 
+def batch_header_v1_to_v2(payload: dict[str, object]) -> dict[str, object]:
+    """A V1 batch header (raw or rewarded) as V2: V1 steps all belong to the
+    ``V1_INCARNATION``.  The rows are upcast with the header by
+    :func:`schemas.transitions.from_arrow` (``seq`` := ``observed_ns``)."""
+    return {**payload, "incarnation": V1_INCARNATION}
+
+
 #: Every event this code base writes, at every version.
 REGISTRY = Registry(ALL_V1)
+REGISTRY.register(TransitionBatchV2, upcast_from_previous=batch_header_v1_to_v2)
+REGISTRY.register(RewardedTransitionBatchV2, upcast_from_previous=batch_header_v1_to_v2)

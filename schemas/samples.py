@@ -44,9 +44,12 @@ def batch(
     episode_len: int = 50,
     first_step: int = 0,
     episode: str = "ep-0",
+    incarnation: str | None = None,
 ) -> transitions.TransitionBatch:
     """``n`` consecutive steps of ``spec``'s robot, episodes of ``episode_len`` steps
-    (the last step of each truncated), every 7th step a human intervention."""
+    (the last step of each truncated, end reason ``time_limit``), every 7th step a human
+    intervention.  Step ``first_step + i`` has ``seq`` ``first_step + i`` in
+    ``incarnation`` (default: one per ``episode`` prefix, ``inc-<episode>``)."""
     gen = np.random.default_rng(rng)
     steps = np.arange(first_step, first_step + n)
     episode_no = steps // episode_len
@@ -62,19 +65,22 @@ def batch(
         c.name: gen.integers(0, 256, (n, *c.shape), dtype=np.uint8) for c in spec.cameras
     }
     return transitions.TransitionBatch.build(
-        events.TransitionBatchV1(site=site, robot_id=robot_id, experiment_id=experiment_id,
-                                 robot_type=spec.robot_type, n_steps=n),
+        events.TransitionBatchV2(site=site, robot_id=robot_id, experiment_id=experiment_id,
+                                 robot_type=spec.robot_type, n_steps=n,
+                                 incarnation=incarnation or f"inc-{episode}"),
         episode_id=np.char.add(f"{episode}-", episode_no.astype(np.str_)),
         step=step,
+        seq=steps,
         observation=gen.standard_normal((n, *obs_shape), dtype=np.float32),
         action=gen.uniform(-1, 1, (n, *act_shape)).astype(np.float32),
         policy_version=steps // 100,
         observed_ns=t0 + steps * period,
         acted_ns=t0 + steps * period + period // 10,
         intervention=intervention,
-        human_action=np.where(intervention[:, None], 0.5, 0.0).astype(np.float32)
+        policy_action=np.where(intervention[:, None], 0.5, 0.0).astype(np.float32)
         * np.ones((n, *act_shape), np.float32),
         truncated=truncated,
+        end_reason=np.where(truncated, events.EpisodeEndReason.TIME_LIMIT.value, ""),
         final_observation=gen.standard_normal((k, *obs_shape), dtype=np.float32),
         images=images,
         final_images={

@@ -3,15 +3,22 @@
 :class:`TransitionBatch` (raw steps, ``transitions.raw``) and
 :class:`RewardedTransitionBatch` (the same steps plus one reward function's view,
 ``transitions``) are frozen dataclasses of numpy arrays: what agents build, what
-learners and reward jobs receive.  Row ``i`` says: the robot saw ``observation[i]``
-(and ``images`` at the same instant), ``action[i]`` was applied (by the policy of
-``policy_version[i]``, or by a human where ``intervention[i]``, who sent
-``human_action[i]``), and ``info[i]`` is the privileged task state that action led to —
+learners and reward jobs receive.  Row ``i`` says: step ``seq[i]`` of the robot's
+``incarnation`` (the step's identity is ``(robot_id, incarnation, seq)``; timestamps are
+data, never identity) saw ``observation[i]`` (and ``images`` at the same instant), the
+robot executed ``action[i]`` — the policy's of ``policy_version[i]``, or, where
+``intervention[i]``, a human's who overrode the policy's proposal ``policy_action[i]``
+(present only there) — and ``info[i]`` is the privileged task state that action led to —
 the outcome a reward function scores.  The next observation of a step is the observation
 of the next step of the same episode, in this batch or a later one; a step after which the
-robot cut the episode off (``truncated``: time limit, stop) has no successor, so its final
-observation travels in ``final_observation``/``final_images``, one row per truncated step
-in order.
+robot cut the episode off (``truncated``: time limit, stop, an unstable simulator) has no
+successor, so its final observation travels in ``final_observation``/``final_images``, one
+row per truncated step in order, and ``end_reason[i]`` says why the episode ended there.
+
+Old versions: a V1 batch (``human_action``, no identity) is read as V2 by
+:func:`from_arrow`: incarnation ``"v1"``, ``seq`` := ``observed_ns``, and where
+``intervention`` the executed action := V1 ``human_action``, ``policy_action`` := V1
+``action``.
 
 Every column is declared once, in the dataclass fields' metadata; :func:`arrow_schema`
 derives the Arrow schema from those declarations and a :class:`Layout` (shapes from the
@@ -37,12 +44,15 @@ from typing import ClassVar, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.events import (
+    V1_INCARNATION,
+    EpisodeEndReason,
     RejectReason,
-    RewardedTransitionBatchV1,
+    RewardedTransitionBatchV2,
     SchemaError,
-    TransitionBatchV1,
+    TransitionBatchV2,
 )
 from schemas.registry import REGISTRY, Registry
 from schemas.spaces import ArraySpec, RobotSpec
@@ -122,7 +132,7 @@ class Layout:
         raise KeyError(name)
 
 
-H = TypeVar("H", TransitionBatchV1, RewardedTransitionBatchV1)
+H = TypeVar("H", TransitionBatchV2, RewardedTransitionBatchV2)
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -139,19 +149,24 @@ class StepColumns(Generic[H]):
     """
 
     #: Per-batch strings written as constant columns, read from ``event``.
-    LABELS: ClassVar[tuple[str, ...]] = ("robot_id",)
+    LABELS: ClassVar[tuple[str, ...]] = ("robot_id", "incarnation")
 
     event: H
     episode_id: npt.NDArray[np.str_] = field(metadata=_col(Kind.STRING, "(n,) episode id"))
     step: npt.NDArray[np.int32] = field(
         metadata=_col(Kind.SCALAR, "(n,) step index within the episode, from 0", dtype="int32")
     )
+    seq: I64 = field(
+        metadata=_col(Kind.SCALAR, "(n,) step number within the incarnation, from 0; "
+                      "(robot_id, incarnation, seq) identifies the step", dtype="int64")
+    )
     observation: F32 = field(
         metadata=_col(Kind.VECTOR, "(n, *obs) observation", shape_of="observation",
                       finite=True)
     )
     action: F32 = field(
-        metadata=_col(Kind.VECTOR, "(n, *act) action applied", shape_of="action", finite=True)
+        metadata=_col(Kind.VECTOR, "(n, *act) action the robot executed (the human's where "
+                      "intervention)", shape_of="action", finite=True)
     )
     policy_version: I64 = field(
         metadata=_col(Kind.SCALAR, "(n,) policy version that chose the action; 0 = initial",
@@ -160,9 +175,10 @@ class StepColumns(Generic[H]):
     intervention: BOOL = field(
         metadata=_col(Kind.SCALAR, "(n,) a human overrode the policy", dtype="bool")
     )
-    human_action: F32 = field(
-        metadata=_col(Kind.VECTOR, "(n, *act) the human's action; meaningful where intervention",
-                      shape_of="action", where="intervention", finite=True)
+    policy_action: F32 = field(
+        metadata=_col(Kind.VECTOR, "(n, *act) the policy's overridden proposal; present "
+                      "exactly where intervention", shape_of="action", where="intervention",
+                      finite=True)
     )
     truncated: BOOL = field(
         metadata=_col(Kind.SCALAR, "(n,) the robot cut the episode off after this step",
@@ -171,6 +187,10 @@ class StepColumns(Generic[H]):
     final_observation: F32 = field(
         metadata=_col(Kind.FINAL, "(k, *obs) observation after each truncated step",
                       shape_of="observation", where="truncated", finite=True)
+    )
+    end_reason: npt.NDArray[np.str_] = field(
+        metadata=_col(Kind.STRING, "(n,) why the episode ended after this step (an "
+                      "EpisodeEndReason); '' except on an episode's last step")
     )
     observed_ns: I64 = field(
         metadata=_col(Kind.SCALAR, "(n,) when the observation was read, ns since epoch",
@@ -219,10 +239,11 @@ class StepColumns(Generic[H]):
             if col.kind == Kind.SCALAR and arr.ndim != 1:
                 raise SchemaError(RejectReason.INCONSISTENT, f"{f.name} must be (n,)")
         k = int(np.count_nonzero(self.truncated))
-        if self.human_action.shape != self.action.shape:
+        if self.policy_action.shape != self.action.shape:
             raise SchemaError(
                 RejectReason.INCONSISTENT,
-                f"human_action {self.human_action.shape} differs from action {self.action.shape}",
+                f"policy_action {self.policy_action.shape} differs from action "
+                f"{self.action.shape}",
             )
         want = (k, *self.observation.shape[1:])
         if self.final_observation.shape != want:
@@ -269,10 +290,12 @@ class StepColumns(Generic[H]):
         return self.event.robot_id
 
     def as_columns(self) -> dict[str, npt.NDArray[np.generic]]:
-        """Flat ``name -> array`` view (``robot_id`` broadcast to (n,)), images and info
-        excluded: the shape ``learners.core.StepBatch.from_columns`` takes."""
+        """Flat ``name -> array`` view (``robot_id`` and ``incarnation`` broadcast to
+        (n,)), images and info excluded: the shape ``learners.core.StepBatch.from_columns``
+        takes."""
         out: dict[str, npt.NDArray[np.generic]] = {
             "robot_id": np.full(len(self), self.event.robot_id),
+            "incarnation": np.full(len(self), self.event.incarnation),
         }
         for f, col in columns(type(self)):
             if col.kind not in (Kind.IMAGES, Kind.FINAL_IMAGES, Kind.INFO):
@@ -281,50 +304,53 @@ class StepColumns(Generic[H]):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class TransitionBatch(StepColumns[TransitionBatchV1]):
+class TransitionBatch(StepColumns[TransitionBatchV2]):
     """Raw steps of one robot, as the agent recorded them (``transitions.raw``)."""
 
     @classmethod
     def build(
         cls,
-        event: TransitionBatchV1,
+        event: TransitionBatchV2,
         *,
         episode_id: npt.ArrayLike,
         step: npt.ArrayLike,
+        seq: npt.ArrayLike,
         observation: npt.ArrayLike,
         action: npt.ArrayLike,
         policy_version: npt.ArrayLike,
         observed_ns: npt.ArrayLike,
         acted_ns: npt.ArrayLike | None = None,
         intervention: npt.ArrayLike | None = None,
-        human_action: npt.ArrayLike | None = None,
+        policy_action: npt.ArrayLike | None = None,
         truncated: npt.ArrayLike | None = None,
         final_observation: npt.ArrayLike | None = None,
+        end_reason: npt.ArrayLike | None = None,
         images: Mapping[str, npt.ArrayLike] | None = None,
         final_images: Mapping[str, npt.ArrayLike] | None = None,
         info: Mapping[str, npt.ArrayLike] | None = None,
     ) -> TransitionBatch:
-        """A batch with the optional columns defaulted: no interventions, no truncation
-        (then no final observations), no cameras, no info; ``acted_ns = observed_ns``."""
+        """A batch with the optional columns defaulted: no interventions (then no
+        policy actions), no truncation (then no final observations), no end reasons, no
+        cameras, no info; ``acted_ns = observed_ns``."""
         # _defaults returns exactly the declared fields; __post_init__ checks their types.
         return cls(event=event, **_defaults(  # type: ignore[arg-type]
-            event.n_steps, episode_id=episode_id, step=step, observation=observation,
+            event.n_steps, episode_id=episode_id, step=step, seq=seq, observation=observation,
             action=action, policy_version=policy_version, observed_ns=observed_ns,
-            acted_ns=acted_ns, intervention=intervention, human_action=human_action,
-            truncated=truncated, final_observation=final_observation, images=images,
-            final_images=final_images, info=info,
+            acted_ns=acted_ns, intervention=intervention, policy_action=policy_action,
+            truncated=truncated, final_observation=final_observation, end_reason=end_reason,
+            images=images, final_images=final_images, info=info,
         ))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class RewardedTransitionBatch(StepColumns[RewardedTransitionBatchV1]):
+class RewardedTransitionBatch(StepColumns[RewardedTransitionBatchV2]):
     """Steps with one reward function's verdict (``transitions``).
 
     ``terminated`` is a true end (do not bootstrap); a learner's "truncated" is
     ``truncated & ~terminated`` (:attr:`cut_off`).
     """
 
-    LABELS: ClassVar[tuple[str, ...]] = ("robot_id", "reward_fn")
+    LABELS: ClassVar[tuple[str, ...]] = ("robot_id", "incarnation", "reward_fn")
 
     reward: F32 = field(metadata=_col(Kind.SCALAR, "(n,) reward for the step", finite=True))
     success: BOOL = field(metadata=_col(Kind.SCALAR, "(n,) task solved at this step",
@@ -352,12 +378,13 @@ class RewardedTransitionBatch(StepColumns[RewardedTransitionBatchV1]):
         success: npt.ArrayLike,
         terminated: npt.ArrayLike,
     ) -> RewardedTransitionBatch:
-        """The raw batch's steps with rewards; the header keeps the raw batch's ids."""
+        """The raw batch's steps with rewards; the header keeps the raw batch's ids and
+        step identity (incarnation; every row's ``seq``) unchanged."""
         e = raw.event
-        event = RewardedTransitionBatchV1(
+        event = RewardedTransitionBatchV2(
             site=e.site, robot_id=e.robot_id, experiment_id=e.experiment_id,
-            robot_type=e.robot_type, n_steps=e.n_steps, reward_fn=reward_fn,
-            raw_event_id=e.event_id,
+            robot_type=e.robot_type, n_steps=e.n_steps, incarnation=e.incarnation,
+            reward_fn=reward_fn, raw_event_id=e.event_id,
         )
         shared = {
             f.name: getattr(raw, f.name)
@@ -425,13 +452,18 @@ def _defaults(n: int, **given: object) -> dict[str, object]:
         out["acted_ns"] = given["observed_ns"]
     if out["intervention"] is None:
         out["intervention"] = np.zeros(n, np.bool_)
-    if out["human_action"] is None:
-        out["human_action"] = np.zeros_like(action)
+    if out["policy_action"] is None:
+        if np.asarray(out["intervention"]).any():
+            raise SchemaError(RejectReason.CONTRACT,
+                              "intervention rows need the policy's proposal (policy_action)")
+        out["policy_action"] = np.zeros_like(action)
     if out["truncated"] is None:
         out["truncated"] = np.zeros(n, np.bool_)
     if out["final_observation"] is None:
         k = int(np.count_nonzero(np.asarray(out["truncated"])))
         out["final_observation"] = np.zeros((k, *observation.shape[1:]), np.float32)
+    if out["end_reason"] is None:
+        out["end_reason"] = np.full(n, "")
     images = given["images"] or {}
     assert isinstance(images, Mapping)
     out["images"] = images
@@ -720,12 +752,14 @@ def from_arrow(
         raise SchemaError(RejectReason.WRONG_TOPIC, f"{name!r} is not a transition batch")
     event = registry.load(name, version, payload)
     cls = BATCH_CLASSES[name]
-    if not isinstance(event, (TransitionBatchV1, RewardedTransitionBatchV1)):
+    if not isinstance(event, (TransitionBatchV2, RewardedTransitionBatchV2)):
         raise SchemaError(RejectReason.UNKNOWN_SCHEMA, f"{name!r} is not a batch header")
     n = rb.num_rows
     if n != event.n_steps:
         raise SchemaError(RejectReason.LENGTH_MISMATCH,
                           f"header says {event.n_steps} steps, the batch has {n} rows")
+    if version == 1:
+        rb = _rows_v1_to_v2(rb)
     schema = rb.schema
     for label in cls.LABELS:
         if label not in schema.names:
@@ -753,8 +787,11 @@ def from_arrow(
             if col.where:
                 valid = _read_mask(rb, col.where)
                 if not np.array_equal(_present(arr), valid):
-                    raise SchemaError(RejectReason.INCONSISTENT,
-                                      f"{f.name} is present on other rows than {col.where}")
+                    # policy_action: the intervention contract (module docstring).
+                    raise SchemaError(
+                        RejectReason.CONTRACT if col.where == "intervention"
+                        else RejectReason.INCONSISTENT,
+                        f"{f.name} is present on other rows than {col.where}")
             kwargs[f.name] = vec
         elif col.kind == Kind.FINAL:
             vec = _read_vector(arr, pa_field, pa.float32(), nullable=True)
@@ -781,12 +818,60 @@ def from_arrow(
     return cls(**kwargs)  # type: ignore[arg-type]
 
 
+def _rows_v1_to_v2(rb: pa.RecordBatch) -> pa.RecordBatch:
+    """V1 rows as V2 rows (module docstring): the step identity is
+    ``(robot_id, "v1", observed_ns)``; where ``intervention`` the executed action is V1's
+    ``human_action`` and the policy's proposal V1's ``action``; no end reasons.  Raises
+    ``SchemaError`` when the V1 columns are not there or not of their V1 types."""
+    names = rb.schema.names
+    for need in ("action", "human_action", "intervention", "observed_ns"):
+        if need not in names:
+            raise _bad(f"no column {need} (a V1 batch)")
+    n = rb.num_rows
+    took = rb.column("intervention")
+    proposal = rb.column("action")
+    if not pa.types.is_fixed_size_list(proposal.type) or took.type != pa.bool_():
+        raise _bad(f"V1 columns action {proposal.type}, intervention {took.type}: "
+                   "expected fixed_size_list and bool")
+    try:
+        executed = pc.if_else(took, rb.column("human_action"), proposal)
+        size = proposal.type.list_size
+        # Null rows must not own null elements: the reader refuses those.
+        policy_action = pa.FixedSizeListArray.from_arrays(
+            proposal.values.slice(proposal.offset * size, n * size), type=proposal.type,
+            mask=pc.invert(took.fill_null(False)))
+        seq = rb.column("observed_ns").cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise _bad(f"V1 columns cannot be upcast: {exc}") from None
+    schema = rb.schema
+    arrays = {name: rb.column(name) for name in names}
+    fields = {name: schema.field(name) for name in names}
+    arrays["action"] = executed
+    arrays["policy_action"] = policy_action
+    fields["policy_action"] = schema.field("human_action").with_name("policy_action")
+    del arrays["human_action"], fields["human_action"]
+    arrays["incarnation"] = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, np.int32)), pa.array([V1_INCARNATION], pa.string()))
+    arrays["seq"] = seq
+    arrays["end_reason"] = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, np.int32)), pa.array([""], pa.string()))
+    for name in ("incarnation", "seq", "end_reason"):
+        fields[name] = pa.field(name, arrays[name].type, nullable=False)
+    return pa.RecordBatch.from_arrays(
+        list(arrays.values()), schema=pa.schema([fields[k] for k in arrays], schema.metadata))
+
+
 # -- content checks (pure; used by consumers and, optionally, producers) ------------------
 
 
 def check_content(batch: AnyBatch) -> None:
-    """Refuse values no consumer should see: NaN/inf, negative steps or versions, steps
-    that do not increase within an episode.  Raises ``SchemaError``."""
+    """Refuse values no consumer should see: NaN/inf, negative steps, sequence numbers or
+    versions, steps that do not increase within an episode, a ``seq`` twice in the batch
+    (two rows with one step identity), and rows that break the episode-end contract (an
+    ``end_reason`` that is not an :class:`~schemas.events.EpisodeEndReason`, or on a
+    step that does not end its episode: ``CONTRACT``).  The intervention contract
+    (``policy_action`` present exactly where ``intervention``) is the Arrow reader's and
+    the builder's to enforce.  Raises ``SchemaError``."""
     for f, col in columns(type(batch)):
         if not col.finite:
             continue
@@ -805,6 +890,22 @@ def check_content(batch: AnyBatch) -> None:
                 )
     if (batch.step < 0).any():
         raise SchemaError(RejectReason.INVALID_FIELD, "step has negative values")
+    if (batch.seq < 0).any():
+        raise SchemaError(RejectReason.INVALID_FIELD, "seq has negative values")
+    if len(np.unique(batch.seq)) != len(batch.seq):
+        raise SchemaError(RejectReason.INCONSISTENT,
+                          "two rows share a seq: one incarnation's steps are numbered once")
+    ended = batch.end_reason != ""
+    if (ended & ~batch.truncated).any():
+        row = int(np.argmax(ended & ~batch.truncated))
+        raise SchemaError(RejectReason.CONTRACT,
+                          f"row {row} has end_reason {str(batch.end_reason[row])[:40]!r} but "
+                          "does not end its episode (truncated is false)")
+    unknown = set(np.unique(batch.end_reason[ended]).tolist()) - _END_REASONS
+    if unknown:
+        raise SchemaError(RejectReason.CONTRACT,
+                          f"end_reason {sorted(unknown)[0][:40]!r} is not an episode end "
+                          f"reason ({', '.join(sorted(_END_REASONS))})")
     if (batch.policy_version < 0).any():
         raise SchemaError(RejectReason.INVALID_FIELD, "policy_version has negative values")
     same = batch.episode_id[1:] == batch.episode_id[:-1]
@@ -815,25 +916,33 @@ def check_content(batch: AnyBatch) -> None:
                           "a truncated step is followed by a step of the same episode")
 
 
+#: What ``end_reason`` may say on an episode's last step.
+_END_REASONS = frozenset(r.value for r in EpisodeEndReason)
+
+
 def _bounds(spec: ArraySpec, arr: F32, name: str) -> None:
-    flat = arr.reshape(len(arr), -1)
+    """Refuse values of ``arr`` (one row per step) outside ``spec``'s announced bounds,
+    give or take :data:`BOUNDS_TOLERANCE`; the detail names the column, row, element,
+    value and bound."""
+    flat = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64)))
     for bound, side in ((spec.low, "low"), (spec.high, "high")):
-        if bound is None:
+        if bound is None or flat.size == 0:
             continue
-        b = np.asarray(bound, np.float32)
+        b = np.broadcast_to(np.asarray(bound, np.float32), flat.shape[1:])
         bad = flat < b - BOUNDS_TOLERANCE if side == "low" else flat > b + BOUNDS_TOLERANCE
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             raise SchemaError(
                 RejectReason.OUT_OF_BOUNDS,
                 f"{name}[{row}, {col}] = {flat[row, col]:g} is outside the announced "
-                f"{side} bound",
+                f"{side} bound {float(b[col]):g}",
             )
 
 
 def check_against(batch: AnyBatch, robot: RobotSpec) -> None:
     """Refuse a batch that contradicts its robot's announced spec: robot type, shapes,
-    cameras, info arrays, action bounds.  Raises ``SchemaError``."""
+    cameras, info arrays, and the bounds of observations, info arrays and actions
+    (``OUT_OF_BOUNDS``).  Raises ``SchemaError``."""
     def mismatch(detail: str) -> SchemaError:
         return SchemaError(RejectReason.SPEC_MISMATCH, f"robot {batch.robot_id}: {detail}")
 
@@ -847,5 +956,9 @@ def check_against(batch: AnyBatch, robot: RobotSpec) -> None:
         raise mismatch(f"cameras {dict(got.cameras)}, announced {dict(want.cameras)}")
     if dict(got.info) != dict(want.info):
         raise mismatch(f"info {dict(got.info)}, announced {dict(want.info)}")
+    _bounds(robot.observation, batch.observation, "observation")
+    _bounds(robot.observation, batch.final_observation, "final_observation")
+    for key, info_spec in robot.info.items():
+        _bounds(info_spec, batch.info[key], f"info[{key!r}]")
     _bounds(robot.action, batch.action, "action")
-    _bounds(robot.action, batch.human_action[batch.intervention], "human_action")
+    _bounds(robot.action, batch.policy_action[batch.intervention], "policy_action")

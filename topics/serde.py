@@ -80,6 +80,7 @@ TOPIC_SCHEMAS: dict[str, frozenset[str]] = {
     catalog.COMMANDS.name: _names(events.CommandV1),
     catalog.LEARNER_METRICS.name: _names(events.LearnerMetricsV1),
     catalog.DLQ.name: _names(events.DeadLetterV1),
+    catalog.GAPS.name: _names(events.GapDetectedV1),
 }
 
 
@@ -157,6 +158,8 @@ def key_for(spec: TopicSpec, payload: Payload) -> str:
         return f"{need(event.experiment_id, 'experiment_id')}/{version}"
     if isinstance(event, events.DeadLetterV1):
         return event.source_topic
+    if isinstance(event, events.GapDetectedV1):
+        return f"{event.topic}/{event.partition}"
     raise SchemaError(RejectReason.WRONG_TOPIC,
                       f"{event.schema_name} cannot be keyed by {spec.key.value}")
 
@@ -195,7 +198,8 @@ def encode(
 
     With ``sites``, a site-partitioned topic's partition is chosen from the event's site
     (raises ``UnknownSiteError``).  Raises ``SchemaError`` if the event does not belong on
-    the topic, and ``ValueError`` if the record exceeds the topic's size limit.
+    the topic, and :class:`RecordTooLarge` (a ``ValueError``) if the record exceeds the
+    topic's size limit.
     """
     event = _event_of(payload)
     allowed = TOPIC_SCHEMAS.get(spec.name, frozenset())
@@ -219,15 +223,24 @@ def encode(
         headers.append((HEADER_EVENT, event.model_dump_json().encode()))
     else:
         value = event.model_dump_json().encode()
-    if len(value) > spec.max_message_bytes:
-        raise ValueError(
-            f"a {event.schema_name} record of {len(value)} bytes exceeds {spec.name}'s "
-            f"limit of {spec.max_message_bytes}; send fewer steps per batch"
-        )
     partition = None
     if sites is not None and spec.site_partitioned:
         partition = spec.partition_for(sites, event.site or "", event.robot_id or "")
-    return Encoded(spec.name, key_for(spec, payload).encode(), value, headers, partition)
+    encoded = Encoded(spec.name, key_for(spec, payload).encode(), value, headers, partition)
+    if len(value) > spec.max_message_bytes:
+        raise RecordTooLarge(
+            f"a {event.schema_name} record of {len(value)} bytes exceeds {spec.name}'s "
+            f"limit of {spec.max_message_bytes}; send fewer steps per batch", encoded)
+    return encoded
+
+
+class RecordTooLarge(ValueError):
+    """A record over its topic's size limit; ``record`` is the encoded record, for a
+    producer that splits it (:func:`topics.limits.split_to_fit`) or dead-letters it."""
+
+    def __init__(self, message: str, record: Encoded) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 # -- decode -------------------------------------------------------------------------------

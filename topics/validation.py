@@ -107,12 +107,15 @@ def validate(record: Record, rules: Rules | None = None) -> Accepted | Rejected:
 _DLQ_VALUE_SHARE = 0.7
 
 
-def dead_letter(rejected: Rejected, *, consumer: str = "") -> events.DeadLetterV1:
+def dead_letter(rejected: Rejected, *, consumer: str = "",
+                dlq_limit: int = catalog.DLQ.max_message_bytes) -> events.DeadLetterV1:
     """The dead letter for ``rejected``: reason, detail, source position and the
-    original key, headers and value (base64; cut short if it would not fit ``dlq``)."""
+    original key, headers and value (base64; cut short if it would not fit a ``dlq``
+    record of ``dlq_limit`` bytes).  A record refused when it was produced has no
+    position: partition and offset -1."""
     rec = rejected.record
     value = rec.value or b""
-    budget = int(catalog.DLQ.max_message_bytes * _DLQ_VALUE_SHARE * 3 / 4)
+    budget = int(dlq_limit * _DLQ_VALUE_SHARE * 3 / 4)
     kept = value[:budget]
     return events.DeadLetterV1(
         event_id=uuid.uuid4(),
@@ -130,3 +133,20 @@ def dead_letter(rejected: Rejected, *, consumer: str = "") -> events.DeadLetterV
         value_size=len(value),
         truncated=len(kept) < len(value),
     )
+
+
+#: The most bytes of a refused record (its value, key or a detail quoting it) that one
+#: log line may carry; the whole record goes to ``dlq``, never to a log.
+LOG_EXCERPT_BYTES = 200
+
+
+def excerpt(text: object, limit: int = LOG_EXCERPT_BYTES) -> str:
+    """``text`` (bytes are shown as ``repr``) cut to at most ``limit`` UTF-8 bytes for a
+    log line, saying how much was left out."""
+    shown = repr(text) if isinstance(text, bytes | bytearray) else str(text)
+    raw = shown.encode("utf-8", "backslashreplace")
+    if len(raw) <= limit:
+        return shown
+    note = f"… (+{len(raw) - limit} bytes)"
+    cut = raw[:max(0, limit - len(note.encode()))].decode("utf-8", "ignore")
+    return cut + note

@@ -16,12 +16,20 @@ Observation (float32), with k = ``task_dims`` (2 for a planar arm, 3 in space)::
 succeeds when ``|goal_pos - ee_pos| < success_radius``; reward jobs decide what to do
 with that — the episode never terminates early, it is truncated after
 ``max_episode_steps``.
+
+Instability: MuJoCo answers a NaN, inf or huge ``qpos``/``qvel``/``qacc`` with a warning
+(``mjWARN_BADQPOS``/``BADQVEL``/``BADQACC``) and a silent reset of the whole state to the
+model's reference pose, in the middle of the episode.  The arm checks the warnings (and
+the state's finiteness) after every control period: a broken period ends the episode,
+truncated, with ``Step.unstable`` saying why and the last valid state as the step's
+observation — never a teleport to the reference pose inside an episode.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import logging
 from collections.abc import Callable, Sequence
 
 import mujoco
@@ -32,10 +40,47 @@ import pydantic
 from agents import robot as robot_mod
 from schemas import spaces
 
-__all__ = ["ArmConfig", "JacobianReach", "MujocoArm", "load_model"]
+__all__ = ["ArmConfig", "JacobianReach", "MujocoArm", "load_model", "step_checked"]
 
 Vec = npt.NDArray[np.float64]
 _INFO_KEYS = ("ee_pos", "goal_pos")
+#: MuJoCo warnings that mean the simulation went unstable (MuJoCo resets the state on them).
+_UNSTABLE = {
+    mujoco.mjtWarning.mjWARN_BADQPOS: "qpos",
+    mujoco.mjtWarning.mjWARN_BADQVEL: "qvel",
+    mujoco.mjtWarning.mjWARN_BADQACC: "qacc",
+}
+
+log = logging.getLogger(__name__)
+
+
+def _mujoco_warning(message: str) -> None:
+    # MuJoCo's default handler prints and appends to MUJOCO_LOG.TXT in the working
+    # directory; the arm reads the warning counters itself and the worker logs the episode
+    # end, so the text only goes to the debug log.
+    log.debug("MuJoCo: %s", message)
+
+
+if mujoco.get_mju_user_warning() is None:
+    mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def step_checked(m: mujoco.MjModel, d: mujoco.MjData, nstep: int) -> str:
+    """``mj_step`` ``nstep`` times; why the simulation broke meanwhile ('' if it did not).
+
+    MuJoCo answers an unstable state with a warning and a silent reset to the reference
+    pose; this reads the warnings (and the state's finiteness) so that a robot can end its
+    episode instead (``Step.unstable``).  Every MuJoCo robot steps its physics through it.
+    """
+    for warning in _UNSTABLE:
+        d.warning[int(warning)].number = 0
+    mujoco.mj_step(m, d, nstep=nstep)
+    bad = [name for warning, name in _UNSTABLE.items() if d.warning[int(warning)].number]
+    if bad:
+        return f"MuJoCo found NaN, inf or huge values in {'/'.join(bad)} (simulation unstable)"
+    if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
+        return "non-finite qpos/qvel (simulation unstable)"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +127,19 @@ def load_model(model_file: str) -> mujoco.MjModel:
         raise robot_mod.RobotError(
             f"model agents/models/{model_file} does not compile: {first}"
         ) from exc
+
+
+#: Announced bound of ``qdot / max_joint_speed``: far beyond what the servo window lets
+#: the arm reach, so only broken physics crosses it (consumers then refuse the batch).
+_SPEED_RATIO_BOUND = 100.0
+#: Announced bound of positions (m): no arm here reaches this far from its base.
+_POSITION_BOUND_M = 10.0
+
+
+def _observation_bounds(n: int, k: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The announced per-element ``(low, high)`` of the observation (module doc)."""
+    high = (1.0,) * (2 * n) + (_SPEED_RATIO_BOUND,) * n + (_POSITION_BOUND_M,) * (3 * k)
+    return tuple(-h for h in high), high
 
 
 class MujocoArm(robot_mod.Robot):
@@ -134,10 +192,12 @@ class MujocoArm(robot_mod.Robot):
         self._cameras = tuple(cameras)
 
         k = config.task_dims
+        obs_low, obs_high = _observation_bounds(n, k)
         try:
             self._spec = spaces.RobotSpec(
                 robot_type=name,
-                observation=spaces.ArraySpec(shape=(3 * n + 3 * k,), dtype="float32"),
+                observation=spaces.ArraySpec(shape=(3 * n + 3 * k,), dtype="float32",
+                                             low=obs_low, high=obs_high),
                 action=spaces.ArraySpec(shape=(n,), dtype="float32", low=-1.0, high=1.0),
                 cameras=tuple(
                     spaces.CameraSpec(name=c, height=height, width=width) for c in self._cameras
@@ -160,6 +220,7 @@ class MujocoArm(robot_mod.Robot):
         self._goal = np.zeros(3)
         self._index = 0
         self._done = True
+        self._last: robot_mod.Step | None = None
 
     # -- Robot -----------------------------------------------------------------------
 
@@ -223,14 +284,21 @@ class MujocoArm(robot_mod.Robot):
     def _advance(self) -> robot_mod.Step:
         m, d = self.model, self.data
         d.ctrl[self._act] = self._target
-        mujoco.mj_step(m, d, nstep=self._nsub)
+        fault = step_checked(m, d, self._nsub)
         # mj_step leaves positions one physics step ahead of the kinematics it computed.
         mujoco.mj_kinematics(m, d)
+        if fault:
+            fault = f"{self.config.robot_type}: {fault} at step {self._index + 1}"
         if not self._done:
             self._index += 1
-            if self._index >= self._spec.max_episode_steps:
+            if fault or self._index >= self._spec.max_episode_steps:
                 self._done = True
+        if fault and self._last is not None:
+            # The state now is MuJoCo's reset (or NaN): the last valid one is what we know.
+            return dataclasses.replace(self._last, index=self._index, terminated=False,
+                                       truncated=True, unstable=fault)
         return self._observe(truncated=self._done)
+
 
     def _observe(self, truncated: bool = False) -> robot_mod.Step:
         d, cfg, k = self.data, self.config, self.config.task_dims
@@ -256,9 +324,10 @@ class MujocoArm(robot_mod.Robot):
             for cam in self._cameras:
                 self._renderer.update_scene(d, camera=cam)
                 images[cam] = self._renderer.render()
-        return robot_mod.Step(
+        self._last = robot_mod.Step(
             observation=obs, info=info, index=self._index, images=images, truncated=truncated
         )
+        return self._last
 
 
 class JacobianReach:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from confluent_kafka import Message, TopicPartition
 
@@ -61,8 +62,9 @@ def batch_record(batch: transitions.AnyBatch | None = None, *, rb: pa.RecordBatc
             assert batch is not None
             rb = transitions.to_arrow(batch)
         raw = serde.arrow_ipc(rb)
+    version = (rb.schema.metadata or {}).get(transitions.META_VERSION, b"2") if rb else b"2"
     name = "transition_batch" if topic == "transitions.raw" else "rewarded_transition_batch"
-    headers = ((serde.HEADER_SCHEMA, name.encode()), (serde.HEADER_VERSION, b"1"),
+    headers = ((serde.HEADER_SCHEMA, name.encode()), (serde.HEADER_VERSION, version),
                (serde.HEADER_CONTENT_TYPE, serde.CONTENT_TYPES[spec.value].encode()))
     return Record(topic=topic, partition=1, offset=7, value=raw, key=b"lab-a/r1",
                   headers=headers)
@@ -369,3 +371,95 @@ def test_the_consumer_learns_announced_specs_and_checks_batches_against_them() -
     assert [type(a.event).__name__ for a in accepted] == ["TransitionBatch", "RobotAnnouncedV1"]
     assert [r.reason for r in sink.letters] == [RejectReason.SPEC_MISMATCH]
     assert consumer.robots == {"r1": SPEC}
+
+
+# -- the intervention and episode-end contracts (issue 10, failing input 5) ----------------
+
+
+def _policy_action_where(rb: pa.RecordBatch, rows: np.ndarray) -> pa.Array:
+    """``rb``'s policy_action column, present on ``rows`` only."""
+    col = rb.column("policy_action")
+    return pa.FixedSizeListArray.from_arrays(col.values, type=col.type, mask=pa.array(~rows))
+
+
+def test_a_rewarded_batch_with_takeovers_but_no_policy_proposal_is_refused() -> None:
+    batch = rewarded(np.zeros(12))
+    assert batch.intervention.sum() == 2  # rows 3 and 10: a human overrode the policy
+    rb = rb_of(batch)
+    rb = with_column(rb, "policy_action", _policy_action_where(rb, np.zeros(12, bool)))
+    rec = batch_record(rb=rb, topic="transitions")
+    result = validation.validate(rec, RULES)
+    assert isinstance(result, Rejected)
+    assert result.reason is RejectReason.CONTRACT, result.detail
+    assert "policy_action" in result.detail
+    assert validation.dead_letter(result).reason is RejectReason.CONTRACT
+
+
+def test_a_policy_proposal_on_a_step_nobody_took_over_is_refused() -> None:
+    batch = good_batch()
+    rb = rb_of(batch)
+    rb = with_column(rb, "policy_action", _policy_action_where(rb, batch.intervention | True))
+    result = validation.validate(batch_record(rb=rb), RULES)
+    assert isinstance(result, Rejected) and result.reason is RejectReason.CONTRACT
+
+
+def test_a_non_finite_policy_proposal_is_refused() -> None:
+    batch = good_batch()
+    bad = batch.policy_action.copy()
+    bad[3, 0] = np.nan
+    result = validation.validate(batch_record(replaced(batch, policy_action=bad)), RULES)
+    assert isinstance(result, Rejected) and result.reason is RejectReason.NON_FINITE
+
+
+@pytest.mark.parametrize(("row", "reason"), [(0, "time_limit"), (4, "no such reason")])
+def test_an_end_reason_that_breaks_the_episode_end_contract_is_refused(
+    row: int, reason: str,
+) -> None:
+    batch = good_batch()  # rows 4 and 9 end episodes (time_limit)
+    ends = batch.end_reason.astype("U32").copy()
+    ends[row] = reason
+    result = validation.validate(batch_record(replaced(batch, end_reason=ends)), RULES)
+    assert isinstance(result, Rejected) and result.reason is RejectReason.CONTRACT, result
+
+
+def as_v1(batch: transitions.AnyBatch) -> pa.RecordBatch:
+    """``batch`` as a V1 writer wrote it: ``action`` the policy's, ``human_action`` the
+    executed one where intervention, no step identity, no end reasons."""
+    rb = rb_of(batch)
+    took = rb.column("intervention")
+    typ = rb.column("action").type
+    policy = pc.if_else(took, rb.column("policy_action"), rb.column("action"))
+    human = pa.FixedSizeListArray.from_arrays(rb.column("action").values, type=typ,
+                                              mask=pc.invert(took))
+    rb = with_column(rb, "action", policy)
+    rb = with_column(rb, "policy_action", human)
+    rb = rb.rename_columns(["human_action" if c == "policy_action" else c
+                            for c in rb.schema.names])
+    rb = rb.drop_columns(["incarnation", "seq", "end_reason"])
+    header = batch.event.model_dump(mode="json")
+    del header["incarnation"]
+    header["schema_version"] = 1
+    return rb.replace_schema_metadata({
+        transitions.META_SCHEMA: batch.event.schema_name.encode(),
+        transitions.META_VERSION: b"1",
+        transitions.META_EVENT: json.dumps(header).encode(),
+    })
+
+
+def test_a_v1_rewarded_batch_with_human_actions_is_read_under_the_new_contract() -> None:
+    batch = rewarded(np.linspace(0, 1, 12))
+    took = batch.intervention
+    result = validation.validate(batch_record(rb=as_v1(batch), topic="transitions"), RULES)
+    assert isinstance(result, Accepted), result
+    v2 = result.event
+    assert isinstance(v2, transitions.RewardedTransitionBatch)
+    assert v2.event.schema_version == 2 and v2.event.incarnation == events.V1_INCARNATION
+    # V1's only identity was the observation time: it becomes the sequence number.
+    np.testing.assert_array_equal(v2.seq, batch.observed_ns)
+    # The executed action (V1 human_action) is `action`; the policy's is kept beside it.
+    np.testing.assert_array_equal(v2.intervention, took)
+    np.testing.assert_array_equal(v2.action, batch.action)
+    np.testing.assert_array_equal(v2.policy_action[took], batch.policy_action[took])
+    assert not np.array_equal(v2.action[took], v2.policy_action[took])
+    assert (v2.end_reason == "").all()
+    np.testing.assert_array_equal(v2.reward, batch.reward)

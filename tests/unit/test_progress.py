@@ -21,11 +21,11 @@ def rewarded(robot_type: str, successes_at_end: list[bool], experiment: str = "e
     success = np.zeros(n, np.bool_)
     success[truncated] = successes_at_end
     raw = TransitionBatch.build(
-        ev.TransitionBatchV1(site="lab-a", robot_id=f"{robot_type}-0", experiment_id=experiment,
-                             robot_type=robot_type, n_steps=n),
+        ev.TransitionBatchV2(site="lab-a", robot_id=f"{robot_type}-0", experiment_id=experiment,
+                             robot_type=robot_type, n_steps=n, incarnation="i0"),
         episode_id=np.repeat([f"e{i}" for i in range(len(successes_at_end))],
                              steps_per_episode),
-        step=np.tile(np.arange(steps_per_episode), len(successes_at_end)),
+        step=np.tile(np.arange(steps_per_episode), len(successes_at_end)), seq=np.arange(n),
         observation=np.zeros((n, 3), np.float32), action=np.zeros((n, 2), np.float32),
         policy_version=np.zeros(n, np.int64), observed_ns=np.arange(n, dtype=np.int64),
         truncated=truncated, final_observation=np.zeros((int(truncated.sum()), 3), np.float32),
@@ -80,9 +80,9 @@ def _rows(episode: str, steps: list[int], success: list[bool], last: bool
     truncated = np.zeros(n, np.bool_)
     truncated[-1] = last
     raw = TransitionBatch.build(
-        ev.TransitionBatchV1(site="lab-a", robot_id="r0", experiment_id="exp",
-                             robot_type="reacher2d", n_steps=n),
-        episode_id=[episode] * n, step=steps, observation=np.zeros((n, 3), np.float32),
+        ev.TransitionBatchV2(site="lab-a", robot_id="r0", experiment_id="exp",
+                             robot_type="reacher2d", n_steps=n, incarnation="i0"),
+        episode_id=[episode] * n, step=steps, seq=steps, observation=np.zeros((n, 3), np.float32),
         action=np.zeros((n, 2), np.float32), policy_version=np.zeros(n, np.int64),
         observed_ns=np.array(steps, np.int64), truncated=truncated,
         final_observation=np.zeros((int(last), 3), np.float32))

@@ -15,7 +15,7 @@ def reach_batch(ee: list[list[float]], goal: list[list[float]]) -> transitions.T
     spec = samples.robot_spec(obs_dim=4, act_dim=2, info={"ee_pos": 3, "goal_pos": 3})
     base = samples.batch(spec, len(ee))
     return transitions.TransitionBatch.build(
-        base.event, episode_id=base.episode_id, step=base.step,
+        base.event, episode_id=base.episode_id, step=base.step, seq=base.seq,
         observation=base.observation, action=base.action,
         policy_version=base.policy_version, observed_ns=base.observed_ns,
         info={"ee_pos": np.asarray(ee, np.float32), "goal_pos": np.asarray(goal, np.float32)})
@@ -92,3 +92,16 @@ def test_a_plugin_registered_in_a_new_version_sits_beside_the_old() -> None:
     batch = reach_batch([[0, 0, 0]], [[0, 0, 0]])
     assert rewards.lookup("test_constant@2")(batch).reward.tolist() == [2.0]
     assert rewards.lookup("reach_dense@1")(batch).reward.tolist() == [0.0]
+
+
+def test_a_rewarded_batch_keeps_the_raw_steps_identity_and_intervention_contract() -> None:
+    spec = samples.robot_spec(obs_dim=4, act_dim=2, info={"ee_pos": 3, "goal_pos": 3})
+    raw = samples.batch(spec, 20, first_step=40, incarnation="abc123")
+    out = rewards.apply(rewards.lookup("reach_dense@1"), raw)
+    assert (out.event.robot_id, out.event.incarnation) == (raw.robot_id, "abc123")
+    np.testing.assert_array_equal(out.seq, np.arange(40, 60))
+    np.testing.assert_array_equal(out.intervention, raw.intervention)
+    np.testing.assert_array_equal(out.action, raw.action)
+    np.testing.assert_array_equal(out.policy_action[out.intervention],
+                                  raw.policy_action[raw.intervention])
+    np.testing.assert_array_equal(out.end_reason, raw.end_reason)

@@ -13,19 +13,23 @@ from agents import host, pacing, policies, registry, safety, validation
 from agents import robot as robot_mod
 from agents.sim import arm, reacher2d
 from schemas import spaces
+from schemas import tasks as task_rules
 
 #: Every registered type is held to the same contract.
 ROBOT_TYPES = registry.robot_types()
+#: …set up for every task it can do.
+ROBOT_TASKS = [(name, task) for name in ROBOT_TYPES for task in registry.robot_tasks(name)]
 
 
 def _distance(step: robot_mod.Step) -> float:
     return float(np.linalg.norm(step.info["goal_pos"] - step.info["ee_pos"]))
 
 
-def _config(robot: robot_mod.Robot) -> arm.ArmConfig:
+def _reach_radius(robot: robot_mod.Robot) -> float:
     inner = robot.inner if isinstance(robot, safety.Guarded) else robot
-    assert isinstance(inner, arm.MujocoArm)
-    return inner.config
+    if isinstance(inner, arm.MujocoArm):
+        return inner.config.success_radius
+    return task_rules.REACH_RADIUS
 
 
 class _Lying(robot_mod.Robot):
@@ -51,17 +55,39 @@ class _Lying(robot_mod.Robot):
 # -- registry and start-up probe ---------------------------------------------------------
 
 
-def test_both_arm_types_are_registered() -> None:
-    assert {"reacher2d", "arm7"} <= set(ROBOT_TYPES)
+def test_the_planar_and_the_real_model_arm_types_are_registered() -> None:
+    assert {"reacher2d", "arm7", "panda", "ur5e"} <= set(ROBOT_TYPES)
+    assert set(registry.robot_tasks("panda")) >= {"reach", "push", "pick_place"}
+    assert registry.robot_tasks("arm7") == ("reach",)
 
 
-@pytest.mark.parametrize("name", ROBOT_TYPES)
-def test_each_type_builds_passes_its_probe_and_fits_20_hz(name: str) -> None:
-    robot = registry.make_robot(name, seed=0)
+@pytest.mark.parametrize(("name", "task"), ROBOT_TASKS)
+def test_each_type_builds_passes_its_probe_and_fits_20_hz(name: str, task: str) -> None:
+    robot = registry.make_robot(name, task=task, seed=0)
     report = validation.validate(robot)
     assert robot.spec.robot_type == name
     assert robot.spec.control_hz == 20.0
     assert report.max_hz > 20.0
+
+
+@pytest.mark.parametrize(("name", "task"), ROBOT_TASKS)
+def test_each_task_sends_the_info_its_reward_jobs_read(name: str, task: str) -> None:
+    robot = registry.make_robot(name, task=task, seed=0)
+    policy = policies.RandomPolicy(robot.spec.action, seed=0)
+    step = robot.reset(seed=1)
+    for _ in range(3):
+        assert step.observation.shape == robot.spec.observation.shape
+        assert set(step.info) == set(task_rules.INFO_KEYS[task])
+        assert all(v.shape == (3,) and v.dtype == np.float32 for v in step.info.values())
+        step = robot.step(policy(step.observation))
+
+
+def test_a_task_the_type_cannot_do_fails_with_one_line() -> None:
+    with pytest.raises(robot_mod.RobotError,
+                       match="robot type 'arm7' cannot do task 'push'; it can do: reach"):
+        registry.make_robot("arm7", task="push")
+    with pytest.raises(robot_mod.RobotError, match="cannot do task 'stack'; it can do: "):
+        registry.make_robot("panda", task="stack")
 
 
 @pytest.mark.parametrize("name", ROBOT_TYPES)
@@ -170,7 +196,7 @@ def test_different_seeds_give_different_goals() -> None:
 def test_the_scripted_policy_reaches_the_goal_in_most_episodes(name: str) -> None:
     robot = registry.make_robot(name, seed=0)
     policy = policies.scripted(robot)
-    radius = _config(robot).success_radius
+    radius = _reach_radius(robot)
     reached = 0
     for seed in range(10):
         step = robot.reset(seed=seed)
@@ -371,3 +397,37 @@ def test_robots_with_different_rates_cannot_share_a_clock() -> None:
     ]
     with pytest.raises(ValueError, match="share one control rate"):
         host.Lockstep(robots)
+
+
+@pytest.mark.parametrize("break_it", ["huge gains", "nan qpos"])
+def test_an_unstable_simulation_ends_the_episode_instead_of_resetting_in_it(
+    break_it: str,
+) -> None:
+    robot = reacher2d.make(seed=0)
+    robot.reset(seed=1)
+    before = None
+    for _ in range(3):
+        before = robot.step(np.full(2, 0.5, np.float32))
+    assert before is not None
+    if break_it == "huge gains":  # a servo a trillion times too stiff: qacc blows up
+        robot.model.actuator_gainprm[:, 0] *= 1e12
+        robot.model.actuator_biasprm[:, 1] *= 1e12
+    else:
+        robot.data.qpos[0] = np.nan
+    broken = robot.step(np.ones(2, np.float32))
+    assert broken.truncated and broken.done and not broken.terminated
+    assert "simulation unstable" in broken.unstable
+    assert broken.index == 4
+    # The last valid state, not MuJoCo's silent reset to the reference pose:
+    np.testing.assert_array_equal(broken.observation, before.observation)
+    assert np.all(np.isfinite(broken.observation))
+    with pytest.raises(robot_mod.RobotError, match="episode is over"):
+        robot.step(np.zeros(2, np.float32))
+
+
+def test_a_stable_episode_reports_no_instability() -> None:
+    robot = reacher2d.make(seed=0)
+    step = robot.reset(seed=1)
+    while not step.done:
+        step = robot.step(np.ones(2, np.float32))
+        assert step.unstable == ""

@@ -72,7 +72,7 @@ def test_keys_and_site_partitions_follow_the_topic_spec() -> None:
     assert rec.key == b"lab-b/arm7"
     assert rec.partition == sites.partition_for("lab-b", "arm7")
     assert rec.partition in (2, 3)
-    chunk = examples()[12]
+    chunk = next(e for e in examples() if isinstance(e, events.WeightsChunkV1))
     assert serde.encode(catalog.WEIGHTS, chunk, sites=sites).key == b"e1/2"
 
 
@@ -122,7 +122,7 @@ def test_compression_is_a_setting(compression: str) -> None:
     spec = samples.robot_spec()
     batch = samples.batch(spec, 256)
     batch = transitions.TransitionBatch.build(
-        batch.event, episode_id=batch.episode_id, step=batch.step,
+        batch.event, episode_id=batch.episode_id, step=batch.step, seq=batch.seq,
         observation=np.zeros_like(batch.observation), action=batch.action,
         policy_version=batch.policy_version, observed_ns=batch.observed_ns,
         truncated=batch.truncated, final_observation=batch.final_observation)
