@@ -1,13 +1,15 @@
 """The Delta history, reused: replay to a topic, back-fill a reward, ask in SQL (DESIGN §4).
 
 * :func:`replay` republishes an experiment's raw steps from ``transitions_raw`` to a
-  topic, robot by robot in the order each robot took them (original batches, original
-  event ids), so a new stream job or learner can consume a past experiment.
+  topic, stream by stream (robot incarnation) in the order taken (original batches,
+  original event ids and step identities), so a new stream job or learner can consume a
+  past experiment.
 * :func:`backfill` scores the history with another reward function and writes the rows
   to ``transitions`` next to the existing ones (each row names its ``reward_fn``).  It
-  writes only steps newer than what that function already has per robot, in commits
-  that each carry an app transaction, so it can be stopped and rerun: nothing is
-  written twice, nothing of another function is touched.
+  writes only steps that function does not hold yet — by step identity, the one dedupe
+  rule of ``topics.tables`` — stream by stream in the order taken, in commits that each
+  carry an app transaction, so it can be stopped and rerun: nothing is written twice,
+  nothing of another function is touched.
 * :func:`sql` runs DuckDB SQL over every table (``transitions_raw``, ``transitions``,
   ``episodes``, ``policies``) as Arrow datasets; other readers (polars, Spark, pandas via
   ``deltalake``) read the same tables without this code.
@@ -26,8 +28,9 @@ import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from pipeline import rewards, tables
-from pipeline.sink import open_table
+from pipeline.delta_writer import open_table
 from topics import catalog, serde
+from topics import tables as contract
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
 
@@ -122,19 +125,18 @@ class BackfillReport:
     robots: dict[str, int] = field(default_factory=dict)
 
 
-def watermarks(root: Path | str, experiment: str, reward_fn: str) -> dict[str, int]:
-    """robot -> newest ``observed_ns`` of ``reward_fn`` rows in ``transitions``."""
+def high_water(root: Path | str, experiment: str, reward_fn: str) -> contract.HighWater:
+    """The dedupe marks of ``reward_fn``'s rows of ``experiment`` in ``transitions``."""
+    marks = contract.HighWater()
     dt = open_table(tables.table_path(root, tables.TRANSITIONS))
     if dt is None:
-        return {}
-    seen = dt.to_pyarrow_dataset().to_table(
-        columns=["robot_id", "observed_ns"],
-        filter=(ds.field("experiment_id") == experiment) & (ds.field("reward_fn") == reward_fn))
-    if seen.num_rows == 0:
-        return {}
-    top = seen.group_by("robot_id").aggregate([("observed_ns", "max")])
-    return dict(zip(top.column("robot_id").to_pylist(),
-                    top.column("observed_ns_max").to_pylist(), strict=True))
+        return marks
+    dataset = dt.to_pyarrow_dataset()
+    columns = [c for c in (*contract.STREAM, "seq", "observed_ns") if c in dataset.schema.names]
+    marks.load(dataset.to_table(
+        columns=columns,
+        filter=(ds.field("experiment_id") == experiment) & (ds.field("reward_fn") == reward_fn)))
+    return marks
 
 
 def _rewarded_rows(fn: rewards.Registered, raw: pa.Table) -> Iterator[pa.Table]:
@@ -156,15 +158,15 @@ def backfill(root: Path | str, experiment: str, fn: rewards.Registered) -> Backf
     report = BackfillReport(fn.id)
     if raw.num_rows == 0:
         raise HistoryError(f"experiment {experiment!r} has no rows in {tables.TRANSITIONS_RAW}")
-    marks = watermarks(root, experiment, fn.id)
-    robot = raw.column("robot_id").to_numpy(zero_copy_only=False)
-    observed = raw.column("observed_ns").to_numpy()
-    floor = np.array([marks.get(r, -1) for r in robot], np.int64)
-    keep = observed > floor
+    raw = contract.sort_steps(contract.with_step_id(raw))
+    keep = high_water(root, experiment, fn.id).fresh(
+        raw.column("seq").to_numpy(), experiment_id=experiment,
+        robot_id=raw.column("robot_id").to_numpy(zero_copy_only=False),
+        incarnation=raw.column("incarnation").to_numpy(zero_copy_only=False), reward_fn=fn.id)
     report.skipped = int((~keep).sum())
     raw = raw.filter(pa.array(keep))
     path = tables.table_path(root, tables.TRANSITIONS)
-    app_id = f"backfill-{experiment}-{fn.id}"
+    app_id = contract.backfill_app_id(experiment, fn.id)
     pending: list[pa.Table] = []
     rows = 0
 

@@ -1,28 +1,18 @@
 """Kafka -> Delta Lake, exactly once, the way kafka-delta-ingest does it (DESIGN §4).
 
-Delivery: **exactly-once via Delta app transactions**.  The sink keeps no offsets in
-Kafka.  Every Delta commit carries the buffered rows of one table *and*, for each Kafka
-partition they came from, an app transaction ``app_id = "<sink>-<topic>-<partition>"``
-whose ``version`` is the last offset written.  On start and on every rebalance each
-assigned partition is seeked to ``transaction_version + 1``.  A crash at any instant
-either lost the commit (rows and offsets together: they are read again) or kept it (the
-seek skips them): no row is lost, none is doubled.
+This is the thin Kafka runner around :class:`pipeline.delta_writer.DeltaWriter` (one per
+sunk topic), which holds the exactly-once rules: app transactions per partition, the
+fencing of a second writer, dedupe by step identity (read its module doc).  The runner
+does assignment, seeking each assigned partition to ``transaction_version + 1`` (the
+offset the writer's ``assign`` returns), consuming, decoding and validating, and
+dead-lettering what it cannot accept.
 
-Two writers of one partition (a rebalance in flight, a zombie) are fenced by the same
-transaction: before committing, the sink checks that each partition's transaction in the
-latest table snapshot is still the version it last wrote or found; a concurrent commit
-that touches the same app id between that check and ours fails ours (Delta's conflict
-check), and the sink drops its buffer for those partitions and re-reads them from Delta.
-
-``transitions`` and ``transitions_raw`` rows carry one more guard: a reward job is
-at-least-once, so a retry can publish a rewarded batch twice (as two Kafka records), and an
-agent re-sends what its spool had not seen acknowledged when it died.  Per ``(partition, experiment,
-robot, reward_fn)`` the sink keeps the newest ``observed_ns`` already in Delta (recomputed from
-Delta on every assignment) and drops rows that are not newer: a robot's steps are
-strictly ordered in time, so a repeat is always older than the watermark.
-
-Small files from frequent flushes are compacted by a background thread (its own Delta
-commits; appends never conflict with it), so ingest never waits for compaction.
+Delivery: **exactly-once via Delta app transactions**; the sink never reads offsets from
+Kafka.  After each Delta commit it also commits the now-durable offsets to its consumer
+group, asynchronously, so ``kafka-consumer-groups`` and lag monitors see its lag like any
+consumer's; seeking ignores them.
+A refused record is dead-lettered before the commit that moves its partition's version
+past it, so it is dead-lettered at least once and written never.
 """
 
 from __future__ import annotations
@@ -31,23 +21,17 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline import tables
-from schemas.transitions import RewardedTransitionBatch, TransitionBatch
-from topics import catalog, serde, validation
+from pipeline import delta_writer, tables
+from pipeline.delta_writer import DeltaWriter, FlushPolicy, compact, open_table
+from topics import catalog, gaps, serde, validation
 from topics import tables as shared_tables
 from topics.catalog import TopicSpec
 from topics.consumer import record_of
@@ -56,11 +40,7 @@ from topics.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-#: Tables whose rows are dropped when not newer than the robot's newest step already
-#: written: reward-job retries (``transitions``) and agents' re-sent spools
-#: (``transitions.raw``, at-least-once) repeat steps, and a robot's steps are strictly
-#: ordered in time.
-WATERMARKED = (tables.TRANSITIONS, tables.TRANSITIONS_RAW)
+__all__ = ["DEFAULT_TOPICS", "DeltaSink", "SinkSettings", "compact", "open_table"]
 
 #: Topics the sink writes to Delta by default (catalog names).
 DEFAULT_TOPICS: tuple[str, ...] = tuple(tables.TABLE_OF_TOPIC)
@@ -92,62 +72,20 @@ class SinkSettings(BaseSettings):
                                    "partitions of site-partitioned topics")
 
 
-@dataclass
-class _Buffer:
-    """Rows of one table waiting for the next commit, and the offsets they cover."""
-
-    parts: list[pa.Table] = field(default_factory=list)
-    rows: int = 0
-    nbytes: int = 0
-    since: float = 0.0
-    last_offset: dict[int, int] = field(default_factory=dict)  # partition -> last offset
-
-    def add(self, partition: int, offset: int, table: pa.Table | None, size: int) -> None:
-        if not self.last_offset and not self.parts:
-            self.since = time.monotonic()
-        if table is not None and table.num_rows:
-            self.parts.append(table)
-            self.rows += table.num_rows
-        self.nbytes += size
-        self.last_offset[partition] = offset
-
-    def drop(self, partition: int) -> None:
-        """Forget everything of ``partition`` (it is re-read from its Delta version)."""
-        if partition not in self.last_offset:
-            return
-        del self.last_offset[partition]
-        self.parts = [t.filter(pc.not_equal(t.column("kafka_partition"), partition))
-                      for t in self.parts]
-        self.parts = [t for t in self.parts if t.num_rows]
-        self.rows = sum(t.num_rows for t in self.parts)
-        if not self.last_offset:
-            self.parts, self.rows, self.nbytes = [], 0, 0
-
-    def __bool__(self) -> bool:
-        return bool(self.last_offset)
-
-
 class _Topic:
-    """One sunk topic: its catalog spec, the name it has on the broker, its table."""
+    """One sunk topic: its catalog spec, the name it has on the broker, its writer."""
 
-    def __init__(self, spec: TopicSpec, suffix: str, root: Path, sink: str) -> None:
+    def __init__(self, spec: TopicSpec, suffix: str, settings: SinkSettings) -> None:
         self.spec = spec
         self.name = spec.name + suffix
         self.table = tables.TABLE_OF_TOPIC[spec.name]
-        self.path = tables.table_path(root, self.table)
-        self.sink = sink
-        self.buffer = _Buffer()
-
-    def app_id(self, partition: int) -> str:
-        return shared_tables.app_id(self.sink, self.name, partition)
-
-
-def open_table(path: str) -> DeltaTable | None:
-    """The Delta table at ``path``, or None before its first commit."""
-    try:
-        return DeltaTable(path)
-    except TableNotFoundError:
-        return None
+        sink, name = settings.name, self.name
+        self.writer = DeltaWriter(
+            tables.table_path(settings.root, self.table), self.name,
+            lambda p: shared_tables.app_id(sink, name, p),
+            dedupe=self.table in shared_tables.STEP_TABLES,
+            flush=FlushPolicy(settings.flush_rows, settings.flush_bytes,
+                              settings.flush_interval_s))
 
 
 class DeltaSink:
@@ -164,36 +102,38 @@ class DeltaSink:
         self.settings = settings
         self.kafka = kafka
         self._topics = {t.name: t for t in (
-            _Topic(catalog.spec(name), settings.topic_suffix, settings.root, settings.name)
+            _Topic(catalog.spec(name), settings.topic_suffix, settings)
             for name in settings.topics)}
         self._dlq_topic = catalog.DLQ.name + settings.topic_suffix
         self._rules = validation.Rules()
-        self._expected: dict[tuple[str, int], int | None] = {}
-        self._watermarks: dict[tuple[int, str, str, str], int] = {}
-        # Next offset to accept per partition: records before it are stale fetches.
-        self._position: dict[tuple[str, int], int] = {}
+        # (topic, partition) -> the offset a seek asked for, until its first record comes.
+        self._seeked: dict[tuple[str, int], int | None] = {}
         self._stop = threading.Event()
-        self.committed_rows = 0
-        self.commits = 0
         settings.root.mkdir(parents=True, exist_ok=True)
         self._dlq = EventProducer(kafka, role=f"{settings.name}-dlq")
+        self.gaps = gaps.GapReporter(self._dlq, consumer=settings.name,
+                                     topic_suffix=settings.topic_suffix)
         self._consumer = consumer or Consumer(kafka.consumer_config(
             settings.name, role=settings.name, from_beginning=True))
-        self._compactor = _Compactor([t.path for t in self._topics.values()],
-                                     settings.compact_interval_s, settings.compact_min_files)
+        self._compactor = delta_writer.Compactor(
+            [t.writer.path for t in self._topics.values()],
+            settings.compact_interval_s, settings.compact_min_files)
+
+    @property
+    def commits(self) -> int:
+        return sum(t.writer.commits for t in self._topics.values())
+
+    @property
+    def committed_rows(self) -> int:
+        return sum(t.writer.committed_rows for t in self._topics.values())
 
     # -- assignment: the seek from Delta ------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            topic = self._topics[tp.topic]
-            version = self._txn_version(topic, tp.partition)
-            self._expected[(tp.topic, tp.partition)] = version
-            self._position[(tp.topic, tp.partition)] = 0 if version is None else version + 1
-            tp.offset = OFFSET_BEGINNING if version is None else version + 1
-            topic.buffer.drop(tp.partition)
-            if topic.table in WATERMARKED:
-                self._load_watermarks(topic, tp.partition)
+            start = self._topics[tp.topic].writer.assign([tp.partition])[tp.partition]
+            tp.offset = OFFSET_BEGINNING if start is None else start
+            self._seeked[(tp.topic, tp.partition)] = start
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}"
                                           for tp in partitions) or "nothing")
         consumer.assign(partitions)
@@ -204,50 +144,33 @@ class DeltaSink:
         for tp in partitions:
             topic = self._topics.get(tp.topic)
             if topic is not None:
-                topic.buffer.drop(tp.partition)
-            self._expected.pop((tp.topic, tp.partition), None)
-            self._position.pop((tp.topic, tp.partition), None)
+                topic.writer.release([tp.partition])
+            self._seeked.pop((tp.topic, tp.partition), None)
         consumer.unassign()
 
-    def _txn_version(self, topic: _Topic, partition: int) -> int | None:
-        dt = open_table(topic.path)
-        return None if dt is None else dt.transaction_version(topic.app_id(partition))
-
-    def _load_watermarks(self, topic: _Topic, partition: int) -> None:
-        for key in [k for k in self._watermarks if k[0] == partition]:
-            del self._watermarks[key]
-        dt = open_table(topic.path)
-        if dt is None:
-            return
-        rewarded = topic.table == tables.TRANSITIONS
-        keys = ["experiment_id", "robot_id", *(["reward_fn"] if rewarded else [])]
-        seen = dt.to_pyarrow_dataset().to_table(
-            columns=[*keys, "observed_ns"], filter=pc.field("kafka_partition") == partition)
-        if seen.num_rows == 0:
-            return
-        top = seen.group_by(keys).aggregate([("observed_ns", "max")])
-        fns = top.column("reward_fn").to_pylist() if rewarded else [""] * top.num_rows
-        for exp, robot, fn, ns in zip(top.column("experiment_id").to_pylist(),
-                                      top.column("robot_id").to_pylist(), fns,
-                                      top.column("observed_ns_max").to_pylist(), strict=True):
-            self._watermarks[(partition, exp, robot, fn)] = int(ns)
-
-    def _reseek(self, topic: _Topic, partitions: Sequence[int]) -> None:
-        """Drop ``partitions``' buffers and read them again from their Delta version."""
-        for p in partitions:
-            version = self._txn_version(topic, p)
-            self._expected[(topic.name, p)] = version
-            self._position[(topic.name, p)] = 0 if version is None else version + 1
-            topic.buffer.drop(p)
-            if topic.table in WATERMARKED:
-                self._load_watermarks(topic, p)
-            offset = OFFSET_BEGINNING if version is None else version + 1
-            log.warning("%s[%d]: another writer moved its Delta version to %s; re-reading "
-                        "from %s", topic.name, p, version, offset)
+    def _reseek(self, topic: _Topic, moved: dict[int, int | None]) -> None:
+        """Read ``moved`` partitions again from where the writer says."""
+        for p, start in moved.items():
+            self._seeked[(topic.name, p)] = start
+            offset = OFFSET_BEGINNING if start is None else start
             try:
                 self._consumer.seek(TopicPartition(topic.name, p, offset))
             except Exception as exc:  # no longer assigned: the next assignment seeks
                 log.info("seek %s[%d] skipped: %s", topic.name, p, exc)
+
+    def _first_after_seek(self, topic: _Topic, partition: int, asked: int | None,
+                          got: int) -> None:
+        """The first record of ``partition`` after a seek to ``asked`` (None: its
+        beginning) is at offset ``got``.  ``got > asked`` may mean records were gone before
+        they were written (retention, deleted records): gap detection reports it here,
+        after checking the partition's low watermark (a record fetched before the seek can
+        still arrive first)."""
+        if asked is None or got <= asked:
+            return
+        gap = gaps.missing(asked, gaps.low_watermark(self._consumer, topic.name, partition),
+                           got)
+        if gap is not None:
+            self.gaps.report(topic.name, partition, gap)
 
     def _static_partitions(self) -> list[TopicPartition]:
         out = []
@@ -263,106 +186,56 @@ class DeltaSink:
             out += [TopicPartition(topic.name, p) for p in sorted(wanted)]
         return out
 
-    # -- records -> buffers --------------------------------------------------------------
+    # -- records -> writers --------------------------------------------------------------
 
     def _accept(self, msg: Message) -> _Topic | None:
-        """Buffer one record's rows (or dead-letter it); returns its topic, or None when
-        the record belongs to a partition this sink no longer owns."""
+        """Hand one record to its topic's writer (dead-lettering it if refused); returns
+        its topic, or None when the writer did not take it (a partition this sink no
+        longer owns, or a record fetched before a re-seek)."""
         topic = self._topics[msg.topic() or ""]
         partition, offset = msg.partition() or 0, msg.offset() or 0
-        position = self._position.get((topic.name, partition))
-        if position is None or offset < position:
-            # Fetched before a revoke or a re-seek: not ours, or already in Delta.
-            return None
-        self._position[(topic.name, partition)] = offset + 1
+        key = (topic.name, partition)
+        if key in self._seeked:
+            asked = self._seeked[key]
+            if asked is None or offset >= asked:
+                del self._seeked[key]
+                self._first_after_seek(topic, partition, asked, offset)
         rec = record_of(msg)
         value = msg.value() or b""
         # Validate as the catalog topic (test namespaces only rename it).
         result = validation.validate(replace(rec, topic=topic.spec.name), self._rules)
-        table: pa.Table | None = None
         if isinstance(result, validation.Rejected):
+            if not topic.writer.add(partition, offset, None, len(value)):
+                return None
             letter = validation.dead_letter(replace(result, record=rec),
                                             consumer=self.settings.name)
             encoded = serde.encode(catalog.DLQ, letter)
             self._dlq.send_encoded(replace(encoded, topic=self._dlq_topic))
-        else:
-            payload = result.event
-            table = tables.rows(payload, tables.Source(topic.name, partition, offset))
-            if isinstance(payload, RewardedTransitionBatch | TransitionBatch):
-                table = self._fresh(partition, payload, table)
-        topic.buffer.add(partition, offset, table, len(value))
-        return topic
+            return topic
+        return topic if topic.writer.add(partition, offset, result.event, len(value)) else None
 
-    def _fresh(self, partition: int, batch: RewardedTransitionBatch | TransitionBatch,
-               table: pa.Table) -> pa.Table:
-        """Rows newer than the watermark of (partition, experiment, robot, reward_fn);
-        raw steps have no reward function ("")."""
-        fn = batch.reward_fn if isinstance(batch, RewardedTransitionBatch) else ""
-        key = (partition, batch.event.experiment_id, batch.robot_id, fn)
-        mark = self._watermarks.get(key)
-        if mark is not None:
-            keep = batch.observed_ns > mark
-            if not keep.all():
-                log.info("dropping %d repeated %s steps of %s", int((~keep).sum()),
-                         fn or "raw", batch.robot_id)
-                table = table.filter(pa.array(keep))
-        if len(batch):
-            self._watermarks[key] = max(mark or -1, int(np.max(batch.observed_ns)))
-        return table
-
-    # -- buffers -> Delta ----------------------------------------------------------------
-
-    def _due(self, topic: _Topic, now: float) -> bool:
-        b = topic.buffer
-        s = self.settings
-        return bool(b) and (b.rows >= s.flush_rows or b.nbytes >= s.flush_bytes
-                            or now - b.since >= s.flush_interval_s)
+    # -- writers -> Delta ----------------------------------------------------------------
 
     def flush(self, *, force: bool = False) -> None:
         """Commit every table whose buffer is due (all non-empty ones with ``force``)."""
         now = time.monotonic()
         due = [t for t in self._topics.values()
-               if (force and t.buffer) or self._due(t, now)]
+               if (force and t.writer.buffer) or t.writer.due(now)]
         if not due:
             return
         # A refused record's offset moves with the next commit: its dead letter first.
         self._dlq.flush()
         for topic in due:
-            self._commit(topic)
-
-    def _commit(self, topic: _Topic) -> None:
-        buf = topic.buffer
-        dt = open_table(topic.path)
-        if dt is not None:
-            moved = [p for p in buf.last_offset
-                     if dt.transaction_version(topic.app_id(p))
-                     != self._expected.get((topic.name, p))]
+            written = dict(topic.writer.buffer.last_offset)
+            moved = topic.writer.commit()
             if moved:
                 self._reseek(topic, moved)
-                if not buf:
-                    return
-        data = (pa.concat_tables(buf.parts, promote_options="permissive")
-                if buf.parts else None)
-        txns = [Transaction(topic.app_id(p), o) for p, o in sorted(buf.last_offset.items())]
-        if data is None:
-            # Only refused records: commit no rows, but move the partitions' versions.
-            data = (pa.table({"experiment_id": pa.array([], pa.string())}) if dt is None
-                    else dt.to_pyarrow_dataset().schema.empty_table())
-        try:
-            write_deltalake(
-                dt if dt is not None else topic.path, data, mode="append",
-                schema_mode="merge", partition_by=list(tables.PARTITION_BY),
-                commit_properties=CommitProperties(app_transactions=txns))
-        except (CommitFailedError, DeltaError) as exc:
-            log.warning("%s: commit refused (%s); re-reading its partitions", topic.table, exc)
-            self._reseek(topic, list(buf.last_offset))
-            return
-        for p, o in buf.last_offset.items():
-            self._expected[(topic.name, p)] = o
-        self.commits += 1
-        self.committed_rows += buf.rows
-        log.debug("%s: committed %d rows up to %s", topic.table, buf.rows, buf.last_offset)
-        topic.buffer = _Buffer()
+            durable = [TopicPartition(topic.name, p, o + 1) for p, o in written.items()
+                       if p not in moved]
+            if durable:
+                # For lag monitors only (kafka-consumer-groups, `userctl status`): what is
+                # now in Delta.  Seeking never reads these; Delta stays the only source.
+                self._consumer.commit(offsets=durable, asynchronous=True)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -390,7 +263,7 @@ class DeltaSink:
         self._compactor.start()
         try:
             # Delivery: exactly-once via Delta app transactions (see the module doc);
-            # nothing is ever committed to Kafka.
+            # offsets committed to Kafka after each Delta commit are for monitoring only.
             while not self._stop.is_set():
                 for msg in self._consumer.consume(s.poll_records, 0.2):
                     err = msg.error()
@@ -399,7 +272,7 @@ class DeltaSink:
                             log.warning("consumer: %s", err.str())
                         continue
                     topic = self._accept(msg)
-                    if topic is not None and self._due(topic, time.monotonic()):
+                    if topic is not None and topic.writer.due():
                         self.flush()
                 self.flush()
             self.flush(force=True)
@@ -407,45 +280,3 @@ class DeltaSink:
             self._compactor.stop()
             self._consumer.close()
             self._dlq.flush()
-
-
-class _Compactor:
-    """Compacts small files of each table in a background thread."""
-
-    def __init__(self, paths: Sequence[str], interval_s: float, min_files: int) -> None:
-        self._paths = list(paths)
-        self._interval = interval_s
-        self._min_files = min_files
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="delta-compactor",
-                                        daemon=True)
-
-    def start(self) -> None:
-        if self._interval > 0:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            for path in self._paths:
-                compact(path, self._min_files)
-
-
-def compact(path: str, min_files: int = 2) -> dict[str, object] | None:
-    """Bin-pack ``path``'s small files if it has at least ``min_files``; returns the
-    optimize metrics, or None when there was nothing to do or a writer won the race."""
-    dt = open_table(path)
-    if dt is None or len(dt.file_uris()) < min_files:
-        return None
-    try:
-        metrics: dict[str, object] = dt.optimize.compact()
-    except CommitFailedError as exc:  # lost a race with another compactor: next round
-        log.info("compaction of %s skipped: %s", path, exc)
-        return None
-    log.info("compacted %s: %s files -> %s", path, metrics.get("numFilesRemoved"),
-             metrics.get("numFilesAdded"))
-    return metrics

@@ -14,7 +14,9 @@ variable lists (vectors), binary (one camera image, raw HWC uint8 bytes) and str
 (``observed_ns``), because Delta timestamps stop at microseconds.  Each batch row also
 records its ``layout`` (the per-step shapes, JSON) so :func:`batches_from_rows` can
 rebuild the exact numpy batches, and its Kafka source (``kafka_partition``,
-``kafka_offset``, ``batch_row``).  Nested or unknown event fields are JSON text.
+``kafka_offset``, ``batch_row``).  Step rows carry their identity (``robot_id``,
+``incarnation``, ``seq``; ``topics.tables`` is the contract).  Nested or unknown event
+fields are JSON text.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -37,27 +38,21 @@ from pydantic import AwareDatetime
 
 from schemas import events, transitions
 from schemas.transitions import Layout, RewardedTransitionBatch, TransitionBatch
-from topics import catalog, serde
+from topics import serde
 from topics import tables as shared_tables
 
-TRANSITIONS_RAW = "transitions_raw"
+# The history contract (names, app ids, step identity) lives in ``topics.tables``; these
+# are the same objects, for the modules of ``pipeline`` that convert rows.
+TRANSITIONS_RAW = shared_tables.TRANSITIONS_RAW
 TRANSITIONS = shared_tables.TRANSITIONS
-EPISODES = "episodes"
-POLICIES = "policies"
-
-#: Which table each sunk topic fills (catalog topic name -> table name).
-TABLE_OF_TOPIC: dict[str, str] = {
-    catalog.TRANSITIONS_RAW.name: TRANSITIONS_RAW,
-    catalog.TRANSITIONS.name: TRANSITIONS,
-    catalog.EPISODES.name: EPISODES,
-    catalog.WEIGHTS_MANIFESTS.name: POLICIES,
-}
-
+EPISODES = shared_tables.EPISODES
+POLICIES = shared_tables.POLICIES
+TABLE_OF_TOPIC = shared_tables.TABLE_OF_TOPIC
+table_path = shared_tables.table_path
 user_home = shared_tables.user_home
 
-
 #: Every table is partitioned by experiment, so one experiment's history is a prefix.
-PARTITION_BY = ("experiment_id",)
+PARTITION_BY = (shared_tables.PARTITION_COLUMN,)
 
 
 @dataclass(frozen=True)
@@ -67,11 +62,6 @@ class Source:
     topic: str
     partition: int
     offset: int
-
-
-def table_path(root: Path | str, table: str) -> str:
-    """Where ``table`` lives under the history root."""
-    return str(Path(root) / table)
 
 
 # -- batches -> rows ----------------------------------------------------------------------
@@ -293,23 +283,35 @@ def batch_from_rows(table: pa.Table) -> TransitionBatch:
         for name, shape in layout.info.items()
     }
     final_obs = _dense(table.column("final_observation"), layout.observation)[truncated]
-    event = events.TransitionBatchV1(
+    # Rows of V1 batches (no identity, human_action) read as V2: the contract's upcast.
+    table = shared_tables.with_step_id(table)
+    intervention = np.asarray(_column(table, "intervention"), np.bool_)
+    action = _dense(table.column("action"), layout.action)
+    incarnation, seq = str(table.column("incarnation")[0]), _column(table, "seq")
+    policy_action = _dense(table.column("policy_action"), layout.action)
+    end_reason = (np.asarray(_column(table.set_column(
+        table.column_names.index("end_reason"), "end_reason",
+        pc.fill_null(table.column("end_reason"), "")), "end_reason"), np.str_)
+        if "end_reason" in table.column_names else None)
+    event = events.TransitionBatchV2(
         event_id=uuid.UUID(first["batch_event_id"]), site=first["site"],
         robot_id=first["robot_id"], experiment_id=first["experiment_id"],
-        robot_type=first["robot_type"], n_steps=n)
+        robot_type=first["robot_type"], n_steps=n, incarnation=incarnation)
     return TransitionBatch.build(
         event,
         episode_id=np.asarray(_column(table, "episode_id"), np.str_),
         step=_column(table, "step"),
+        seq=seq,
         observation=_dense(table.column("observation"), layout.observation),
-        action=_dense(table.column("action"), layout.action),
+        action=action,
         policy_version=_column(table, "policy_version"),
         observed_ns=_column(table, "observed_ns"),
         acted_ns=_column(table, "acted_ns"),
-        intervention=_column(table, "intervention"),
-        human_action=_dense(table.column("human_action"), layout.action),
+        intervention=intervention,
+        policy_action=policy_action,
         truncated=truncated,
         final_observation=final_obs,
+        end_reason=end_reason,
         images=images,
         final_images=finals,
         info=info,
@@ -317,13 +319,14 @@ def batch_from_rows(table: pa.Table) -> TransitionBatch:
 
 
 def batches_from_rows(table: pa.Table) -> Iterator[TransitionBatch]:
-    """The raw batches held by ``table``'s rows, robot by robot in the order each robot
-    took its steps (``observed_ns``); each original batch is rebuilt whole."""
+    """The raw batches held by ``table``'s rows, stream by stream (experiment, robot,
+    incarnation) in the order the steps were taken (``seq``); each original batch is
+    rebuilt whole."""
     if table.num_rows == 0:
         return
-    # A robot's batches never overlap in time, so sorted by (robot, time) each batch is
-    # one run of equal batch ids.
-    table = table.sort_by([("robot_id", "ascending"), ("observed_ns", "ascending")])
+    # A stream's batches never overlap in seq, so sorted by step identity each batch is
+    # one run of equal batch ids (whatever the robot's clock did).
+    table = shared_tables.sort_steps(shared_tables.with_step_id(table))
     ids = np.asarray(table.column("batch_event_id").to_numpy(zero_copy_only=False))
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], len(ids)]

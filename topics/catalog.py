@@ -26,6 +26,7 @@ class Key(StrEnum):
     EXPERIMENT_ID = "experiment id"
     EXPERIMENT_VERSION = "experiment/version"
     SOURCE_TOPIC = "source topic"
+    TOPIC_PARTITION = "topic/partition"
 
 
 class Value(StrEnum):
@@ -208,6 +209,17 @@ DLQ = TopicSpec(
     max_message_bytes=32 * MiB,
     description="records a consumer could not accept, with the reason and the original bytes",
 )
+GAPS = TopicSpec(
+    name="gaps",
+    key=Key.TOPIC_PARTITION,
+    value=Value.JSON,
+    partitions=1,
+    cleanup=Cleanup.DELETE,
+    retention_ms=FOREVER,
+    max_message_bytes=1 * MiB,
+    description="records a consumer expected that no longer existed (retention, deleted "
+    "records): topic, partition, first and last missing offset; kept forever",
+)
 
 #: Every topic, in the order ``userctl topics create`` makes them.
 CATALOG: tuple[TopicSpec, ...] = (
@@ -223,6 +235,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     COMMANDS,
     LEARNER_METRICS,
     DLQ,
+    GAPS,
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}
