@@ -59,6 +59,17 @@ class SpooledRecord:
         return _FRAME.size + len(self.value) + len(self.key) + 64
 
 
+def human_bytes(n: int) -> str:
+    """``n`` bytes for a person: ``512 B``, ``256.0 KiB``, ``1.50 MiB``, ``2.00 GiB``."""
+    if n < 1024:
+        return f"{n} B"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.2f} MiB"
+    return f"{n / (1 << 30):.2f} GiB"
+
+
 class SpoolFull(RuntimeError):
     """The spool's byte budget is spent: the broker has been unreachable for long."""
 
@@ -100,14 +111,17 @@ class Spool:
         """Records appended and not yet acknowledged."""
         return self._records
 
-    def append(self, record: SpooledRecord) -> None:
-        """Append one record; raises :class:`SpoolFull` when over the byte budget."""
+    def append(self, record: SpooledRecord, *, over_budget: bool = False) -> None:
+        """Append one record; raises :class:`SpoolFull` when over the byte budget (unless
+        ``over_budget``: a last record at shutdown, kept rather than lost)."""
         frame = record.frame()
         with self._lock:
-            if self._bytes + len(frame) > self.max_bytes:
+            if self._bytes + len(frame) > self.max_bytes and not over_budget:
                 raise SpoolFull(
-                    f"local spool {self.path} holds {self._bytes >> 20} MiB, its limit "
-                    f"(USER_AGENT_SPOOL_MB); the broker has been unreachable too long"
+                    f"local spool {self.path} holds {human_bytes(self._bytes)} of its "
+                    f"{human_bytes(self.max_bytes)} limit (USER_AGENT_SPOOL_MB) and a "
+                    f"{human_bytes(len(frame))} record does not fit; the broker has been "
+                    "unreachable too long (robots hold until it drains)"
                 )
             if self._writer.tell() >= self.segment_bytes:
                 self._roll()

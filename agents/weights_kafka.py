@@ -3,7 +3,8 @@ from ``weights`` by direct assign + seek to the offsets a manifest names.
 
 Delivery: none to keep.  Manifests are followed from the beginning on every start
 (the topic is compacted: the newest manifest per experiment), nothing is committed, and
-chunks are read by offset without a consumer group.
+chunks are read by offset without a consumer group.  A manifest or chunk record that
+cannot be read goes to ``dlq`` with the reason (again after a restart, which re-reads it).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from agents import weights
 from agents.weights import FetchedChunk, SubscriberSettings, WeightsRejected, WeightsSubscriber
 from learners import policies
 from schemas import events, spaces
+from schemas.events import RejectReason
 from topics import catalog
-from topics.consumer import record_of
+from topics.consumer import DeadLetterSink, record_of
 from topics.follow import Follower
 from topics.settings import KafkaSettings
-from topics.validation import Accepted, validate
+from topics.validation import Accepted, Rejected, excerpt, validate
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,9 @@ class KafkaWeightsSource:
     """
 
     def __init__(self, settings: KafkaSettings, *, role: str = "agent-weights",
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, dead_letters: DeadLetterSink | None = None) -> None:
         self._timeout_s = timeout_s
+        self._dead_letters = dead_letters
         self._follower = Follower(settings, {catalog.WEIGHTS_MANIFESTS: "beginning"},
                                   role=f"{role}-manifests", timeout_s=timeout_s)
         group = f"{settings.client_id}-{role}-chunks-{uuid.uuid4().hex[:12]}"
@@ -58,11 +61,17 @@ class KafkaWeightsSource:
         for item in items:
             if isinstance(item, Accepted) and isinstance(item.event, events.WeightsManifestV1):
                 out.append(item.event)
-            elif isinstance(item, Accepted):
-                out.append(f"offset {item.record.offset}: not a manifest")
             else:
-                out.append(f"offset {item.record.offset}: {item.reason.value}: {item.detail}")
+                rejected = item if not isinstance(item, Accepted) else Rejected(
+                    item.record, RejectReason.WRONG_TOPIC, "not a weights manifest")
+                self._refuse(rejected)
+                out.append(f"offset {item.record.offset}: {rejected.reason.value}: "
+                           f"{excerpt(rejected.detail)}")
         return out
+
+    def _refuse(self, rejected: Rejected) -> None:
+        if self._dead_letters is not None:
+            self._dead_letters.send(rejected)
 
     def caught_up(self) -> bool:
         return self._follower.caught_up()
@@ -105,10 +114,12 @@ class KafkaWeightsSource:
                     result = validate(record_of(msg))
                     if not isinstance(result, Accepted) or not isinstance(
                             result.event, events.WeightsChunkV1):
-                        detail = (f"{result.reason.value}: {result.detail}"
-                                  if not isinstance(result, Accepted) else "not a chunk")
-                        raise WeightsRejected("unreadable_chunk",
-                                              f"chunk at offset {offset}: {detail}")
+                        rejected = result if not isinstance(result, Accepted) else Rejected(
+                            result.record, RejectReason.WRONG_TOPIC, "not a weights chunk")
+                        self._refuse(rejected)
+                        raise WeightsRejected(
+                            "unreadable_chunk", f"chunk at offset {offset}: "
+                            f"{rejected.reason.value}: {excerpt(rejected.detail)}")
                     got[offset] = FetchedChunk(offset, result.event)
                 pending = [o for o in index_at if o not in got]
                 if not pending:
@@ -133,10 +144,13 @@ def subscriber_for(
     kafka: KafkaSettings,
     robot_spec: spaces.RobotSpec,
     settings: SubscriberSettings | None = None,
+    *,
+    dead_letters: DeadLetterSink | None = None,
 ) -> WeightsSubscriber | None:
     """The weights subscriber of an agent hosting robots of ``robot_spec``, or None when
     disabled (``USER_AGENT_WEIGHTS_ENABLED=false``) or when the robot's action is unbounded
-    (learned policies are squashed into the action bounds)."""
+    (learned policies are squashed into the action bounds).  Manifest and chunk records
+    it cannot read go to ``dead_letters``."""
     settings = settings or SubscriberSettings()
     if not settings.enabled:
         return None
@@ -145,4 +159,5 @@ def subscriber_for(
     except ValueError as exc:
         log.warning("learned weights disabled: %s", exc)
         return None
-    return weights.WeightsSubscriber(lambda: KafkaWeightsSource(kafka), spec, settings)
+    return weights.WeightsSubscriber(
+        lambda: KafkaWeightsSource(kafka, dead_letters=dead_letters), spec, settings)

@@ -5,14 +5,23 @@ to put events into, the current lease, and the commands that arrived.  The agent
 process (:mod:`agents.agent`) calls :meth:`RobotWorker.tick` once per control period.
 
 What a row of a raw transition batch means here: the robot saw ``observation[i]`` (and
-``images[i]``), the policy of ``policy_version[i]`` chose ``action[i]``, and applying it
-led to ``info[i]`` — the privileged task state *after* the action, which is what a reward
-function scores.  When an episode ends, its last row is marked ``truncated`` and carries
-the final observation, since no later row holds it.
+``images[i]``), the policy of ``policy_version[i]`` proposed an action, the robot executed
+``action[i]`` — the proposal, or the human's action where a takeover device overrode it
+(``intervention[i]``; the proposal is then kept as ``policy_action[i]``) — and that led
+to ``info[i]``, the privileged task state *after* the action, which is what a reward
+function scores.  When an episode ends, its last row is marked ``truncated``, carries the
+final observation, since no later row holds it, and says why in ``end_reason``.
+
+Step identity: each time the worker takes the robot (a lease it did not hold, and so in
+every new agent process) it mints a new ``incarnation`` and counts the steps it records
+in it from 0 (``seq``).  The identity ``(robot_id, incarnation, seq)`` travels in the
+batch and so in the spool: a re-sent record keeps it, a clock that steps back cannot
+touch it, and a second process driving the same robot id records visibly separate steps.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -25,11 +34,24 @@ from agents import safety
 from agents.outbox import EventSink
 from agents.policies import PolicyFn
 from agents.robot import RobotError, Step
+from agents.spool import SpoolFull
 from schemas import events as ev
 from schemas.transitions import TransitionBatch
-from topics import catalog
+from topics import catalog, serde
 
 State = ev.RobotState
+
+log = logging.getLogger(__name__)
+
+#: A takeover device: ``(observation, the policy's proposal) -> the human's action`` when
+#: a person overrides the policy for this step, else ``None``.
+Takeover = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+                    npt.NDArray[np.float32] | None]
+
+
+def mint_incarnation() -> str:
+    """A new incarnation id: unique per taking of a robot, whatever the clocks say."""
+    return uuid.uuid4().hex[:16]
 
 
 @dataclass(frozen=True)
@@ -44,8 +66,12 @@ class _Rows:
 
     episode_id: list[str] = field(default_factory=list)
     step: list[int] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
     observation: list[npt.NDArray[np.float32]] = field(default_factory=list)
     action: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    intervention: list[bool] = field(default_factory=list)
+    policy_action: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    end_reason: list[str] = field(default_factory=list)
     policy_version: list[int] = field(default_factory=list)
     observed_ns: list[int] = field(default_factory=list)
     acted_ns: list[int] = field(default_factory=list)
@@ -93,6 +119,7 @@ class RobotWorker:
         run_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
+        takeover: Takeover | None = None,
     ) -> None:
         self.robot = robot
         self.robot_id = robot_id
@@ -104,6 +131,10 @@ class RobotWorker:
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self._clock = clock
         self._wall_ns = wall_ns
+        self._takeover = takeover
+        #: This worker's hold on the robot (module docstring); minted per lease taken.
+        self.incarnation = mint_incarnation()
+        self._seq = 0
         self.state = State.IDLE
         self.lease: Lease | None = None
         self.steps_total = 0
@@ -112,6 +143,10 @@ class RobotWorker:
         self._episode: _Episode | None = None
         self._rows = _Rows()
         self._n_episodes = 0
+        # Back-pressure: events the sink refused with SpoolFull, kept in order until it
+        # has room; while any wait, the robot is held (its episode stays open).
+        self._unsent: list[tuple[catalog.TopicSpec, serde.Payload]] = []
+        self.spool_full = False
 
     # -- one control period --------------------------------------------------------------------
 
@@ -126,14 +161,25 @@ class RobotWorker:
             self._command(command)
         if lease != self.lease:
             self._end_episode(ev.EpisodeEndReason.STOPPED)
+            self.flush()
             self.lease = lease
+            if lease is not None:
+                self.incarnation, self._seq = mint_incarnation(), 0
             if self.state in (State.RUNNING, State.IDLE):
                 self.state = State.RUNNING if lease is not None else State.IDLE
+        if self._unsent:
+            self._resend()
         if self.state is State.ESTOPPED:
+            self.robot.hold()
+        elif self.spool_full:
+            # The spool is full: no step is taken that could not be kept.  The robot
+            # holds (an open episode stays open, like a pause) until there is room.
             self.robot.hold()
         elif self.state is State.PAUSED:
             if self._episode is not None:
-                self.robot.hold()
+                held = self.robot.hold()
+                if held.unstable:  # the held period counts toward the episode
+                    self._unstable(held.unstable)
         elif self.state is State.RUNNING and self.lease is not None:
             self._step()
         if len(self._rows) and (len(self._rows) >= self.flush_steps
@@ -167,7 +213,9 @@ class RobotWorker:
         assert episode is not None
         seen = episode.step
         observed_ns = self._wall_ns()
-        action = np.asarray(policy(seen.observation), dtype=np.float32)
+        proposal = np.asarray(policy(seen.observation), dtype=np.float32)
+        human = None if self._takeover is None else self._takeover(seen.observation, proposal)
+        action = proposal if human is None else np.asarray(human, dtype=np.float32)
         try:
             step = self.robot.step(action)
         except RobotError:
@@ -178,8 +226,13 @@ class RobotWorker:
             rows.started = self._clock()
         rows.episode_id.append(episode.episode_id)
         rows.step.append(episode.index)
+        rows.seq.append(self._seq)
+        self._seq += 1
         rows.observation.append(seen.observation)
         rows.action.append(action)
+        rows.intervention.append(human is not None)
+        rows.policy_action.append(proposal)
+        rows.end_reason.append("")
         rows.policy_version.append(version)
         rows.observed_ns.append(observed_ns)
         rows.acted_ns.append(self._wall_ns())
@@ -196,9 +249,16 @@ class RobotWorker:
         episode.index += 1
         episode.last_version = version
         self.steps_total += 1
-        if step.done:
+        if step.unstable:
+            self._unstable(step.unstable)
+        elif step.done:
             self._end_episode(ev.EpisodeEndReason.TASK_DONE if step.terminated
                               else ev.EpisodeEndReason.TIME_LIMIT)
+
+    def _unstable(self, why: str) -> None:
+        """The simulator broke: end the episode there (never a silent mid-episode reset)."""
+        log.warning("%s: episode ends, simulation unstable: %s", self.robot_id, why[:200])
+        self._end_episode(ev.EpisodeEndReason.SIM_UNSTABLE, detail=why)
 
     def _start_episode(self, version: int) -> None:
         assert self.lease is not None
@@ -207,31 +267,33 @@ class RobotWorker:
         first = self.robot.reset()
         self._episode = _Episode(episode_id, self.lease.experiment_id, self._clock(), first,
                                  first_version=version, last_version=version)
-        self.sink.send(catalog.EPISODES, ev.EpisodeStartedV1(
+        self._send(catalog.EPISODES, ev.EpisodeStartedV1(
             site=self.site, robot_id=self.robot_id, experiment_id=self.lease.experiment_id,
             episode_id=episode_id, policy_version=version,
             task=self.robot.spec.robot_type,
         ))
 
-    def _end_episode(self, reason: ev.EpisodeEndReason) -> None:
+    def _end_episode(self, reason: ev.EpisodeEndReason, detail: str = "") -> None:
         episode = self._episode
         if episode is None:
             return
         rows = self._rows
-        if len(rows) and rows.episode_id[-1] == episode.episode_id and not rows.truncated[-1]:
-            # Cut off mid-episode (lease change, stop, e-stop): the last row has no
-            # successor, so it carries the final observation.
-            rows.truncated[-1] = True
-            rows.final_observation.append(episode.step.observation)
-            for name, image in episode.step.images.items():
-                rows.final_images.setdefault(name, []).append(image)
+        if len(rows) and rows.episode_id[-1] == episode.episode_id:
+            if not rows.truncated[-1]:
+                # Cut off mid-episode (lease change, stop, e-stop): the last row has no
+                # successor, so it carries the final observation.
+                rows.truncated[-1] = True
+                rows.final_observation.append(episode.step.observation)
+                for name, image in episode.step.images.items():
+                    rows.final_images.setdefault(name, []).append(image)
+            rows.end_reason[-1] = reason.value
         self.flush()
         self._episode = None
         self.episodes_total += 1
-        self.sink.send(catalog.EPISODES, ev.EpisodeEndedV1(
+        self._send(catalog.EPISODES, ev.EpisodeEndedV1(
             site=self.site, robot_id=self.robot_id, experiment_id=episode.experiment_id,
             episode_id=episode.episode_id, steps=episode.index, reason=reason,
-            duration_s=max(0.0, self._clock() - episode.started),
+            detail=detail[:1000], duration_s=max(0.0, self._clock() - episode.started),
             first_policy_version=episode.first_version,
             last_policy_version=episode.last_version,
             success=True if reason is ev.EpisodeEndReason.TASK_DONE else None,
@@ -248,13 +310,21 @@ class RobotWorker:
         # Rows always belong to one experiment: a lease change ends the episode and
         # flushes before the new lease's first step.
         assert experiment_id is not None
+        intervention = np.array(rows.intervention, np.bool_)
+        proposals = np.stack(rows.policy_action)
+        took = intervention.reshape(-1, *(1,) * (proposals.ndim - 1))
         batch = TransitionBatch.build(
-            ev.TransitionBatchV1(
+            ev.TransitionBatchV2(
                 site=self.site, robot_id=self.robot_id, experiment_id=experiment_id,
                 robot_type=self.robot.spec.robot_type, n_steps=len(rows),
+                incarnation=self.incarnation,
             ),
             episode_id=np.array(rows.episode_id), step=np.array(rows.step, np.int64),
+            seq=np.array(rows.seq, np.int64),
             observation=np.stack(rows.observation), action=np.stack(rows.action),
+            intervention=intervention,
+            policy_action=np.where(took, proposals, np.float32(0)),
+            end_reason=np.array(rows.end_reason, np.str_),
             policy_version=np.array(rows.policy_version, np.int64),
             observed_ns=np.array(rows.observed_ns, np.int64),
             acted_ns=np.array(rows.acted_ns, np.int64),
@@ -265,16 +335,49 @@ class RobotWorker:
             images={k: np.stack(v) for k, v in rows.images.items()} or None,
             final_images={k: np.stack(v) for k, v in rows.final_images.items()} or None,
         )
-        self.sink.send(catalog.TRANSITIONS_RAW, batch)
+        self._send(catalog.TRANSITIONS_RAW, batch)
 
-    def heartbeat(self, seq: int, uptime_s: float) -> ev.HeartbeatV1:
+    def _send(self, spec: catalog.TopicSpec, payload: serde.Payload) -> None:
+        """Hand an event to the sink; if its spool is full, keep it (in order) for
+        :meth:`_resend` and hold the robot meanwhile.  Never raises ``SpoolFull``."""
+        if not self._unsent:
+            try:
+                self.sink.send(spec, payload)
+                return
+            except SpoolFull as exc:
+                log.warning("%s: %s", self.robot_id, exc)
+                self.spool_full = True
+        self._unsent.append((spec, payload))
+
+    def _resend(self) -> None:
+        """Retry the held events in order; episodes resume once all are accepted."""
+        while self._unsent:
+            spec, payload = self._unsent[0]
+            try:
+                self.sink.send(spec, payload)
+            except SpoolFull:
+                self.spool_full = True
+                return
+            self._unsent.pop(0)
+        if self.spool_full:
+            log.warning("%s: the spool has room again; episodes resume", self.robot_id)
+        self.spool_full = False
+
+    def heartbeat(self, seq: int, uptime_s: float, *, spool_bytes: int = 0,
+                  dead_letters: int = 0) -> ev.HeartbeatV1:
         return ev.HeartbeatV1(
             site=self.site, robot_id=self.robot_id,
             experiment_id=self.lease.experiment_id if self.lease else None,
             seq=seq, state=self.state, policy_version=self.policy_version,
-            steps_total=self.steps_total, uptime_s=uptime_s,
+            steps_total=self.steps_total, uptime_s=uptime_s, incarnation=self.incarnation,
+            spool_bytes=spool_bytes, spool_full=self.spool_full, dead_letters=dead_letters,
         )
 
     def close(self) -> None:
         self._end_episode(ev.EpisodeEndReason.STOPPED)
+        # Whatever still waits for room is written past the spool's budget: a few more
+        # bytes on disk rather than recorded rows lost.
+        for spec, payload in self._unsent:
+            self.sink.send(spec, payload, over_budget=True)
+        self._unsent.clear()
         self.robot.close()

@@ -8,6 +8,8 @@ second, and publishes its decisions (leases, releases, state changes, experiment
 Delivery: the controller commits no offsets.  Its decisions are published and flushed
 before they are applied to its own state, so a crash after publishing is healed by the
 rebuild (it reads its own decision back), and a crash before it simply decides again.
+A record it cannot accept (unreadable, or an event the fleet refuses) goes to ``dlq``
+with the reason — once per start, since every start re-reads the compacted topics.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.fleet import Fleet
 from schemas import events as ev
+from schemas.events import RejectReason
 from topics import catalog
+from topics.consumer import DeadLetterSink, KafkaDeadLetters
 from topics.follow import Follower
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
-from topics.validation import Accepted, Rejected
+from topics.validation import Accepted, Rejected, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +63,14 @@ class Controller:
         self.fleet = Fleet(self.settings.heartbeat_timeout_s)
         self._stop = threading.Event()
         self.ready = threading.Event()
+        self._dead_letters: DeadLetterSink | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
         producer = EventProducer(self.kafka, role="controller")
+        self._dead_letters = KafkaDeadLetters(producer, consumer="controller")
         follower = Follower(self.kafka, {
             catalog.ROBOTS: "beginning",
             catalog.EXPERIMENTS: "beginning",
@@ -118,9 +124,22 @@ class Controller:
             try:
                 self.fleet.apply(item.event, now)
             except ValueError as exc:  # e.g. an experiment spec that no longer validates
-                log.error("ignoring %s: %s", item.event.schema_name, exc)
-        elif not isinstance(item, Accepted):
-            log.warning("unreadable record on a control topic: %s", item)
+                self._refuse(Rejected(item.record, RejectReason.INVALID_FIELD,
+                                      f"the fleet refused {item.event.schema_name}: {exc}"))
+        elif isinstance(item, Accepted):
+            self._refuse(Rejected(item.record, RejectReason.WRONG_TOPIC,
+                                  "not an event the controller reads"))
+        else:
+            self._refuse(item)
+
+    def _refuse(self, rejected: Rejected) -> None:
+        """Dead-letter (the sink logs it, cut to a few hundred bytes) and carry on."""
+        if self._dead_letters is None:
+            log.warning("refused %s[%d]@%d: %s", rejected.record.topic,
+                        rejected.record.partition, rejected.record.offset,
+                        excerpt(rejected.detail))
+            return
+        self._dead_letters.send(rejected)
 
     def _decide(self, producer: EventProducer, *, detect_lost: bool = True) -> None:
         decisions = self.fleet.tick(time.monotonic(), detect_lost=detect_lost)

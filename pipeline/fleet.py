@@ -24,6 +24,7 @@ clock, so skewed robot clocks cannot make a robot look dead or alive.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -32,6 +33,11 @@ from pydantic import ValidationError
 from schemas import events as ev
 from schemas.experiment import ExperimentSpec, RobotRequest
 from schemas.spaces import RobotSpec
+
+log = logging.getLogger(__name__)
+
+#: How a robot-state change about two agents driving one robot id begins its reason.
+DOUBLE_CLAIM = "double claim"
 
 RobotState = ev.RobotState
 ExperimentState = ev.ExperimentState
@@ -54,6 +60,16 @@ class Robot:
     steps_total: int = 0
     steps_per_s: float = 0.0
     policy_version: int | None = None
+    spool_bytes: int = 0
+    spool_full: bool = False
+    dead_letters: int = 0
+    #: The incarnation heard last, and when each recent one was heard.
+    incarnation: str | None = None
+    _incarnations: dict[str, float] = field(default_factory=dict)
+    #: Non-empty while two agents heartbeat for this robot id (their steps stay apart:
+    #: each has its own incarnation); ``_claim_reported`` is what was published about it.
+    double_claim: str = ""
+    _claim_reported: str = ""
     _rate_mark: tuple[float, int] | None = None
 
     @property
@@ -118,6 +134,8 @@ class Fleet:
                 robot = self.robots.get(event.robot_id)
                 if robot is not None:
                     robot.state = event.state
+                    if event.reason.startswith(DOUBLE_CLAIM):
+                        robot._claim_reported = event.reason
             case ev.ExperimentSubmittedV1():
                 if event.experiment_id not in self.experiments:
                     self.experiments[event.experiment_id] = _experiment(event)
@@ -156,11 +174,32 @@ class Fleet:
             robot._rate_mark = (now, event.steps_total)
         robot.steps_total = event.steps_total
         robot.policy_version = event.policy_version
+        robot.spool_bytes = event.spool_bytes
+        robot.spool_full = event.spool_full
+        robot.dead_letters = event.dead_letters
+        if event.incarnation is not None:
+            self._claimed(robot, event.incarnation, now)
         if robot.state is RobotState.LOST:
             robot.state = RobotState.IDLE if robot.lease_id is None else RobotState.LEASED
         elif event.state in (RobotState.RUNNING, RobotState.PAUSED, RobotState.ESTOPPED,
                              RobotState.STOPPED) and robot.lease_id is not None:
             robot.state = event.state
+
+    def _claimed(self, robot: Robot, incarnation: str, now: float) -> None:
+        """Notice two agents heartbeating for one robot id: incarnations that alternate
+        (A, B, A) within the heartbeat timeout.  A lease change (A, then only B) is not."""
+        recent = {i: t for i, t in robot._incarnations.items()
+                  if now - t <= self.heartbeat_timeout_s}
+        if (robot.incarnation not in (None, incarnation) and incarnation in recent
+                and not robot.double_claim):
+            robot.double_claim = (f"{DOUBLE_CLAIM}: two agents drive robot {robot.robot_id} "
+                                  f"(incarnations {robot.incarnation} and {incarnation}); "
+                                  "stop one")
+            log.warning("%s", robot.double_claim)
+        recent[incarnation] = now
+        robot._incarnations, robot.incarnation = recent, incarnation
+        if len(recent) == 1:
+            robot.double_claim = robot._claim_reported = ""
 
     def _granted(self, event: ev.LeaseGrantedV1) -> None:
         robot = self.robots.get(event.robot_id)
@@ -207,6 +246,10 @@ class Fleet:
         out: list[ev.Envelope] = []
         lost: set[str] = set()
         for robot in sorted(self.robots.values(), key=lambda r: r.robot_id):
+            if robot.double_claim and robot.double_claim != robot._claim_reported:
+                out.append(ev.RobotStateChangedV1(
+                    site=robot.site, robot_id=robot.robot_id, state=robot.state,
+                    previous=robot.state, reason=robot.double_claim[:1000]))
             if (not detect_lost or robot.state is RobotState.LOST
                     or robot.alive(now, self.heartbeat_timeout_s)):
                 continue

@@ -10,8 +10,8 @@ Delivery: **at-least-once**.  faust acknowledges a raw record once the agent has
 its rewarded batch to the producer, and before committing offsets it flushes the producer
 (``processing_guarantee="at_least_once"``).  A crash between the send and the commit
 scores the record again, so ``transitions`` may hold a batch twice; the Delta sink drops
-such repeats (``pipeline.sink``: a robot's rewarded steps are only written once per
-reward function, by time watermark), so no duplicate reaches Delta.
+such repeats (``pipeline.delta_writer``: a step is written once per reward function, by
+step identity, ``topics.tables.HighWater``), so no duplicate reaches Delta.
 
 The scoring itself is :func:`score`, a pure function of a Kafka record; the faust app
 around it is a few lines.
@@ -60,7 +60,7 @@ def score(fn: rewards.Registered, record: validation.Record, *, out_topic: str,
                                      "not a transition batch")
     rejected = replace(result, record=record)
     log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset,
-                rejected.detail)
+                validation.excerpt(rejected.detail))
     letter = validation.dead_letter(rejected, consumer=consumer)
     return replace(serde.encode(catalog.DLQ, letter), topic=dlq_topic)
 
@@ -71,6 +71,7 @@ def build_app(kafka: KafkaSettings, fn: rewards.Registered, *, topic_suffix: str
     name = app_id(fn, topic_suffix)
     datadir = datadir or user_home() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
+    group = kafka.faust_settings()
     app = faust.App(
         name,
         broker=kafka.faust_broker_url(),
@@ -86,6 +87,11 @@ def build_app(kafka: KafkaSettings, fn: rewards.Registered, *, topic_suffix: str
         consumer_max_fetch_size=kafka.message_max_bytes,
         key_serializer="raw",
         value_serializer="raw",
+        # The project's session timeout: a killed job's partitions move on within it.
+        broker_session_timeout=group["broker_session_timeout"],
+        broker_heartbeat_interval=group["broker_heartbeat_interval"],
+        broker_rebalance_timeout=group["broker_rebalance_timeout"],
+        broker_request_timeout=group["broker_request_timeout"],
     )
     source = app.topic(catalog.TRANSITIONS_RAW.name + topic_suffix, key_type=bytes,
                        value_type=bytes, allow_empty=True)

@@ -23,7 +23,7 @@ from confluent_kafka.admin import (
 )
 
 from topics.catalog import CATALOG, TopicSpec
-from topics.settings import KafkaSettings
+from topics.settings import LIBRDKAFKA_LOG, KafkaSettings
 
 
 class BrokerUnreachableError(RuntimeError):
@@ -68,7 +68,7 @@ class TopicReport:
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(settings.admin_config())
+    return AdminClient(settings.admin_config(), logger=LIBRDKAFKA_LOG)
 
 
 def wait_for_broker(admin: AdminClient, settings: KafkaSettings, timeout_s: float = 10.0) -> None:

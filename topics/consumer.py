@@ -66,7 +66,7 @@ class KafkaDeadLetters:
     def send(self, rejected: Rejected) -> None:
         rec = rejected.record
         log.warning("dead letter: %s[%d]@%d %s: %s", rec.topic, rec.partition, rec.offset,
-                    rejected.reason.value, rejected.detail)
+                    rejected.reason.value, validation.excerpt(rejected.detail))
         self._producer.send(catalog.DLQ, validation.dead_letter(rejected, consumer=self._consumer))
         self.sent += 1
 
@@ -182,7 +182,7 @@ class EventConsumer:
             if record.topic == catalog.DLQ.name:
                 # Never dead-letter a dead letter: that could loop forever.
                 log.error("unreadable dead letter at dlq[%d]@%d: %s", record.partition,
-                          record.offset, result.detail)
+                          record.offset, validation.excerpt(result.detail))
             else:
                 self._dead_letters.send(result)
             return None

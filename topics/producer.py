@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -51,14 +52,21 @@ class EventProducer:
         rec = serde.encode(spec, payload, sites=self._sites, settings=self._serde)
         self.send_encoded(rec)
 
-    def send_encoded(self, rec: serde.Encoded) -> None:
+    def send_encoded(self, rec: serde.Encoded,
+                     on_delivery: Callable[[KafkaError | None, Message], None] | None = None
+                     ) -> None:
+        """Queue an encoded record.  With ``on_delivery`` the caller hears this record's
+        outcome itself, and :meth:`flush` does not report its refusal.  Raises
+        ``BufferError`` when the local queue is full and ``KafkaException`` when the
+        client refuses the record outright (e.g. larger than ``message.max.bytes``)."""
         headers: list[tuple[str, str | bytes | None]] = list(rec.headers)
+        report = on_delivery or self._delivered
         if rec.partition is None:
             self._producer.produce(rec.topic, rec.value, rec.key, headers=headers,
-                                   on_delivery=self._delivered)
+                                   on_delivery=report)
         else:
             self._producer.produce(rec.topic, rec.value, rec.key, partition=rec.partition,
-                                   headers=headers, on_delivery=self._delivered)
+                                   headers=headers, on_delivery=report)
         self.sent += 1
         self._producer.poll(0)
 

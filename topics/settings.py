@@ -9,6 +9,7 @@ module for a producer, consumer or admin configuration instead.
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from collections.abc import Mapping
 from typing import Annotated
@@ -16,8 +17,18 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-#: librdkafka configuration values are strings, numbers or bools.
-ClientConfig = dict[str, str | int | float | bool]
+#: librdkafka configuration values are strings, numbers or bools (and the Python logger
+#: its own log lines go to).
+ClientConfig = dict[str, str | int | float | bool | logging.Logger]
+#: An admin client's configuration (``AdminClient`` takes its logger as a keyword).
+AdminConfig = dict[str, str | int | float | bool]
+
+#: Where librdkafka's log lines go, at their syslog level mapped to Python's (instead of
+#: raw ``%4|…|FAC|…`` lines on stderr); served when the client is polled.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+#: The topic config holding a topic's record size limit (the broker reports it per topic).
+TOPIC_MAX_MESSAGE_BYTES = "max.message.bytes"
 
 #: Sites used when ``USER_KAFKA_SITES`` is not set: two labs with two partitions each.
 DEFAULT_SITES: dict[str, tuple[int, ...]] = {"lab-a": (0, 1), "lab-b": (2, 3)}
@@ -160,8 +171,8 @@ class KafkaSettings(BaseSettings):
 
     # -- librdkafka (confluent-kafka) ---------------------------------------------------
 
-    def _common(self) -> ClientConfig:
-        conf: ClientConfig = {
+    def _common(self) -> AdminConfig:
+        conf: AdminConfig = {
             "bootstrap.servers": self.bootstrap,
             "security.protocol": self.security_protocol,
             "socket.timeout.ms": self.request_timeout_ms,
@@ -174,8 +185,9 @@ class KafkaSettings(BaseSettings):
             conf["sasl.password"] = self.sasl_password
         return conf
 
-    def admin_config(self) -> ClientConfig:
-        """Configuration for ``confluent_kafka.admin.AdminClient``."""
+    def admin_config(self) -> AdminConfig:
+        """Configuration for ``confluent_kafka.admin.AdminClient`` (pass
+        ``logger=LIBRDKAFKA_LOG`` beside it: ``topics.admin.admin_client`` does)."""
         return {**self._common(), "client.id": f"{self.client_id}-admin"}
 
     def producer_config(
@@ -194,6 +206,7 @@ class KafkaSettings(BaseSettings):
         """
         conf: ClientConfig = {
             **self._common(),
+            "logger": LIBRDKAFKA_LOG,
             "client.id": f"{self.client_id}-{role}",
             "enable.idempotence": True,
             "acks": "all",
@@ -221,6 +234,7 @@ class KafkaSettings(BaseSettings):
         """A consumer that commits only when told to and reads committed data only."""
         return {
             **self._common(),
+            "logger": LIBRDKAFKA_LOG,
             "client.id": f"{self.client_id}-{role}",
             "group.id": group_id,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
@@ -231,8 +245,12 @@ class KafkaSettings(BaseSettings):
             "receive.message.max.bytes": self.message_max_bytes + 64 * 1024 * 1024,
             "enable.partition.eof": False,
             "session.timeout.ms": self.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 4),
+            "heartbeat.interval.ms": self._heartbeat_ms(),
         }
+
+    def _heartbeat_ms(self) -> int:
+        """A group member's heartbeat period: a quarter of the session timeout."""
+        return max(500, self.session_timeout_ms // 4)
 
     # -- aiokafka (faust) ----------------------------------------------------------------
 
@@ -250,6 +268,22 @@ class KafkaSettings(BaseSettings):
         if self.sasl_password is not None:
             kwargs["sasl_plain_password"] = self.sasl_password
         return kwargs
+
+    def faust_settings(self) -> dict[str, float]:
+        """faust's consumer-group timings, from the same session timeout as every group.
+
+        faust's own defaults (60 s session) would leave a killed job's partitions
+        unconsumed for a minute; with these, its group moves them on within
+        ``session_timeout_ms`` plus one heartbeat.
+        """
+        session_s = self.session_timeout_ms / 1000
+        return {
+            "broker_session_timeout": session_s,
+            "broker_heartbeat_interval": self._heartbeat_ms() / 1000,
+            "broker_rebalance_timeout": session_s,
+            # faust refuses a session timeout above the request timeout.
+            "broker_request_timeout": max(self.request_timeout_ms / 1000, session_s),
+        }
 
     def faust_broker_url(self) -> str:
         """The ``kafka://host:port;host:port`` URL faust expects."""

@@ -111,7 +111,8 @@ class MemorySink:
         self.batches: deque[TransitionBatch] = deque()
         self.lock = threading.Lock()
 
-    def send(self, spec: catalog.TopicSpec, payload: serde.Payload) -> None:
+    def send(self, spec: catalog.TopicSpec, payload: serde.Payload, *,
+             over_budget: bool = False) -> None:
         if isinstance(payload, TransitionBatch):
             with self.lock:
                 self.batches.append(payload)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import rewards, tables
+from pipeline import reward_job, rewards, tables
 from schemas import samples
+from schemas.transitions import TransitionBatch
 from tests.integration.test_sink import ROOT, Namespace, stop, wait_for
-from topics import catalog, serde
+from topics import admin, catalog, serde
 from topics.settings import KafkaSettings
 
 
@@ -95,3 +97,70 @@ def test_two_reward_jobs_score_every_raw_batch_onto_its_partition(ns: Namespace)
                     table.column("step").to_pylist(), table.column("reward_fn").to_pylist(),
                     strict=True))
     assert len(keys) == len(set(keys)) == 2 * sum(len(b) for b in raw)
+
+
+def group_assignment(ns: Namespace, group: str) -> list[set[int]]:
+    """The partitions of ``transitions.raw`` each member of ``group`` holds now."""
+    client = admin.admin_client(ns.kafka)
+    [future] = client.describe_consumer_groups([group], request_timeout=10).values()
+    description = future.result(timeout=10)
+    topic = ns.topic(catalog.TRANSITIONS_RAW)
+    return [{tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic}
+            for m in description.members]
+
+
+def one_batch_per_partition(ns: Namespace, first_step: int) -> dict[int, TransitionBatch]:
+    spec = samples.robot_spec(obs_dim=6, act_dim=2, info={"ee_pos": 3, "goal_pos": 3})
+    out: dict[int, TransitionBatch] = {}
+    for i in range(200):
+        site, robot = ("lab-a", "lab-b")[i % 2], f"rb{i}"
+        partition = ns.kafka.sites.partition_for(site, robot)
+        if partition in out:
+            continue
+        batch = samples.batch(spec, 5, rng=i, site=site, robot_id=robot,  # type: ignore[arg-type]
+                              experiment_id="exp-1", first_step=first_step)
+        ns.send(catalog.TRANSITIONS_RAW, batch)
+        out[partition] = batch
+    ns.producer.flush()
+    assert sorted(out) == list(range(ns.kafka.sites.partition_count))
+    return out
+
+
+def test_a_killed_reward_job_s_partitions_are_scored_again_within_15_s(ns: Namespace) -> None:
+    fn = rewards.lookup("reach_dense@1")
+    group = reward_job.app_id(fn, ns.suffix)
+    log = ns.root.parent / "jobs.log"
+    ns.root.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [start_job(ns, fn.id, log), start_job(ns, fn.id, log)]
+    try:
+        warm = one_batch_per_partition(ns, first_step=0)
+        wait_for(lambda: sum(ns.end_offsets(catalog.TRANSITIONS).values()) >= len(warm), 120,
+                 "both jobs to score the first batches", jobs[0])
+        held: list[set[int]] = []
+
+        def both_hold_partitions() -> bool:
+            held[:] = group_assignment(ns, group)
+            return len(held) == 2 and all(held)
+
+        wait_for(both_hold_partitions, 120, "two members holding partitions each")
+        before = ns.end_offsets(catalog.TRANSITIONS)
+        jobs[0].kill()  # SIGKILL: no leave-group, the broker must notice by the session timeout
+        killed_at = time.monotonic()
+        one_batch_per_partition(ns, first_step=5)
+        scored_after: dict[int, float] = {}
+
+        def every_partition_scored() -> bool:
+            now = time.monotonic()
+            for p, end in ns.end_offsets(catalog.TRANSITIONS).items():
+                if end > before[p] and p not in scored_after:
+                    scored_after[p] = now - killed_at
+            return len(scored_after) == len(before)
+
+        wait_for(every_partition_scored, 60, "the survivor to score every partition", jobs[1])
+    finally:
+        for p in jobs:
+            stop(p)
+    slowest = max(scored_after.values())
+    print(f"partitions held by the members: {held}; seconds from SIGKILL to first scored "
+          f"record per partition: { {p: round(t, 1) for p, t in sorted(scored_after.items())} }")
+    assert slowest <= 15.0, f"a killed member's partition waited {slowest:.1f} s"

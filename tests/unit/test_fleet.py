@@ -197,3 +197,37 @@ def test_an_invalid_submission_fails_with_the_field_named_instead_of_crashing() 
     assert isinstance(status, ev.ExperimentStatusV1)
     assert status.state is ev.ExperimentState.FAILED and "name" in status.detail
     assert run_tick(fleet, 2.0) == []
+
+
+def beat_as(fleet: Fleet, robot_id: str, incarnation: str, now: float) -> None:
+    fleet.apply(ev.HeartbeatV1(site="lab-a", robot_id=robot_id, seq=0,
+                               state=ev.RobotState.IDLE, incarnation=incarnation), now)
+
+
+def test_two_agents_heartbeating_for_r2_are_reported_once_as_a_double_claim(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet = Fleet(TIMEOUT)
+    announce(fleet, "r2", "reacher2d", "lab-a")
+    for t in range(4):  # two agent processes, each heartbeating once a second
+        beat_as(fleet, "r2", "aaaa", t + 0.0)
+        beat_as(fleet, "r2", "bbbb", t + 0.5)
+    assert "aaaa" in fleet.robots["r2"].double_claim
+    assert "bbbb" in fleet.robots["r2"].double_claim
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        fleet.robots["r2"].double_claim]
+    [change] = run_tick(fleet, 4.0)
+    assert isinstance(change, ev.RobotStateChangedV1)
+    assert change.robot_id == "r2" and change.reason.startswith("double claim")
+    assert run_tick(fleet, 4.1) == []  # said once
+
+
+def test_a_new_incarnation_after_a_lease_change_is_not_a_double_claim() -> None:
+    fleet = Fleet(TIMEOUT)
+    announce(fleet, "r2", "reacher2d", "lab-a")
+    for t in range(3):
+        beat_as(fleet, "r2", "aaaa", float(t))
+    for t in range(3, 10):
+        beat_as(fleet, "r2", "bbbb", float(t))
+    assert fleet.robots["r2"].double_claim == ""
+    assert run_tick(fleet, 10.0) == []
