@@ -58,6 +58,7 @@ REASONS = (
     "blob_hash",       # the assembled blob's SHA-256 differs from the manifest's
     "bad_blob",        # not a self-describing safetensors blob of the manifest's kind
     "spec_mismatch",   # trained for another robot description
+    "non_finite",      # a tensor holds NaN or infinity (a diverged learner)
     "build_failed",    # learners.policies could not build or load it
     "fetch_timeout",   # the chunks did not all arrive in time
     "fetch_error",     # the transport failed while fetching (logged with its traceback)
@@ -154,9 +155,10 @@ def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
                  spec: policies.PolicySpec) -> Policy:
     """The policy a verified blob describes, for a robot of ``spec``.
 
-    Raises :class:`WeightsRejected`: ``bad_blob`` (header unreadable, or another kind
-    than the manifest names), ``spec_mismatch`` (trained for another robot),
-    ``build_failed`` (the policy kind refuses the weights).
+    Raises :class:`WeightsRejected`: ``bad_blob`` (header or tensors unreadable, or
+    another kind than the manifest names), ``spec_mismatch`` (trained for another robot),
+    ``non_finite`` (a tensor holds NaN or infinity), ``build_failed`` (the policy kind
+    refuses the weights).
     """
     try:
         meta = policies.safetensors_metadata(blob)
@@ -174,6 +176,12 @@ def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
         if trained_for != spec:
             raise WeightsRejected("spec_mismatch", f"trained for {trained_for}, this robot is "
                                   f"{spec}")
+    try:
+        bad = policies.non_finite(policies.from_safetensors(blob))
+    except ValueError as exc:
+        raise WeightsRejected("bad_blob", str(exc)) from None
+    if bad is not None:
+        raise WeightsRejected("non_finite", bad)
     try:
         return policies.load(spec, blob)
     except (ValueError, KeyError, TypeError) as exc:

@@ -1,4 +1,5 @@
-"""`userctl history sql QUERY | success EXPERIMENT` — questions over the Delta tables.
+"""`userctl history sql QUERY | success EXPERIMENT | gaps [EXPERIMENT]` — questions over
+the Delta tables, and the gaps the sink and learners reported.
 
 Tables are views named ``transitions_raw``, ``transitions``, ``episodes`` and
 ``policies`` (DuckDB SQL).  Example::
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from infra import cmd_compare, cmd_replay
+from learners import lineage
 from pipeline import history, sink
+from topics import gaps
+from topics.settings import KafkaSettings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +35,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("experiment")
     s.add_argument("--reward", default="reach_dense@1", metavar="NAME@VERSION")
     s.set_defaults(func=_success)
+    s = hsub.add_parser("gaps", help="records the sink or a learner expected that no longer "
+                                     "existed (from the gaps topic)")
+    s.add_argument("experiment", nargs="?",
+                   help="only this experiment's learner gaps, plus the sink's (which may "
+                        "hold any experiment's steps)")
+    s.add_argument("--topic-suffix", default="", help="read gaps<SUFFIX> (test namespaces)")
+    s.set_defaults(func=_gaps)
+    s = hsub.add_parser("lineage", help="the data (tables, Delta versions, Kafka offsets) a "
+                                        "policy version trained on")
+    s.add_argument("experiment")
+    s.add_argument("--version", type=int, required=True, metavar="V")
+    s.add_argument("--robot-type", metavar="TYPE",
+                   help="the robot type's weights stream (default: every stream with V)")
+    s.add_argument("--manifests", choices=("auto", "delta", "kafka"), default="auto",
+                   help="read versions from the policies table, the weights.manifests "
+                        "topic, or auto (the table when it has them)")
+    s.set_defaults(func=_lineage)
+    cmd_compare.register(hsub)
 
 
 def _print(table: pa.Table, as_json: bool) -> None:
@@ -62,6 +85,67 @@ def _sql(args: argparse.Namespace) -> int:
     return _query(args, args.query)
 
 
+def _gaps(args: argparse.Namespace) -> int:
+    try:
+        found = gaps.read(KafkaSettings(), experiment_id=args.experiment,
+                          topic_suffix=args.topic_suffix)
+    except (LookupError, TimeoutError) as exc:
+        raise SystemExit(f"userctl history gaps: {exc}") from None
+    rows = [{"detected_at": g.detected_at.isoformat(timespec="seconds"),
+             "consumer": g.consumer, "experiment": g.experiment_id or "",
+             "topic": g.topic, "partition": g.partition, "first_missing": g.first_missing,
+             "last_missing": g.last_missing, "missing": g.missing} for g in found]
+    if not rows and not args.json:
+        print("no gaps reported" + (f" for {args.experiment}" if args.experiment else ""))
+        return 0
+    _print(pa.Table.from_pylist(rows), args.json)
+    return 0
+
+
 def _success(args: argparse.Namespace) -> int:
     return _query(args, history.SUCCESS_BY_ROBOT_AND_VERSION,
                   {"experiment": args.experiment, "reward_fn": args.reward})
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    root = args.root or sink.SinkSettings().root
+    try:
+        runs = lineage.runs(cmd_replay.published(root, args.experiment, args.manifests))
+    except lineage.LineageError as exc:
+        raise SystemExit(f"userctl history lineage: {exc}") from None
+    found = [(run, p) for run in runs for p in run.versions
+             if p.version == args.version
+             and (args.robot_type is None or p.lineage.get("robot_type") == args.robot_type)]
+    if not found:
+        raise SystemExit(f"userctl history lineage: {args.experiment} has no version "
+                         f"{args.version} with recorded lineage"
+                         + (f" for robot type {args.robot_type}" if args.robot_type else ""))
+    for run, p in found:
+        facts = lineage.trained_on(run, p)
+        if args.json:
+            print(json.dumps(facts, default=str))
+            continue
+        warm = facts["warm_start"]
+        live = facts["live"]
+        assert isinstance(warm, dict) and isinstance(live, dict)
+        print(f"{p.stream} version {p.version}: learner step {p.learner_step}, sha256 "
+              f"{p.sha256[:16]}…, run {run.run_id} (seed {facts['seed']}, torch threads "
+              f"{facts['torch_threads']}"
+              + (f", resumed from {facts['resumed_from']}" if facts["resumed_from"] else "")
+              + ")")
+        if warm.get("version") is None:
+            print("  warm start: none (no Delta table yet)")
+        else:
+            print(f"  warm start: Delta table {warm['table']} version {warm['version']}: "
+                  f"{warm['rows']} rows of {warm['experiments']} for {warm['reward_fn']}, "
+                  f"Kafka offsets up to {warm['offsets']}")
+        spans = live.get("partitions")
+        assert isinstance(spans, dict)
+        if not spans:
+            print("  live: nothing")
+        for key, span in sorted(spans.items()):
+            assert isinstance(span, dict)
+            print(f"  live: {key} offsets {span['first']}..{span['last']} in "
+                  f"{span['ingests']} takes (before updates {span['first_update']}.."
+                  f"{span['last_update']})")
+    return 0

@@ -13,9 +13,13 @@ Modules (import the module, not its names):
   weight publishing, checkpoints, metrics) as pure logic over a step source;
 - ``learners.service`` — ``userctl learn``: the loop wired to Delta (warm start) and
   Kafka (live steps, robots, weights, metrics);
+- ``learners.lineage`` — what each published version trained on (run, warm start, the
+  live offsets taken before each update), carried by manifests and checkpoints;
+- ``learners.rerun`` — ``userctl replay --learner``: a run replayed from Delta, bit for bit;
 - ``learners.fakes`` — a pure-numpy point-mass task for tests.
 
 This file imports nothing, so ``import learners.policies`` stays light for agents.
 """
 
-__all__ = ["checkpoint", "core", "fakes", "loop", "policies", "replay", "sac", "service"]
+__all__ = ["checkpoint", "core", "fakes", "lineage", "loop", "policies", "replay", "rerun", "sac",
+           "service"]

@@ -8,6 +8,9 @@ list columns, dictionary-encoded strings), not per-row Python objects.
 The same :class:`deltalake.DeltaTable` snapshot gives both the rows and the sink's app
 transaction versions, so ``offsets`` says exactly which Kafka offsets the rows cover:
 live reading continues at ``offsets[p] + 1``.
+
+Rows read under today's contract whatever wrote them (``topics.tables.with_step_id``):
+each carries its step identity and the executed action, with its ``intervention`` flag.
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ log = logging.getLogger(__name__)
 COLUMNS = (
     "experiment_id", "robot_type", "robot_id", "episode_id", "step", "observation", "action",
     "reward", "success", "terminated", "truncated", "final_observation", "policy_version",
-    "observed_ns",
+    "observed_ns", "intervention",
 )
+#: Columns read where the table has them: the step identity (absent from rows written
+#: before it) and V1's ``human_action`` (the executed action of V1 intervention rows).
+OPTIONAL = ("incarnation", "seq", "human_action")
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,8 @@ class History:
         return 0 if self.table is None else self.table.num_rows
 
     def steps(self, chunk_rows: int = 65_536) -> Iterator[Steps]:
-        """Each (experiment, robot type)'s rows in time order, as :class:`Steps` of at
-        most ``chunk_rows`` rows (a robot's steps stay in order across chunks)."""
+        """Each (experiment, robot type)'s rows, each stream's in the order taken (by
+        step identity, not time), as :class:`Steps` of at most ``chunk_rows`` rows."""
         if self.table is None or self.table.num_rows == 0:
             return
         groups = self.table.group_by(["experiment_id", "robot_type"]).aggregate([])
@@ -64,7 +70,7 @@ class History:
                                    groups.column("robot_type").to_pylist(), strict=True):
             part = self.table.filter((pc.field("experiment_id") == exp)
                                      & (pc.field("robot_type") == robot_type))
-            part = part.sort_by("observed_ns")
+            part = tables.sort_steps(part)
             for start in range(0, part.num_rows, chunk_rows):
                 yield steps_of_rows(str(exp), str(robot_type), part.slice(start, chunk_rows))
 
@@ -77,13 +83,17 @@ def read(
     topic: str,
     partitions: Sequence[int],
     sink_name: str,
+    version: int | None = None,
+    extra_columns: Sequence[str] = (),
 ) -> History:
     """The rows of ``experiments`` for ``reward_fn``, and the last offset of each of
-    ``topic``'s ``partitions`` the same table version holds."""
+    ``topic``'s ``partitions`` the same table version holds (the newest table version,
+    or ``version``: a replay reads what a past warm start read). ``extra_columns`` are
+    read too where the table has them (a replay's ``kafka_partition``/``kafka_offset``)."""
     started = time.perf_counter()
     path = tables.table_path(root, tables.TRANSITIONS)
     try:
-        dt = DeltaTable(path)
+        dt = DeltaTable(path, version=version)
     except TableNotFoundError:
         log.info("no Delta history at %s yet: starting from Kafka alone", path)
         return History(version=None)
@@ -93,7 +103,7 @@ def read(
         if version is not None:
             offsets[p] = int(version)
     dataset = dt.to_pyarrow_dataset()
-    wanted = [c for c in COLUMNS if c in dataset.schema.names]
+    wanted = [c for c in (*COLUMNS, *OPTIONAL, *extra_columns) if c in dataset.schema.names]
     missing = sorted(set(COLUMNS) - set(wanted))
     if missing:
         raise ValueError(f"Delta table {path} lacks columns {missing}: is it the sink's "
@@ -103,6 +113,9 @@ def read(
         filter=pc.field(tables.PARTITION_COLUMN).isin(list(experiments))
         & (pc.field("reward_fn") == reward_fn),
     )
+    table = tables.with_step_id(table)
+    if "policy_action" in table.column_names:  # the learner trains on what was executed
+        table = table.drop_columns(["policy_action"])
     return History(version=dt.version(), offsets=offsets, table=table,
                    read_s=time.perf_counter() - started)
 
@@ -129,10 +142,10 @@ def steps_of_rows(experiment_id: str, robot_type: str, rows: pa.Table) -> Steps:
         policy_version=_numbers(rows.column("policy_version"), np.int64),
         truncated=truncated & ~terminated,
         next_observation=next_observation,
+        intervention=_bools(rows.column("intervention")),
     )
-    return Steps(experiment_id, robot_type, steps,
-                 _numbers(rows.column("observed_ns"), np.int64),
-                 _bools(rows.column("success")))
+    return Steps(experiment_id, robot_type, steps, _strings(rows.column("incarnation")),
+                 _numbers(rows.column("seq"), np.int64), _bools(rows.column("success")))
 
 
 def _flat(col: pa.ChunkedArray) -> np.ndarray:

@@ -4,6 +4,7 @@ metrics and weights publishers.  The loop (:mod:`learners.loop`) sees none of th
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from schemas import events
 from schemas.experiment import ExperimentSpec
 from schemas.spaces import RobotSpec
 from schemas.transitions import RewardedTransitionBatch
-from topics import catalog, validation
+from topics import catalog, gaps, serde, validation
 from topics.consumer import TopicReader, record_of
 from topics.follow import Follower
 from topics.producer import EventProducer
@@ -39,6 +40,7 @@ class RobotSpecs:
                                   timeout_s=timeout_s)
         self._lock = threading.Lock()
         self._specs: dict[str, RobotSpec] = {}
+        self._by_robot: dict[str, RobotSpec] = {}
         self._bad: set[str] = set()
         deadline = time.monotonic() + timeout_s
         while not self._follower.caught_up() and time.monotonic() < deadline:
@@ -50,6 +52,12 @@ class RobotSpecs:
             if isinstance(event, events.RobotAnnouncedV1):
                 with self._lock:
                     self._specs[event.spec.robot_type] = event.spec
+                    self._by_robot[event.robot_id] = event.spec
+
+    def by_robot(self) -> dict[str, RobotSpec]:
+        """The announced spec of each robot (robot id -> spec), to validate batches by."""
+        with self._lock:
+            return dict(self._by_robot)
 
     def policy_spec(self, robot_type: str) -> PolicySpec | None:
         with self._lock:
@@ -79,6 +87,9 @@ class LiveSteps:
     Delivery: exactly where the caller says — each partition starts at the offset given
     to :meth:`start` (the Delta app-transaction version + 1), so together with the
     history the learner sees every record once; :meth:`positions` says how far it got.
+    Records it cannot accept (undecodable, or outside their robot's announced spec) go to
+    ``dlq`` with the reason; offsets it expected that no longer exist are reported on
+    ``gaps`` (:mod:`topics.gaps`).
     """
 
     def __init__(
@@ -112,6 +123,14 @@ class LiveSteps:
         self._thread = threading.Thread(target=self._run, name="learner-live", daemon=True)
         self.rejected = 0
         self.error: BaseException | None = None
+        suffix = topic.removeprefix(catalog.TRANSITIONS.name)
+        self.consumer = f"learner-{'+'.join(experiments)}"
+        self._dlq_topic = catalog.DLQ.name + suffix
+        self._producer = EventProducer(kafka, role="learner-dlq")
+        self.gaps = gaps.GapReporter(self._producer, consumer=self.consumer,
+                                     experiment_id=experiments[0] if experiments else None,
+                                     topic_suffix=suffix)
+        self._expected = gaps.Expected()
 
     def start(self, offsets: Mapping[int, int]) -> None:
         """Read each partition from ``offsets[p]`` (from its beginning where absent)."""
@@ -121,6 +140,15 @@ class LiveSteps:
             f"{self.topic}[{tp.partition}]@{'beginning' if tp.offset < 0 else tp.offset}"
             for tp in assignment))
         self._client.assign(assignment)
+        for p, offset in offsets.items():
+            if p not in self.partitions:
+                continue
+            self._expected.expect(p, offset)
+            # Nothing may arrive for a while: say at once if the resume point is gone.
+            gap = gaps.missing(offset, gaps.low_watermark(self._client, self.topic, p))
+            if gap is not None:
+                self._expected.forget(p)  # reported; the first record re-arms it
+                self.gaps.report(self.topic, p, gap)
         self._thread.start()
 
     def _run(self) -> None:
@@ -143,8 +171,12 @@ class LiveSteps:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", err.str())
                         continue
-                    item = self._decode(msg.partition() or 0, msg.offset() or 0,
-                                        record_of(msg))
+                    partition, offset = msg.partition() or 0, msg.offset() or 0
+                    gap = self._expected.received(partition, offset, functools.partial(
+                        gaps.low_watermark, self._client, self.topic, partition))
+                    if gap is not None:
+                        self.gaps.report(self.topic, partition, gap)
+                    item = self._decode(partition, offset, record_of(msg))
                     with self._cond:
                         self._items.append(item)
                         self._cond.notify_all()
@@ -155,12 +187,10 @@ class LiveSteps:
 
     def _decode(self, partition: int, offset: int, rec: validation.Record
                 ) -> tuple[int, int, Steps | None]:
-        result = validation.validate(replace(rec, topic=catalog.TRANSITIONS.name))
+        rules = validation.Rules(robots=self._robots.by_robot()) if self._robots else None
+        result = validation.validate(replace(rec, topic=catalog.TRANSITIONS.name), rules)
         if isinstance(result, validation.Rejected):
-            # The sink dead-letters bad records of this topic; the learner only skips them.
-            self.rejected += 1
-            log.warning("%s[%d]@%d skipped: %s %s", self.topic, partition, offset,
-                        result.reason.value, result.detail)
+            self._dead_letter(replace(result, record=rec))
             return partition, offset, None
         batch = result.event
         if (not isinstance(batch, RewardedTransitionBatch)
@@ -169,18 +199,40 @@ class LiveSteps:
             return partition, offset, None
         return partition, offset, Steps.of_batch(batch)
 
+    def _dead_letter(self, rejected: validation.Rejected) -> None:
+        """Send a refused record to ``dlq`` (durable before the reader goes on)."""
+        self.rejected += 1
+        rec = rejected.record
+        log.warning("dead letter: %s[%d]@%d %s: %s", rec.topic, rec.partition, rec.offset,
+                    rejected.reason.value, rejected.detail[:200])
+        letter = validation.dead_letter(rejected, consumer=self.consumer)
+        encoded = serde.encode(catalog.DLQ, letter)
+        try:
+            self._producer.send_encoded(replace(encoded, topic=self._dlq_topic))
+            self._producer.flush(10.0)
+        except (BufferError, RuntimeError, TimeoutError) as exc:  # DeliveryError included
+            log.error("dead letter of %s[%d]@%d not delivered to %s: %s", rec.topic,
+                      rec.partition, rec.offset, self._dlq_topic, exc)
+
+    def metrics(self) -> dict[str, float]:
+        """The reader's counts, for ``learner.metrics``."""
+        return {"replay/dead_letters": float(self.rejected), **self.gaps.metrics()}
+
     def drain(self, max_items: int) -> list[Steps]:
         if self.error is not None:
             raise RuntimeError(f"reading {self.topic} failed: {self.error}") from self.error
-        out: list[Steps] = []
+        taken: list[tuple[int, Steps]] = []
         with self._cond:
-            while self._items and len(out) < max_items:
+            while self._items and len(taken) < max_items:
                 partition, offset, steps = self._items.popleft()
                 self._positions[f"{self.topic}:{partition}"] = offset + 1
                 if steps is not None:
-                    out.append(steps)
+                    taken.append((partition, steps))
             self._cond.notify_all()
-        return out
+        # Partition by partition (a stable sort keeps each partition's order): what was
+        # taken is then named by each partition's end offset alone (learners.lineage).
+        taken.sort(key=lambda item: item[0])
+        return [steps for _, steps in taken]
 
     def wait(self, timeout_s: float) -> None:
         with self._cond:
@@ -197,6 +249,10 @@ class LiveSteps:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self._client.close()
+        try:
+            self._producer.flush(10.0)
+        except (RuntimeError, TimeoutError) as exc:
+            log.warning("dead letters or gap events not all delivered: %s", exc)
 
 
 def read_experiment(kafka: KafkaSettings, experiment_id: str, timeout_s: float = 30.0

@@ -28,6 +28,10 @@ FORMAT_VERSION = "1"
 _NAME = re.compile(r"^checkpoint-(\d{12})\.safetensors$")
 
 
+class NonFiniteCheckpoint(ValueError):
+    """A state holding NaN or infinity, which is never written as a checkpoint."""
+
+
 def path_for(directory: Path, update_step: int) -> Path:
     """Where the checkpoint of ``update_step`` goes in ``directory``."""
     return directory / f"checkpoint-{update_step:012d}.safetensors"
@@ -47,7 +51,14 @@ def save(
 def save_state(
     path: Path, state: TrainingState, source_positions: Mapping[str, JSON] | None = None
 ) -> Path:
-    """Like :func:`save`, for a state already taken (e.g. several algorithms' merged)."""
+    """Like :func:`save`, for a state already taken (e.g. several algorithms' merged).
+
+    Raises :class:`NonFiniteCheckpoint` (writing nothing) if a tensor is not finite, so
+    the newest checkpoint is always one a diverged learner can go back to.
+    """
+    bad = _weights.non_finite(state.tensors)
+    if bad is not None:
+        raise NonFiniteCheckpoint(f"not checkpointing {path.name}: {bad}")
     data = _weights.state_dict_to_bytes(
         state.tensors,
         metadata={

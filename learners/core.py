@@ -66,7 +66,7 @@ class StepBatch:
     observation: np.ndarray
     """(n, *obs_shape) state observation."""
     action: np.ndarray
-    """(n, *action_shape) action taken."""
+    """(n, *action_shape) action the robot executed (a human's where ``intervention``)."""
     reward: np.ndarray
     """(n,) reward for that step."""
     terminated: np.ndarray
@@ -81,6 +81,9 @@ class StepBatch:
     """camera name -> (n, h, w, 3) uint8 images, seen with ``observation``."""
     next_images: Mapping[str, np.ndarray] = field(default_factory=dict)
     """camera name -> (n, h, w, 3) uint8 final images, like ``next_observation``."""
+    intervention: np.ndarray | None = None
+    """(n,) bool: a human overrode the policy (``action`` is the human's); None means
+    all False."""
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -118,6 +121,8 @@ class Batch:
     images: Mapping[str, torch.Tensor] = field(default_factory=dict)
     next_images: Mapping[str, torch.Tensor] = field(default_factory=dict)
     stats: Mapping[str, float] = field(default_factory=dict)
+    intervention: torch.Tensor | None = None
+    """bool: a human chose ``action`` (None: not recorded, i.e. no interventions)."""
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
@@ -145,6 +150,7 @@ class Batch:
                 images={name: part(t, k) for name, t in self.images.items()},
                 next_images={name: part(t, k) for name, t in self.next_images.items()},
                 stats=self.stats,
+                intervention=None if self.intervention is None else part(self.intervention, k),
             )
             for k in range(n)
         ]
@@ -181,6 +187,11 @@ class Policy(abc.ABC):
         """A copy of all weights, loadable by ``load_weights`` of the same kind and spec."""
 
 
+class NonFiniteUpdate(ArithmeticError):
+    """An update whose loss or gradient was NaN or infinite; its optimiser step was not
+    taken, so no parameter holds a non-finite value because of it."""
+
+
 class Algorithm(abc.ABC):
     """Turns batches of transitions into better policy weights."""
 
@@ -189,7 +200,10 @@ class Algorithm(abc.ABC):
         """One learner update on ``batch``; returns namespaced metrics (``losses/critic``).
 
         An algorithm with an update-to-data ratio ``G`` above 1 splits the batch into
-        ``G`` minibatches, so callers sample ``batch_size * G`` rows.
+        ``G`` minibatches, so callers sample ``batch_size * G`` rows.  Raises
+        :class:`NonFiniteUpdate` when a loss or gradient is not finite: that optimiser
+        step and the rest of the update are skipped (steps already taken stay), and the
+        update does not count.
         """
 
     @abc.abstractmethod

@@ -16,10 +16,10 @@ One :class:`Learner` serves every robot type of a heterogeneous experiment: each
 gets its own SAC, buffers and weights stream (:func:`learners.policies.weights_stream`),
 because observation and action spaces differ between types.
 
-No step is doubled: a robot's steps are strictly ordered in time, so per (experiment,
-robot) the learner keeps the newest ``observed_ns`` it has taken and drops any row that
-is not newer — the Delta sink's rule, so a reward job's retry, or a record that is both
-in the history and read again from Kafka, is taken once.  No step is lost as long as the
+No step is doubled: steps are deduplicated by step identity with the one rule every
+reader shares (:class:`topics.tables.HighWater`, the Delta sink's too), so a reward job's
+retry, an agent's re-sent spool, or a record both in the history and read again from
+Kafka is taken once, whatever the robots' clocks did.  No step is lost as long as the
 source continues where the history ended (the service seeks each partition to the Delta
 app-transaction version + 1).
 """
@@ -40,14 +40,15 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from learners import checkpoint, sac
-from learners.core import JSON, Sampler, StepBatch, TrainingState
-from learners.policies import PolicySpec, weights_stream
+from learners import checkpoint, lineage, sac
+from learners.core import JSON, NonFiniteUpdate, Sampler, StepBatch, TrainingState
+from learners.policies import PolicySpec, non_finite, weights_stream
 from learners.replay import MixingSampler, NumpyReplayBuffer, ReplayConfig
 from learners.weights_sync import PublisherStats, PublishSchedule, Snapshot, WeightSyncSettings
 from schemas import events
 from schemas.experiment import ExperimentSpec
 from schemas.transitions import RewardedTransitionBatch
+from topics import tables
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,18 @@ class Steps:
 
     ``steps.observation`` is flat (n, obs_dim); ``steps.truncated`` marks cut-off rows
     (truncated and not terminated) whose ``steps.next_observation`` holds the final
-    observation.  ``observed_ns`` orders a robot's steps; ``success`` is the reward
-    function's verdict per step.
+    observation; ``steps.action`` is the executed action and ``steps.intervention`` marks
+    a human's.  ``(steps.robot_id, incarnation, seq)`` is each step's identity;
+    ``success`` is the reward function's verdict per step.
     """
 
     experiment_id: str
     robot_type: str
     steps: StepBatch
-    observed_ns: np.ndarray
-    """(n,) int64 nanoseconds since the epoch."""
+    incarnation: np.ndarray
+    """(n,) str: the agent incarnation that drove the robot."""
+    seq: np.ndarray
+    """(n,) int64: the step's number within its incarnation."""
     success: np.ndarray
     """(n,) bool."""
 
@@ -105,9 +109,10 @@ class Steps:
             policy_version=batch.policy_version,
             truncated=batch.cut_off,
             next_observation=next_observation,
+            intervention=batch.intervention,
         )
         return cls(batch.event.experiment_id, batch.event.robot_type, steps,
-                   batch.observed_ns, batch.success)
+                   np.full(n, batch.event.incarnation), batch.seq, batch.success)
 
     def take(self, mask: np.ndarray) -> Steps:
         """The rows where ``mask`` is true."""
@@ -118,9 +123,10 @@ class Steps:
             terminated=s.terminated[mask], policy_version=s.policy_version[mask],
             truncated=None if s.truncated is None else s.truncated[mask],
             next_observation=None if s.next_observation is None else s.next_observation[mask],
+            intervention=None if s.intervention is None else s.intervention[mask],
         )
-        return Steps(self.experiment_id, self.robot_type, picked, self.observed_ns[mask],
-                     self.success[mask])
+        return Steps(self.experiment_id, self.robot_type, picked, self.incarnation[mask],
+                     self.seq[mask], self.success[mask])
 
     def pieces(self, rows: int) -> list[Steps]:
         """Consecutive slices of at most ``rows`` rows (order kept)."""
@@ -256,6 +262,14 @@ class _TypeLearner:
         self.env_steps = 0
         """this experiment's steps of this type taken (history + live), for the UTD cap."""
         self.counts = {"history": 0, "live": 0, "prior": 0, "rejected": 0}
+        self.recorder: lineage.Recorder | None = None
+        """the experiment's ingest log; snapshots carry their share of it."""
+        self.skipped_updates = 0
+        """updates skipped because a loss or gradient was not finite."""
+        self.refused_snapshots = 0
+        """policy snapshots not published because a tensor was not finite."""
+        self.divergences = 0
+        """non-finite updates and snapshots in a row (0 after a finite update)."""
         self.fingerprint = 0
         self.last_stats: dict[str, float] = {}
         self.resumed_step = 0
@@ -328,16 +342,44 @@ class _TypeLearner:
 
     def update(self, trained_on: Mapping[str, int]) -> None:
         batch = self.sampler().sample(self.batch_rows, current_version=self.version)
-        self.last_stats = {**batch.stats, **self.algorithm.update(batch)}
+        try:
+            stats = self.algorithm.update(batch)
+        except NonFiniteUpdate as exc:
+            self.skipped_updates += 1
+            self.divergences += 1
+            # The first of a run is worth a WARNING; the rest would flood the log.
+            (log.warning if self.divergences == 1 else log.debug)(
+                "%s: update skipped at step %d (%s)", self.stream, self.update_step, exc)
+            return
+        self.divergences = 0
+        self.last_stats = {**batch.stats, **stats}
         if self.update_step > self.published_step and self.schedule.due(self.update_step):
             self.publish(trained_on)
 
     def publish(self, trained_on: Mapping[str, int]) -> None:
-        """Snapshot the policy (a copy, on this thread) and hand it to the publisher."""
+        """Snapshot the policy (a copy, on this thread) and hand it to the publisher,
+        unless a tensor of it is not finite: robots never get such a version."""
         self.published_step = self.update_step
-        self.publisher.publish(Snapshot.of_algorithm(
+        snapshot = self.snapshot(trained_on)
+        bad = non_finite(snapshot.tensors)
+        if bad is not None:
+            self.refused_snapshots += 1
+            self.divergences += 1
+            log.warning("%s: not publishing update step %d: %s", self.stream,
+                        self.update_step, bad)
+            return
+        if self.recorder is not None:
+            snapshot = dataclasses.replace(snapshot, lineage={
+                **self.recorder.for_snapshot(self.stream, self.robot_type, self.update_step),
+                "policy_spec": _policy_spec_json(self.policy_spec)})
+        self.publisher.publish(snapshot)
+
+    def snapshot(self, trained_on: Mapping[str, int]) -> Snapshot:
+        """The acting policy now, as :meth:`publish` would send it (its blob's bytes are
+        what a manifest's ``sha256`` covers)."""
+        return Snapshot.of_algorithm(
             self.algorithm, kind="mlp_gaussian", options=self.policy_options,
-            spec=self.policy_spec, learner_step=self.update_step, trained_on=trained_on))
+            spec=self.policy_spec, learner_step=self.update_step, trained_on=trained_on)
 
     def success_rate(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None
@@ -360,6 +402,8 @@ class _TypeLearner:
             "replay/live_steps": float(self.counts["live"]),
             "replay/prior_steps": float(self.counts["prior"]),
             "replay/rejected_steps": float(self.counts["rejected"]),
+            "charts/skipped_updates": float(self.skipped_updates),
+            "weights/refused_non_finite": float(self.refused_snapshots),
             "replay/steps_fingerprint": float(self.fingerprint),
             "replay/bytes": float(self.online.nbytes
                                   + (self.prior.nbytes if self.prior is not None else 0)),
@@ -369,6 +413,7 @@ class _TypeLearner:
             "weights/failed": float(p.failed),
             "weights/throttled_s": p.throttled_s,
             "weights/busy_s": p.busy_s,
+            "weights/bytes_sent": float(p.bytes_sent),
         }
 
 
@@ -419,13 +464,18 @@ class Learner:
         self._publisher_for = publisher_for
         self._clock = clock
         self.types: dict[str, _TypeLearner] = {}
-        self._watermarks: dict[tuple[str, str], int] = {}
+        self._taken = tables.HighWater()
         self._waiting: dict[str, list[tuple[Steps, Origin]]] = {}
         self._ignored: set[tuple[str, str]] = set()
         self.duplicates = 0
-        """rows dropped because they were not newer than their robot's watermark."""
+        """rows dropped as steps already taken (same step identity)."""
+        self.divergence_reloads = 0
+        """times the last good checkpoint was reloaded after repeated divergence."""
         self.trained_on: dict[str, int] = {}
         """``topic:partition -> last offset`` the buffers hold data from (for snapshots)."""
+        self.lineage = lineage.Recorder(
+            streams=[weights_stream(spec.name, t) for t in self.robot_types])
+        """what was ingested before which update (``learners.lineage``), for replay."""
         self.started = clock()
         self._tick = clock()
 
@@ -456,16 +506,9 @@ class Learner:
         return learner.add(fresh, "prior" if prior else origin)
 
     def _fresh(self, steps: Steps) -> Steps:
-        """The rows newer than their robot's watermark; moves the watermarks."""
-        robots, code = np.unique(steps.steps.robot_id, return_inverse=True)
-        marks = np.array([self._watermarks.get((steps.experiment_id, str(r)), -1)
-                          for r in robots], dtype=np.int64)
-        observed = np.asarray(steps.observed_ns, dtype=np.int64)
-        keep = observed > marks[code]
-        newest = marks.copy()
-        np.maximum.at(newest, code, observed)
-        for r, ns in zip(robots.tolist(), newest.tolist(), strict=True):
-            self._watermarks[(steps.experiment_id, str(r))] = int(ns)
+        """The rows not taken before, by step identity (``topics.tables``' rule)."""
+        keep = self._taken.fresh(steps.seq, experiment_id=steps.experiment_id,
+                                 robot_id=steps.steps.robot_id, incarnation=steps.incarnation)
         dropped = int((~keep).sum())
         if dropped:
             self.duplicates += dropped
@@ -485,6 +528,7 @@ class Learner:
     def _open(self, robot_type: str, policy_spec: PolicySpec) -> _TypeLearner:
         learner = _TypeLearner(self.spec, robot_type, policy_spec, self._publisher_for,
                                self._budget, self._clock)
+        learner.recorder = self.lineage
         self.types[robot_type] = learner
         log.info("learning %s: %s, observation %d, action %d, buffer %d steps",
                  learner.stream, self.spec.algorithm.name, policy_spec.observation_dim,
@@ -522,6 +566,10 @@ class Learner:
             if learner.update_step > learner.published_step:
                 learner.publish(self.trained_on)
 
+    def diverged(self, limit: int) -> list[str]:
+        """Robot types with at least ``limit`` non-finite updates or snapshots in a row."""
+        return [t for t, lt in self.types.items() if lt.divergences >= limit]
+
     @property
     def update_step(self) -> int:
         """Updates of all robot types together."""
@@ -553,14 +601,18 @@ class Learner:
 
     # -- metrics -----------------------------------------------------------------------
 
-    def metrics_events(self) -> list[events.LearnerMetricsV1]:
-        """One metrics event per robot type (its weights stream), since the last call."""
+    def metrics_events(self, extra: Mapping[str, float] | None = None
+                       ) -> list[events.LearnerMetricsV1]:
+        """One metrics event per robot type (its weights stream), since the last call;
+        ``extra`` (e.g. the step source's counts) goes into each."""
         now = self._clock()
         elapsed, self._tick = now - self._tick, now
         out = []
         for learner in self.types.values():
             metrics = learner.metrics(elapsed)
             metrics["replay/duplicates_dropped"] = float(self.duplicates)
+            metrics["charts/divergence_reloads"] = float(self.divergence_reloads)
+            metrics.update(extra or {})
             out.append(events.LearnerMetricsV1(
                 experiment_id=learner.stream, learner_step=learner.update_step,
                 policy_version=learner.version,
@@ -617,6 +669,25 @@ class Learner:
             learner.resumed_step = learner.update_step
 
 
+def _policy_spec_json(spec: PolicySpec) -> JSON:
+    return {"observation_dim": spec.observation_dim, "action_dim": spec.action_dim,
+            "action_low": list(spec.action_low), "action_high": list(spec.action_high)}
+
+
+def policy_spec_of(raw: JSON) -> PolicySpec:
+    """The :class:`PolicySpec` of its JSON form (checkpoints, lineage). Raises
+    ``ValueError``/``KeyError``/``TypeError`` for a malformed one."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a policy spec is a JSON object, not {raw!r:.60}")
+    low, high = raw["action_low"], raw["action_high"]
+    if not isinstance(low, list) or not isinstance(high, list):
+        raise ValueError("policy spec action bounds are not lists")
+    return PolicySpec(observation_dim=int(str(raw["observation_dim"])),
+                      action_dim=int(str(raw["action_dim"])),
+                      action_low=tuple(float(str(x)) for x in low),
+                      action_high=tuple(float(str(x)) for x in high))
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -651,6 +722,30 @@ class Checkpoints:
         return positions
 
 
+def _reload_last_good(learner: Learner, checkpoints: Checkpoints | None,
+                      diverged: list[str]) -> None:
+    """Put every robot type back to the newest checkpoint (checkpoints are finite: saving
+    refuses anything else), keeping the buffers; say so."""
+    streaks = {t: learner.types[t].divergences for t in diverged}
+    for type_learner in learner.types.values():
+        type_learner.divergences = 0
+    path = checkpoints.latest() if checkpoints is not None else None
+    if checkpoints is None or path is None:
+        log.warning("learner diverged (%s non-finite updates in a row) and has no checkpoint "
+                    "to go back to; it keeps skipping non-finite updates", streaks)
+        return
+    try:
+        checkpoints.resume(learner, path)
+    except (OSError, ValueError) as exc:
+        log.warning("learner diverged (%s non-finite updates in a row) but reloading %s "
+                    "failed: %s", streaks, path.name, exc)
+        return
+    learner.divergence_reloads += 1
+    log.warning("learner diverged (%s non-finite updates in a row): reloaded the last good "
+                "checkpoint %s (update steps now %s)", streaks, path.name,
+                {t: lt.update_step for t, lt in learner.types.items()})
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
@@ -666,6 +761,9 @@ class LoopSettings:
     """longest wait for data when the UTD cap allows no update."""
     drain_items: int = 64
     """live items taken per loop iteration at most."""
+    reload_after_divergences: int = 10
+    """non-finite updates (or snapshots) of a robot type in a row after which the learner
+    reloads its last good checkpoint."""
 
 
 @dataclass
@@ -687,6 +785,7 @@ def run(
     settings: LoopSettings | None = None,
     *,
     positions: Callable[[], Mapping[str, JSON]] = dict,
+    source_metrics: Callable[[], Mapping[str, float]] = dict,
     clock: Callable[[], float] = time.monotonic,
 ) -> LoopReport:
     """Learn until ``stop`` is set or the experiment's stop condition holds.
@@ -695,7 +794,8 @@ def run(
     arrived, then runs one update per robot type the UTD cap allows; only when none is
     allowed does it wait (at most ``idle_s``) for data.  On the way out it publishes the
     final weights, sends metrics and writes a checkpoint.  ``positions()`` adds to what
-    checkpoints record (e.g. the Delta version warm-started from).
+    checkpoints record (e.g. the Delta version warm-started from); ``source_metrics()``
+    adds to every metrics event (e.g. the source's dead letters and gaps).
     """
     settings = settings or LoopSettings()
     report = LoopReport()
@@ -704,7 +804,11 @@ def run(
     def save() -> None:
         if checkpoints is None:
             return
-        path = checkpoints.save(learner, {**positions(), "kafka": dict(source.positions())})
+        try:
+            path = checkpoints.save(learner, {**positions(), "kafka": dict(source.positions())})
+        except checkpoint.NonFiniteCheckpoint as exc:
+            log.warning("checkpoint skipped: %s", exc)
+            return
         report.checkpoints.append(path)
         log.info("checkpoint %s (update step %d)", path.name, learner.update_step)
 
@@ -712,15 +816,22 @@ def run(
         if stop.is_set():
             report.reason = "stopped"
             break
+        before = source.positions()
         for steps in source.drain(settings.drain_items):
             learner.add(steps, "live")
+        after = source.positions()
+        # Replay needs what was taken before which update (wall time decides it here).
+        learner.lineage.ingested(learner.update_step, before, after)
         # Snapshots name the last offset each partition's data came from.
-        learner.trained_on = {k: v - 1 for k, v in source.positions().items()}
+        learner.trained_on = {k: v - 1 for k, v in after.items()}
         done = learner.train_round()
+        diverged = learner.diverged(settings.reload_after_divergences)
+        if diverged:
+            _reload_last_good(learner, checkpoints, diverged)
         now = clock()
         if now - last_metrics >= settings.metrics_s:
             learner.retry_waiting()
-            for event in learner.metrics_events():
+            for event in learner.metrics_events(source_metrics()):
                 metrics.send(event)
             last_metrics = now
         if checkpoints is not None and now - last_checkpoint >= settings.checkpoint_s:
@@ -735,7 +846,7 @@ def run(
             source.wait(settings.idle_s)
             report.idle_s += clock() - waited
     learner.publish_all()
-    for event in learner.metrics_events():
+    for event in learner.metrics_events(source_metrics()):
         metrics.send(event)
     save()
     return report

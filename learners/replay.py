@@ -18,6 +18,9 @@ How a step becomes a sampleable transition ``(s_t, a_t, r_t, s_{t+1}, terminated
 
 A step whose successor never arrives (robot crashed, a gap in steps) stays unsampleable
 until the ring overwrites it.
+
+Each slot keeps the step's ``intervention`` flag beside the executed ``action`` (a human's
+where the flag is set): samples carry both, so imitation losses can weigh takeovers.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class ReplayConfig:
             "reward": ((), np.dtype(np.float32)),
             "terminated": ((), np.dtype(np.bool_)),
             "policy_version": ((), np.dtype(np.int64)),
+            "intervention": ((), np.dtype(np.bool_)),
             "next_slot": ((), np.dtype(np.int64)),
             "row_id": ((), np.dtype(np.int64)),
             "sampleable": ((), np.dtype(np.bool_)),
@@ -178,6 +182,9 @@ class NumpyReplayBuffer(ReplayBuffer):
         a["reward"][step_slots] = np.asarray(steps.reward)[order]
         a["terminated"][step_slots] = terminated
         a["policy_version"][step_slots] = np.asarray(steps.policy_version)[order]
+        a["intervention"][step_slots] = (
+            False if steps.intervention is None
+            else np.asarray(steps.intervention, dtype=bool)[order])
         a["next_slot"][step_slots] = next_slot
         a["row_id"][slots] = row_ids
         a["sampleable"][step_slots] = next_slot >= 0
@@ -192,6 +199,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             a["reward"][final_slots] = 0.0
             a["terminated"][final_slots] = False
             a["policy_version"][final_slots] = a["policy_version"][step_slots[needs_final]]
+            a["intervention"][final_slots] = False
             a["next_slot"][final_slots] = -1
             a["sampleable"][final_slots] = False
         self._written += total
@@ -246,6 +254,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             next_observation=torch.from_numpy(a["observation"][nxt]),
             terminated=torch.from_numpy(a["terminated"][idx].astype(np.float32)),
             policy_version=torch.from_numpy(version),
+            intervention=torch.from_numpy(a["intervention"][idx]),
             images={n: torch.from_numpy(a[f"image/{n}"][idx]) for n in self.config.image_shapes},
             next_images={
                 n: torch.from_numpy(a[f"image/{n}"][nxt]) for n in self.config.image_shapes
@@ -265,6 +274,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             ("reward", steps.reward, ()),
             ("terminated", steps.terminated, ()),
             ("policy_version", steps.policy_version, ()),
+            ("intervention", steps.intervention, ()),
             ("robot_id", steps.robot_id, ()),
             ("episode_id", steps.episode_id, ()),
             ("truncated", steps.truncated, ()),
@@ -309,6 +319,8 @@ def concat_batches(batches: Sequence[Batch], generator: torch.Generator | None =
         next_observation=cat([b.next_observation for b in batches]),
         terminated=cat([b.terminated for b in batches]),
         policy_version=cat([b.policy_version for b in batches]),
+        intervention=(None if any(b.intervention is None for b in batches)
+                      else cat([b.intervention for b in batches if b.intervention is not None])),
         images={n: cat([b.images[n] for b in batches]) for n in first.images},
         next_images={n: cat([b.next_images[n] for b in batches]) for n in first.next_images},
     )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from learners.core import JSON, Algorithm, Batch, TrainingState
+from learners.core import JSON, Algorithm, Batch, NonFiniteUpdate, TrainingState
 from learners.policies import PolicySpec, build_actor
 
 
@@ -206,9 +206,7 @@ class SAC(Algorithm):
 
         qs = self.qf(batch.observation, batch.action)
         qf_loss = F.mse_loss(qs, next_q_value.expand_as(qs))
-        self.q_optimizer.zero_grad()
-        torch.autograd.backward(qf_loss)
-        self.q_optimizer.step()
+        finite_step(self.q_optimizer, qf_loss, "critic")
         return {
             "losses/critic": qf_loss.item(),
             "values/q": qs.mean().item(),
@@ -232,17 +230,13 @@ class SAC(Algorithm):
         self.qf.requires_grad_(True)
         q = qs.min(dim=0).values if self.config.actor_q == "min" else qs.mean(dim=0)
         actor_loss = (alpha * log_prob - q).mean()
-        self.actor_optimizer.zero_grad()
-        torch.autograd.backward(actor_loss)
-        self.actor_optimizer.step()
+        finite_step(self.actor_optimizer, actor_loss, "actor")
         stats = {"losses/actor": actor_loss.item(), "charts/entropy": -log_prob.mean().item()}
 
         if self.config.autotune:
             # d/d(log alpha) < 0 when entropy is below target, so alpha rises, and vice versa.
             alpha_loss = (-self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_optimizer.zero_grad()
-            torch.autograd.backward(alpha_loss)
-            self.alpha_optimizer.step()
+            finite_step(self.alpha_optimizer, alpha_loss, "alpha")
             stats["losses/alpha"] = alpha_loss.item()
         stats["charts/alpha"] = self.alpha
         return stats
@@ -298,6 +292,27 @@ class SAC(Algorithm):
             "q": self.q_optimizer,
             "alpha": self.alpha_optimizer,
         }
+
+
+def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> None:
+    """Backpropagate ``loss`` and take one ``optimizer`` step, unless the loss or the
+    gradient is not finite: then the gradients are cleared, no parameter moves, and
+    :class:`~learners.core.NonFiniteUpdate` is raised.
+
+    A gradient whose norm overflows float32 counts as non-finite: stepping on it is how
+    a diverging run ends in NaN weights.
+    """
+    optimizer.zero_grad()
+    if not bool(torch.isfinite(loss.detach())):
+        raise NonFiniteUpdate(f"{name} loss is {loss.item()}")
+    torch.autograd.backward(loss)
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    if not bool(torch.isfinite(norm)):
+        optimizer.zero_grad()
+        raise NonFiniteUpdate(f"{name} gradient norm is {norm.item()}")
+    optimizer.step()
 
 
 def _jsonable(value: Any) -> JSON:

@@ -29,7 +29,7 @@ import torch
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from learners import _history, _live, loop
+from learners import _history, _live, lineage, loop, tensorboard
 from learners.core import JSON
 from schemas.experiment import ExperimentSpec
 from topics import catalog, tables
@@ -68,6 +68,9 @@ class LearnSettings(BaseSettings):
     idle_s: float = Field(0.05, gt=0, description="longest idle wait when the UTD cap is "
                                                   "reached")
     queued_records: int = Field(256, gt=0, description="live records decoded ahead")
+    reload_after_divergences: int = Field(
+        10, ge=1, description="non-finite updates of a robot type in a row after which the "
+                              "learner reloads its last good checkpoint")
 
     def checkpoint_dir(self, experiment_id: str) -> Path:
         return self.home / "learners" / experiment_id / "checkpoints"
@@ -110,7 +113,11 @@ def run(
              resolve_device(settings.device, spec))
     robots = _live.RobotSpecs(kafka)
     publishers = _live.KafkaPublishers(kafka, spec)
-    metrics = _live.KafkaMetrics(kafka)
+    metrics = tensorboard.FanOut([_live.KafkaMetrics(kafka)])
+    board = tensorboard.TensorBoardSettings()
+    if board.enabled:  # scalars for `userctl tensorboard`, beside the metrics topic
+        metrics.sinks.append(tensorboard.TensorBoardMetrics(
+            board.runs, experiment_id, flush_s=board.flush_s))
     topic = catalog.TRANSITIONS.name + settings.topic_suffix
     live: _live.LiveSteps | None = None
     try:
@@ -120,8 +127,14 @@ def run(
         if fresh:
             _move_aside(checkpoints.directory)
         latest = None if fresh else checkpoints.latest()
+        resumed_from: JSON = None
         if latest is not None:
             saved = checkpoints.resume(learner, latest)
+            earlier = saved.get("lineage")
+            resumed_from = {
+                "checkpoint": latest.name,
+                "run": earlier.get("run") if isinstance(earlier, dict) else None,
+                "update_steps": {t: lt.update_step for t, lt in learner.types.items()}}
             log.info("resumed from %s: update steps %s (it had read %s)", latest,
                      {t: lt.update_step for t, lt in learner.types.items()}, saved.get("kafka"))
         else:
@@ -142,19 +155,30 @@ def run(
                  "buffered; history ends at offsets %s", history.version, history.rows, taken,
                  history.read_s, time.perf_counter() - started, history.offsets)
         live.start({p: o + 1 for p, o in history.offsets.items()})
+        learner.lineage.header = {
+            "run": lineage.new_run_id(), "experiment": experiment_id,
+            "spec": spec.model_dump(mode="json"), "seed": spec.algorithm.seed,
+            "torch_threads": torch.get_num_threads(), "resumed_from": resumed_from,
+            "history": {"table": tables.TRANSITIONS, "version": history.version,
+                        "offsets": {f"{topic}:{p}": o for p, o in history.offsets.items()},
+                        "rows": history.rows, "chunk_rows": settings.history_chunk_rows,
+                        "experiments": list(experiments), "reward_fn": spec.reward,
+                        "topic": topic, "partitions": list(live.partitions),
+                        "sink_name": settings.sink_name}}
         warm_started: dict[str, JSON] = {
             "delta_version": history.version,
             "delta_offsets": {str(p): o for p, o in history.offsets.items()}}
         del history  # its rows are in the buffers now
 
         def positions() -> dict[str, JSON]:
-            return warm_started
+            return {**warm_started, "lineage": learner.lineage.position()}
 
         report = loop.run(
             learner, live, metrics, checkpoints, stop,
             loop.LoopSettings(metrics_s=settings.metrics_s, checkpoint_s=settings.checkpoint_s,
-                              idle_s=settings.idle_s),
-            positions=positions)
+                              idle_s=settings.idle_s,
+                              reload_after_divergences=settings.reload_after_divergences),
+            positions=positions, source_metrics=live.metrics)
         log.info("learner of %s stopped: %s (update steps %s, idle %.1f s)", experiment_id,
                  report.reason, {t: lt.update_step for t, lt in learner.types.items()},
                  report.idle_s)

@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -43,6 +43,7 @@ import torch
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learners import lineage
 from learners.core import JSON, Algorithm
 from learners.policies import PolicySpec, sha256_hex, to_safetensors, weights_metadata
 from schemas import events
@@ -112,6 +113,9 @@ class Snapshot:
     learner_step: int = 0
     trained_on: Mapping[str, int] = field(default_factory=dict)
     """'topic:partition' -> last offset the learner had used."""
+    lineage: Mapping[str, JSON] = field(default_factory=dict)
+    """what the policy trained on since the stream's previous snapshot
+    (:mod:`learners.lineage`); goes into the manifest, not the blob."""
 
     @classmethod
     def take(
@@ -240,6 +244,7 @@ def build_manifest(
         chunk_offsets=tuple(offsets),
         tensors=tensor_infos(blob),
         trained_on=dict(snapshot.trained_on),
+        lineage=dict(snapshot.lineage),
     )
 
 
@@ -302,10 +307,14 @@ class LatestSlot(Generic[T]):
         self._working = False
         self._closed = False
 
-    def put(self, item: T) -> T | None:
-        """Offer ``item``; returns the waiting item it replaced (dropped), if any."""
+    def put(self, item: T, merge: Callable[[T, T], T] | None = None) -> T | None:
+        """Offer ``item``; returns the waiting item it replaced (dropped), if any.
+        ``merge(dropped, item)``, when given, is what waits instead of ``item``."""
         with self._cond:
-            dropped, self._item = self._item, item
+            dropped = self._item
+            if dropped is not None and merge is not None:
+                item = merge(dropped, item)
+            self._item = item
             self._cond.notify_all()
             return dropped
 
@@ -428,6 +437,8 @@ class WeightsPublisher:
         self._bucket = TokenBucket(settings.max_bytes_per_s, burst, clock=clock,
                                    sleep=self._stopping.wait)
         self._thread: threading.Thread | None = None
+        self._unsent: Snapshot | None = None
+        """the last snapshot that failed to send: its lineage goes with the next one."""
 
     @property
     def published_version(self) -> int:
@@ -452,7 +463,7 @@ class WeightsPublisher:
         """Queue ``snapshot`` for sending and return at once (it replaces any queued one)."""
         if self._thread is None:
             raise RuntimeError("call start() before publish()")
-        if self._slot.put(snapshot) is not None:
+        if self._slot.put(snapshot, _carry_lineage) is not None:
             with self._state:
                 self.stats.dropped += 1
 
@@ -485,6 +496,9 @@ class WeightsPublisher:
                 self._slot.done()
 
     def _send(self, snapshot: Snapshot) -> None:
+        if self._unsent is not None:
+            snapshot = _carry_lineage(self._unsent, snapshot)
+        self._unsent = snapshot  # until its manifest is durable
         version = self._next_version
         self._next_version += 1
         started = time.monotonic()
@@ -501,6 +515,7 @@ class WeightsPublisher:
                 self.stats.busy_s += time.monotonic() - started
         if manifest is None:
             return
+        self._unsent = None
         with self._state:
             self.stats.published += 1
             self._published_version = version
@@ -528,6 +543,14 @@ class WeightsPublisher:
             self.stats.bytes_sent += len(blob)
             self.stats.throttled_s += self._bucket.waited_s - waited
         return manifest
+
+
+def _carry_lineage(earlier: Snapshot, later: Snapshot) -> Snapshot:
+    """``later`` carrying ``earlier``'s lineage too (``earlier`` is dropped or unsent), so
+    the stream's manifests still hold the learner's whole ingest log."""
+    if not earlier.lineage:
+        return later
+    return replace(later, lineage=lineage.merge(earlier.lineage, later.lineage))
 
 
 # -- an in-memory sink, for tests and for wiring without a broker ---------------------------

@@ -18,7 +18,7 @@ from schemas import events
 from topics import catalog, serde
 from topics.consumer import TopicReader
 from topics.settings import KafkaSettings
-from topics.validation import Accepted
+from topics.validation import Accepted, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class KafkaWeightsSink:
             for item in reader.read():
                 if not isinstance(item, Accepted):
                     log.warning("unreadable weights manifest at offset %d: %s",
-                                item.record.offset, item.detail)
+                                item.record.offset, excerpt(item.detail))
                     continue
                 event = item.event
                 if (isinstance(event, events.WeightsManifestV1)

@@ -27,6 +27,7 @@ from learners.policies._streams import weights_stream
 from learners.policies._weights import (
     bytes_to_state_dict,
     from_safetensors,
+    non_finite,
     safetensors_metadata,
     sha256_hex,
     state_dict_to_bytes,
@@ -47,6 +48,7 @@ __all__ = [
     "hidden_sizes_option",
     "kinds",
     "load",
+    "non_finite",
     "register",
     "safetensors_metadata",
     "sha256_hex",

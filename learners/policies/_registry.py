@@ -75,13 +75,27 @@ def register(kind: str, factory: PolicyFactory) -> None:
     _FACTORIES[kind] = factory
 
 
+def _discover() -> None:
+    """Import the ``user.policies`` plug-in modules (their import registers their kinds).
+
+    Imported here, not at module level: ``import learners.policies`` stays free of other
+    layers for the agents' inference path.
+    """
+    from topics import plugins
+
+    plugins.load("user.policies")
+
+
 def kinds() -> tuple[str, ...]:
-    """The registered policy kinds, sorted."""
+    """The registered policy kinds (``user.policies`` plug-ins included), sorted."""
+    _discover()
     return tuple(sorted(_FACTORIES))
 
 
 def build(kind: str, spec: PolicySpec, options: Mapping[str, JSON] | None = None) -> Policy:
     """A freshly initialised policy. Raises ``KeyError`` naming the known kinds."""
+    if kind not in _FACTORIES:
+        _discover()
     try:
         factory = _FACTORIES[kind]
     except KeyError:

@@ -28,7 +28,20 @@ def to_safetensors(
         )
         for name, value in weights.items()
     }
-    return safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+    blob = safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+    return _canonical_header(blob)
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """``blob`` with its JSON header's keys sorted.  safetensors writes ``__metadata__``
+    in hash-map order, which changes from process to process; sorted, the same tensors
+    and metadata are the same bytes (and SHA-256) everywhere — what a replay compares."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = text.encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8-byte alignment
+    return struct.pack("<Q", len(raw)) + raw + blob[8 + n :]
 
 
 def from_safetensors(data: bytes) -> dict[str, np.ndarray]:
@@ -74,6 +87,28 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     if not isinstance(meta, dict):
         raise ValueError("safetensors __metadata__ is not a string mapping")
     return {str(k): str(v) for k, v in meta.items()}
+
+
+def non_finite(tensors: Mapping[str, np.ndarray | torch.Tensor]) -> str | None:
+    """``None`` if every floating-point element of ``tensors`` is finite, else one line
+    naming the first tensor that holds NaN or infinity and how many such elements.
+
+    The one finiteness rule of weights: the learner checks it before it publishes or
+    checkpoints, an agent before it swaps a version in.
+    """
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                continue
+            bad = int((~torch.isfinite(value.detach())).sum().item())
+        else:
+            arr = np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.floating):
+                continue
+            bad = int((~np.isfinite(arr)).sum())
+        if bad:
+            return f"tensor {name!r} has {bad} non-finite value{'s' if bad > 1 else ''}"
+    return None
 
 
 def sha256_hex(data: bytes) -> str:

@@ -33,11 +33,6 @@ def commit(root: Path, batches: list[tuple[RewardedTransitionBatch, int, int]],
                         Transaction(tables.app_id(SINK, TOPIC, p), o) for p, o in txns.items()]))
 
 
-def test_the_shared_names_are_the_sinks() -> None:
-    assert tables.TRANSITIONS == sink_tables.TRANSITIONS
-    assert tuple(sink_tables.PARTITION_BY) == (tables.PARTITION_COLUMN,)
-
-
 def test_history_holds_the_experiments_rows_of_its_reward_fn_and_where_they_end(
         tmp_path: Path) -> None:
     r1 = [rewarded(REACHER, b, robot_id="r1") for b in range(6)]
@@ -61,8 +56,10 @@ def test_history_holds_the_experiments_rows_of_its_reward_fn_and_where_they_end(
     assert sum(len(c) for c in mine) == 90
     assert {c.robot_type for c in chunks} == {"reacher2d"}
     assert sum(len(c) for c in chunks if c.experiment_id == "old") == 20
-    observed = np.concatenate([c.observed_ns for c in mine])
-    assert (np.diff(observed) >= 0).all(), "history comes in time order"
+    for c in mine:  # each stream's steps come in the order they were taken
+        key = np.char.add(np.char.add(c.steps.robot_id.astype(str), "/"), c.incarnation)
+        same = key[1:] == key[:-1]
+        assert (np.diff(c.seq)[same] > 0).all()
 
     # Row for row what the live path makes of the same batch.
     got = [c for c in chunks if c.experiment_id == "exp-1"]
@@ -73,13 +70,13 @@ def test_history_holds_the_experiments_rows_of_its_reward_fn_and_where_they_end(
         for i in range(len(want)):
             c, j = rows[(batch.robot_id, str(want.steps.episode_id[i]), int(want.steps.step[i]))]
             for name in ("observation", "action", "reward", "terminated", "truncated",
-                         "policy_version", "next_observation"):
+                         "policy_version", "next_observation", "intervention"):
                 a, b = getattr(want.steps, name)[i], getattr(c.steps, name)[j]
                 if name == "next_observation" and not np.asarray(want.steps.truncated)[i]:
                     continue
                 np.testing.assert_array_equal(a, b, err_msg=name)
             assert want.success[i] == c.success[j]
-            assert want.observed_ns[i] == c.observed_ns[j]
+            assert (want.incarnation[i], want.seq[i]) == (c.incarnation[j], c.seq[j])
     assert np.asarray(Steps.of_batch(r1[2]).steps.truncated).any()
 
 

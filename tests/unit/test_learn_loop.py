@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from learners import loop, policies
+from learners import checkpoint, loop, policies
 from learners.loop import Learner, Steps
 from learners.weights_sync import InMemoryWeightsSink, WeightsPublisher
 from schemas import events, samples
@@ -317,3 +317,99 @@ def test_fingerprints_add_up_and_notice_a_doubled_or_missing_step() -> None:
     other = steps.copy()
     other[3] = 2  # (r1, e1, 1) missing, (r1, e1, 2) instead
     assert loop.fingerprint(ids, episodes, other) != whole
+
+
+# -- finite or nothing (issue 10, failing input 4) -------------------------------------------
+
+
+def poisoned(batch: int, robot_id: str = "r1") -> Steps:
+    """Rows whose observations hold 1e30: finite, but SAC's losses overflow on them."""
+    steps = Steps.of_batch(rewarded(REACHER, batch, robot_id=robot_id))
+    steps.steps.observation[:] = 1e30
+    return steps
+
+
+def published_tensors(publishers: Publishers, stream: str) -> list[dict[str, np.ndarray]]:
+    for p in publishers.publishers:
+        p.flush(10.0)
+    sink = publishers.sinks[stream]
+    return [policies.from_safetensors(b"".join(sink.chunks[o].data for o in m.chunk_offsets))
+            for m in sink.manifests]
+
+
+def test_non_finite_updates_are_skipped_counted_and_never_reach_the_weights(
+        publishers: Publishers, caplog: pytest.LogCaptureFixture) -> None:
+    learner = make(experiment(), publishers)
+    for b in range(3):
+        learner.add(poisoned(b), "live")
+    for _ in range(5):
+        assert learner.train_round() == 1  # an update was tried, and skipped
+    t = learner.types["reacher2d"]
+    assert t.update_step == 0 and t.skipped_updates == 5 and t.divergences == 5
+    assert sum("update skipped" in r.message for r in caplog.records
+               if r.levelname == "WARNING") == 1  # the first of a run; the rest at DEBUG
+    learner.publish_all()
+    (metrics,) = learner.metrics_events()
+    assert metrics.metrics["charts/skipped_updates"] == 5
+    for tensors in published_tensors(publishers, t.stream):
+        assert policies.non_finite(tensors) is None
+
+
+def test_a_non_finite_policy_is_neither_published_nor_checkpointed(
+        tmp_path: Path, publishers: Publishers, caplog: pytest.LogCaptureFixture) -> None:
+    learner = make(experiment(), publishers)
+    learner.add(Steps.of_batch(rewarded(REACHER, 0)), "live")
+    train_until_capped(learner)
+    learner.publish_all()
+    t = learner.types["reacher2d"]
+    versions = len(published_tensors(publishers, t.stream))
+    assert versions >= 1
+    with torch.no_grad():  # a divergence that got past the update's own guard
+        next(t.algorithm.actor.parameters()).fill_(float("nan"))
+    learner.add(Steps.of_batch(rewarded(REACHER, 1)), "live")
+    t.algorithm.update_step += 1  # pretend one more update ran, so a publish is due
+    learner.publish_all()
+    assert len(published_tensors(publishers, t.stream)) == versions  # nothing new went out
+    assert t.refused_snapshots == 1 and t.divergences == 1
+    assert any("not publishing" in r.message for r in caplog.records)
+    with pytest.raises(checkpoint.NonFiniteCheckpoint, match="non-finite"):
+        loop.Checkpoints(tmp_path).save(learner, {})
+    assert loop.Checkpoints(tmp_path).latest() is None
+
+
+def test_repeated_divergence_reloads_the_last_good_checkpoint_and_says_so(
+        tmp_path: Path, publishers: Publishers, caplog: pytest.LogCaptureFixture) -> None:
+    learner = make(experiment(), publishers)
+    learner.add(Steps.of_batch(rewarded(REACHER, 0)), "live")
+    train_until_capped(learner)
+    t = learner.types["reacher2d"]
+    good_step = t.update_step
+    good = t.algorithm.policy_weights()
+    checkpoints = loop.Checkpoints(tmp_path)
+    checkpoints.save(learner, {})
+    stop = threading.Event()
+
+    class StopAfterReload(Metrics):
+        def send(self, event: events.LearnerMetricsV1) -> None:
+            super().send(event)
+            if (event.metrics.get("charts/divergence_reloads") or 0) >= 2:
+                stop.set()
+
+    metrics = StopAfterReload()
+    # 100 poisoned batches for 1 clean one: every sampled batch holds a poisoned row.
+    source = Source([poisoned(b, robot_id="r2") for b in range(100)])
+    loop.run(learner, source, metrics, checkpoints, stop,
+             loop.LoopSettings(metrics_s=0.0, checkpoint_s=3600, drain_items=100,
+                               reload_after_divergences=3))
+    last = metrics.events[-1].metrics
+    assert last["charts/divergence_reloads"] == 2
+    assert last["charts/skipped_updates"] == 6  # 3 in a row, twice
+    assert t.update_step == good_step  # back where the good checkpoint was
+    now = t.algorithm.policy_weights()
+    assert all(np.array_equal(now[k], good[k]) for k in good)
+    reloads = [r for r in caplog.records if r.levelname == "WARNING"
+               and "reloaded the last good checkpoint" in r.message]
+    assert len(reloads) == 2
+    assert "{'reacher2d': 3} non-finite updates in a row" in reloads[0].getMessage()
+    for tensors in published_tensors(publishers, t.stream):
+        assert policies.non_finite(tensors) is None

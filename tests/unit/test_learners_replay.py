@@ -258,3 +258,26 @@ class TestMixingSampler:
         stats = replay.MixingSampler(online, prior).sample(64, current_version=3).stats
         assert stats["replay/prior_fraction"] == 0.5
         assert {"replay/version_lag_mean", "replay/prior/version_lag_mean"} <= set(stats)
+
+
+def test_the_buffer_keeps_each_steps_intervention_flag_beside_its_executed_action() -> None:
+    buf = replay.NumpyReplayBuffer(_config())
+    rows = _episode(0, 0, range(20), truncated_at=19)
+    rows["intervention"] = rows["step"] % 3 == 1
+    rows["action"][:, 0] = rows["step"]  # the executed action names its step
+    buf.add(_batch(rows, shuffle_seed=1))
+    batch = buf.sample(500)
+    assert batch.intervention is not None
+    steps = batch.observation[:, 2].long()
+    assert torch.equal(batch.action[:, 0].long(), steps)
+    assert torch.equal(batch.intervention, steps % 3 == 1)
+    halves = batch.split(2)
+    assert all(h.intervention is not None and len(h.intervention) == 250 for h in halves)
+    mixed = replay.MixingSampler(buf, buf, 0.5).sample(64)
+    assert mixed.intervention is not None and mixed.intervention.dtype == torch.bool
+
+
+def test_steps_recorded_without_the_flag_read_as_the_policys() -> None:
+    buf = replay.NumpyReplayBuffer(_config())
+    buf.add(_batch(_episode(0, 0, range(10), terminated_at=9)))
+    assert not buf.sample(100).intervention.any()  # type: ignore[union-attr]

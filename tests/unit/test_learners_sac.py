@@ -145,3 +145,43 @@ def test_published_weights_drive_an_agent_policy_like_the_learners_actor() -> No
     with torch.no_grad():
         expected = algo.actor.mode(obs).numpy()
     assert (policy.act(obs.numpy(), deterministic=True) == expected).all()
+
+
+# -- finite or nothing (issue 10, failing input 4) -------------------------------------------
+
+
+def _parameters(algo: sac.SAC) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in algo.state().tensors.items() if k != "generator"}
+
+
+@pytest.mark.parametrize("poison", ["huge observation", "infinite reward"])
+def test_a_non_finite_loss_skips_the_update_and_moves_no_parameter(poison: str) -> None:
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL))
+    algo.update(_batch(seed=1))  # optimiser state exists, so an unguarded step would move
+    before = _parameters(algo)
+    batch = _batch(seed=2)
+    if poison == "huge observation":  # finite, yet the critic's square overflows float32
+        batch.observation[3, 0] = 1e30
+    else:
+        batch.reward[5] = math.inf
+    with pytest.raises(core.NonFiniteUpdate):
+        algo.update(batch)
+    after = _parameters(algo)
+    assert algo.update_step == 1
+    assert after.keys() == before.keys()
+    for name, value in after.items():
+        assert torch.equal(value, before[name]), name
+        assert torch.isfinite(value).all(), name
+    algo.update(_batch(seed=3))  # a clean batch trains again
+    assert algo.update_step == 2
+
+
+def test_a_finite_loss_with_an_overflowing_gradient_is_not_stepped() -> None:
+    weight = torch.nn.Parameter(torch.full((2,), 1e-3))
+    optimizer = torch.optim.Adam([weight])
+    loss = (weight * 3e38).sum()  # 6e35: finite; its gradient's norm, 4.2e38, is not
+    assert torch.isfinite(loss)
+    with pytest.raises(core.NonFiniteUpdate, match="gradient"):
+        sac.finite_step(optimizer, loss, "test")
+    assert torch.equal(weight.detach(), torch.full((2,), 1e-3))
+    assert weight.grad is None

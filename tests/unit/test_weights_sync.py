@@ -463,3 +463,47 @@ def test_a_robot_without_a_lease_runs_its_fallback() -> None:
     assert weights.learned_or(lambda: fallback, sub, lambda: None, "reacher2d")() == fallback
     assert weights.learned_or(lambda: fallback, None, lambda: Lease(LEASED_EXPERIMENT, "l"),
                               "reacher2d")() == fallback
+
+
+# -- finite or nothing (issue 10, failing input 4) -------------------------------------------
+
+
+def nan_snapshot(seed: int, step: int = 0) -> Snapshot:
+    """A version as a diverged learner without guards would publish it: NaN in a layer."""
+    snap = snapshot(seed, step)
+    name = sorted(snap.tensors)[0]
+    poisoned = dict(snap.tensors)
+    poisoned[name] = np.full_like(poisoned[name], np.nan)
+    return Snapshot.take(poisoned, kind="mlp_gaussian", options=OPTIONS, spec=SPEC,
+                         learner_step=step)
+
+
+def test_weights_with_a_nan_tensor_are_refused_before_any_policy_is_built() -> None:
+    manifest, fetched, _ = published(nan_snapshot(1))
+    with pytest.raises(WeightsRejected) as err:
+        weights.build_policy(manifest, weights.assemble(manifest, fetched), SPEC)
+    assert err.value.reason == "non_finite"
+    assert "non-finite" in err.value.detail
+
+
+def test_a_nan_version_is_refused_and_reported_and_the_robot_keeps_acting_finitely() -> None:
+    sink = InMemoryWeightsSink()
+    sub = WeightsSubscriber(lambda: MemorySource(sink), SPEC)
+    lease = Lease(LEASED_EXPERIMENT, "lease-1")
+    current = weights.learned_or(lambda: (lambda obs: np.zeros(2, np.float32), 0), sub,
+                                 lambda: lease, "reacher2d")
+    sub.start()
+    try:
+        current()  # the robot asks for its experiment's weights
+        publish_now(sink, snapshot(1), 1)
+        assert sub.wait_applied(EXP, 1, 10.0)
+        publish_now(sink, nan_snapshot(2), 2)
+        assert sub.wait_rejected(EXP, 2, 10.0)
+        act, version = current()
+        assert version == 1
+        assert sub.rejected["non_finite"] == 1
+        assert "v2 refused" in sub.last_rejection and "non-finite" in sub.last_rejection
+        assert sub.applied_versions == [(EXP, 1)]
+        assert np.isfinite(act(OBS[0])).all()
+    finally:
+        sub.close()
