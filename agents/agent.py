@@ -30,11 +30,12 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents import pacing, registry, safety, weights, weights_kafka
-from agents.outbox import Outbox
+from agents.outbox import Outbox, OutboxDeadLetters
 from agents.policies import PolicyFn, RandomPolicy, scripted
 from agents.worker import Lease, RobotWorker
 from schemas import events as ev
-from topics import catalog, tables
+from topics import catalog, tables, validation
+from topics.consumer import DeadLetterSink
 from topics.follow import Follower
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
@@ -49,7 +50,10 @@ class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="USER_AGENT_", frozen=True, extra="ignore",
                                       populate_by_name=True)
 
-    robot_type: str = Field(description="registered robot type, e.g. reacher2d or arm7")
+    robot_type: str = Field(description="registered robot type, e.g. reacher2d or panda")
+    task: str = Field("reach", pattern=r"^[a-z][a-z0-9_-]*$",
+                      description="the task the robots are set up for (reach, push, "
+                                  "pick_place); experiments with this task lease them")
     site: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="where it runs")
     robot_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
@@ -66,6 +70,9 @@ class AgentSettings(BaseSettings):
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat period")
     spool_mb: int = Field(1024, ge=1, description="local disk budget for an outage")
     seed: int | None = Field(None, description="robots' random seed (None: fresh)")
+    cameras: tuple[str, ...] = Field(
+        (), description="cameras to record every step, e.g. '[\"overhead\"]' (JSON list)")
+    camera_size: tuple[int, int] = Field((64, 64), description="camera (height, width)")
     home: Path = Field(default_factory=tables.user_home,
                        validation_alias=AliasChoices("USER_HOME"),
                        description="state directory; the agent's spool lives under it")
@@ -88,15 +95,17 @@ class AgentSettings(BaseSettings):
 class _Mailbox:
     """Leases and commands for this process's robots, filled by the follower thread."""
 
-    def __init__(self, robot_ids: list[str]) -> None:
+    def __init__(self, robot_ids: list[str],
+                 dead_letters: DeadLetterSink | None = None) -> None:
         self._ids = set(robot_ids)
+        self._dead_letters = dead_letters
         self._lock = threading.Lock()
         self.leases: dict[str, Lease | None] = dict.fromkeys(robot_ids)
         self._commands: dict[str, list[ev.CommandKind]] = defaultdict(list)
 
     def take(self, item: object) -> None:
         if not isinstance(item, Accepted):
-            log.warning("unreadable control record: %s", item)
+            self._refused(item)
             return
         event = item.event
         with self._lock:
@@ -111,6 +120,20 @@ class _Mailbox:
                     self._commands[event.robot_id].append(event.command)
                 case _:
                     pass
+
+    def _refused(self, item: object) -> None:
+        """Dead-letter a control record this agent cannot read — if it is addressed to
+        one of its robots (or to nobody), so that not every agent of the fleet files it."""
+        if not isinstance(item, Rejected):
+            return
+        key = item.record.key
+        mine = key is None or key.decode("utf-8", "replace") in self._ids
+        if mine and self._dead_letters is not None:
+            self._dead_letters.send(item)
+        else:
+            log.info("unreadable control record %s[%d]@%d for another agent: %s",
+                     item.record.topic, item.record.partition, item.record.offset,
+                     validation.excerpt(item.detail))
 
     def lease(self, robot_id: str) -> Lease | None:
         with self._lock:
@@ -130,13 +153,14 @@ class Agent:
         kafka.sites.partitions_of(settings.site)  # an unknown site fails here, in one line
         self.robot_ids = settings.robot_ids()
         self._stop = threading.Event()
-        self.mailbox = _Mailbox(self.robot_ids)
         self.pacer: pacing.Pacer | None = None
         options: dict[str, Any] = {}
         if settings.control_hz is not None:
             options["control_hz"] = settings.control_hz
+        if settings.cameras:
+            options.update(cameras=settings.cameras, camera_size=settings.camera_size)
         self.robots = [
-            registry.make_robot(settings.robot_type,
+            registry.make_robot(settings.robot_type, task=settings.task,
                                 seed=None if settings.seed is None else settings.seed + i,
                                 **options)
             for i in range(len(self.robot_ids))
@@ -144,8 +168,11 @@ class Agent:
         spool = settings.home / "agents" / settings.site / self.robot_ids[0] / "spool"
         self.outbox = Outbox(kafka, spool, max_bytes=settings.spool_mb << 20,
                              role=f"agent-{self.robot_ids[0]}")
+        self.dead_letters = OutboxDeadLetters(self.outbox, consumer=f"agent-{self.robot_ids[0]}")
+        self.mailbox = _Mailbox(self.robot_ids, self.dead_letters)
         # Learned policies: fetched and verified in the background, swapped in per step.
-        self.weights = weights_kafka.subscriber_for(kafka, self.robots[0].spec)
+        self.weights = weights_kafka.subscriber_for(kafka, self.robots[0].spec,
+                                                    dead_letters=self.dead_letters)
         self.workers = [
             RobotWorker(robot, robot_id=rid, site=settings.site, sink=self.outbox,
                         policy=self._policy_for(robot, i),
@@ -193,7 +220,9 @@ class Agent:
                 now = time.monotonic()
                 if now >= next_beat:
                     for worker in self.workers:
-                        beats.send(catalog.HEARTBEATS, worker.heartbeat(seq, now - started))
+                        beats.send(catalog.HEARTBEATS, worker.heartbeat(
+                            seq, now - started, spool_bytes=self.outbox.spool_bytes,
+                            dead_letters=self.outbox.dead_letters + self.dead_letters.sent))
                     seq += 1
                     next_beat = now + self.settings.heartbeat_s
                 pacer.wait()

@@ -1,40 +1,92 @@
 """Robot types by name: ``register_robot("reacher2d", factory)``, ``make_robot("reacher2d")``.
 
-The built-in simulated types (``agents.sim``) register themselves the first time a type
-is looked up, so importing this module does not import MuJoCo.
+Types come from the ``user.robots`` entry points (``topics.plugins``): USER's own
+(``reacher2d``, ``arm7``, ``panda``, ``ur5e``) and any installed lab package's, loaded the
+first time a type is looked up, so importing this module does not import MuJoCo. A type
+set up for several tasks (``reach``, ``push``, ``pick_place``) takes ``task=`` from
+``make_robot``; a plain factory is a reach-only type.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
 import re
 from collections.abc import Callable
 
 from agents import robot as robot_mod
 from agents import safety, validation
+from topics import plugins
 
-__all__ = ["RobotFactory", "make_robot", "register_robot", "robot_types"]
+__all__ = [
+    "ENTRY_POINTS",
+    "RobotFactory",
+    "RobotType",
+    "make_robot",
+    "register_robot",
+    "robot_tasks",
+    "robot_types",
+]
+
+log = logging.getLogger(__name__)
 
 #: Builds an unguarded, unvalidated robot from keyword options (seed, control_hz, cameras…).
 RobotFactory = Callable[..., robot_mod.Robot]
+#: The entry-point group robot types are discovered in.
+ENTRY_POINTS = "user.robots"
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotType:
+    """What a ``user.robots`` entry point names: a factory and the tasks it can be set up
+    for. ``tasks`` is a tuple, or a function returning one (types that take any
+    registered scene task). The factory takes ``task=`` as a keyword option."""
+
+    factory: RobotFactory
+    tasks: tuple[str, ...] | Callable[[], tuple[str, ...]]
+
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
-_BUILTIN_MODULES = ("agents.sim",)
+#: Imported when no ``user.robots`` entry point exists (running from a source tree that
+#: was never installed), so the built-ins still register.
+_FALLBACK_MODULES = ("agents.sim",)
 _factories: dict[str, RobotFactory] = {}
+_tasks: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]] | None] = {}
 _builtins_loaded = False
 
 
-def register_robot(name: str, factory: RobotFactory, *, replace: bool = False) -> None:
+def register_robot(
+    name: str,
+    factory: RobotFactory,
+    *,
+    tasks: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+    replace: bool = False,
+) -> None:
     """Make ``name`` buildable by ``make_robot``.
 
-    Raises ``ValueError`` for a malformed name, or when ``name`` is taken and ``replace``
-    is false.
+    ``tasks``: the tasks the factory can be set up for (it then takes ``task=``); ``None``
+    for a reach-only factory that takes no ``task``. Raises ``ValueError`` for a
+    malformed name, or when ``name`` is taken and ``replace`` is false.
     """
     if not _NAME.match(name):
         raise ValueError(f"robot type {name!r} must match {_NAME.pattern}")
     if name in _factories and not replace and _factories[name] is not factory:
         raise ValueError(f"robot type {name!r} is already registered; pass replace=True")
     _factories[name] = factory
+    _tasks[name] = tasks
+
+
+def robot_tasks(name: str) -> tuple[str, ...]:
+    """The tasks robot type ``name`` can be set up for; raises ``RobotError`` (one line)
+    for an unknown type."""
+    _load_builtins()
+    if name not in _factories:
+        raise _unknown(name)
+    tasks = _tasks.get(name)
+    if tasks is None:
+        return ("reach",)
+    return tuple(tasks() if callable(tasks) else tasks)
 
 
 def robot_types() -> list[str]:
@@ -43,19 +95,28 @@ def robot_types() -> list[str]:
     return sorted(_factories)
 
 
-def make_robot(name: str, *, validate: bool = True, **options: object) -> safety.Guarded:
-    """Build a robot of type ``name``, probe it, and wrap it in the safety layer.
+def make_robot(
+    name: str, *, task: str = "reach", validate: bool = True, **options: object
+) -> safety.Guarded:
+    """Build a robot of type ``name`` set up for ``task``, probe it, and wrap it in the
+    safety layer.
 
     ``options`` go to the type's factory (the simulated arms take ``seed``, ``control_hz``,
     ``cameras``, ``camera_size``, ``max_episode_steps``). With ``validate`` the robot is
     probed as ``agents.validation.validate`` describes. Raises ``RobotError`` (one line)
-    for an unknown type, options the factory rejects, or a failed probe.
+    for an unknown type, a task the type cannot do, options the factory rejects, or a
+    failed probe.
     """
     _load_builtins()
     factory = _factories.get(name)
     if factory is None:
-        known = ", ".join(sorted(_factories)) or "none"
-        raise robot_mod.RobotError(f"unknown robot type {name!r}; registered types: {known}")
+        raise _unknown(name)
+    tasks = robot_tasks(name)
+    if task not in tasks:
+        raise robot_mod.RobotError(
+            f"robot type {name!r} cannot do task {task!r}; it can do: {', '.join(tasks)}")
+    if _tasks.get(name) is not None:
+        options["task"] = task
     try:
         robot = factory(**options)
     except TypeError as exc:
@@ -69,9 +130,30 @@ def make_robot(name: str, *, validate: bool = True, **options: object) -> safety
     return safety.Guarded(robot)
 
 
-def _load_builtins() -> None:
+def _unknown(name: str) -> robot_mod.RobotError:
+    known = ", ".join(sorted(_factories)) or "none"
+    return robot_mod.RobotError(f"unknown robot type {name!r}; registered types: {known}")
+
+
+def _load_builtins(*, reload: bool = False) -> None:
+    """Register every ``user.robots`` entry point (once; ``reload`` re-reads them)."""
     global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
+    if _builtins_loaded and not reload:
+        return
+    _builtins_loaded = True
+    found = plugins.load(ENTRY_POINTS, reload=reload)
+    if not found:
+        for module in _FALLBACK_MODULES:
             importlib.import_module(module)
+    for plugin in found:
+        value = plugin.value
+        try:
+            if isinstance(value, RobotType):
+                register_robot(plugin.name, value.factory, tasks=value.tasks, replace=True)
+            elif callable(value):
+                register_robot(plugin.name, value, replace=True)
+            elif plugin.error is None:
+                raise ValueError(f"{plugin.target} is neither a RobotType nor a factory")
+        except ValueError as exc:
+            log.warning("plug-in %s %r from %s skipped: %s", ENTRY_POINTS, plugin.name,
+                        plugin.package, exc)

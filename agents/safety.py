@@ -6,7 +6,10 @@
   period and is counted, never passed on;
 * actions are clipped to ``spec.action`` bounds (counted too);
 * a latched emergency stop: after ``estop()`` every ``step`` holds the robot instead of
-  moving it, and ``reset`` is refused until a person calls ``release()``.
+  moving it, and ``reset`` is refused until a person calls ``release()``;
+* workspace limits for Cartesian arms: a robot with a ``workspace`` attribute (a
+  ``Workspace``) has the position part of each action scaled back so the end effector's
+  commanded target stays inside the box (counted in ``workspace_clips``).
 
 Joint limits are the driver's: the simulated arms clamp their position targets to the
 joint ranges in their MJCF, as a real controller clamps to its soft limits.
@@ -14,13 +17,41 @@ joint ranges in their MJCF, as a real controller clamps to its soft limits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import numpy.typing as npt
 
 from agents import robot as robot_mod
 from schemas import spaces
 
-__all__ = ["Guarded", "clip_action"]
+__all__ = ["Guarded", "Workspace", "clip_action"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """Where a Cartesian arm's end effector may be commanded (world frame, metres).
+
+    The robot's action starts with a position delta ``[dx, dy, dz]`` that moves the
+    end-effector target by ``step_m`` metres per unit; ``info[ee_info]`` is the end
+    effector's position after each step.
+    """
+
+    low: tuple[float, float, float]
+    high: tuple[float, float, float]
+    step_m: float
+    ee_info: str = "ee_pos"
+
+    def limit(self, action: npt.NDArray[np.float32], ee: npt.ArrayLike
+              ) -> npt.NDArray[np.float32]:
+        """``action`` with its position part cut so ``ee + delta`` stays in the box."""
+        pos = np.asarray(ee, dtype=np.float64)
+        lo = (np.asarray(self.low) - pos) / self.step_m
+        hi = (np.asarray(self.high) - pos) / self.step_m
+        out = action.copy()
+        # Outside the box already (a push, a drift): only moves back toward it are allowed.
+        out[:3] = np.clip(out[:3], np.minimum(lo, 0.0), np.maximum(hi, 0.0))
+        return out
 
 
 def clip_action(spec: spaces.ArraySpec, action: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -53,6 +84,11 @@ class Guarded(robot_mod.Robot):
         self.rejected_actions = 0
         #: The last rejection's reason, for the agent's log.
         self.last_rejection: str | None = None
+        #: The end-effector box of a Cartesian arm (``None``: a joint-space robot).
+        self.workspace: Workspace | None = getattr(robot, "workspace", None)
+        #: Actions whose position part was cut to keep the end effector in the workspace.
+        self.workspace_clips = 0
+        self._ee: npt.NDArray[np.float32] | None = None
 
     @property
     def spec(self) -> spaces.RobotSpec:
@@ -71,7 +107,7 @@ class Guarded(robot_mod.Robot):
     def estop(self) -> robot_mod.Step:
         """Latch the e-stop and hold the robot now. Idempotent."""
         self._estopped = True
-        return self._robot.hold()
+        return self._seen(self._robot.hold())
 
     def release(self) -> None:
         """Unlatch the e-stop; the next episode must start with ``reset``."""
@@ -82,7 +118,7 @@ class Guarded(robot_mod.Robot):
             raise robot_mod.RobotError(
                 f"{self._spec.robot_type}: e-stop is engaged; call release() before reset()"
             )
-        return self._robot.reset(seed)
+        return self._seen(self._robot.reset(seed))
 
     def step(self, action: npt.NDArray[np.floating]) -> robot_mod.Step:
         if self._estopped:
@@ -95,10 +131,20 @@ class Guarded(robot_mod.Robot):
             return self._robot.hold()
         if not np.array_equal(safe, np.asarray(action, dtype=np.float32)):
             self.clipped_actions += 1
-        return self._robot.step(safe)
+        if self.workspace is not None and self._ee is not None:
+            inside = self.workspace.limit(safe, self._ee)
+            if not np.array_equal(inside, safe):
+                self.workspace_clips += 1
+            safe = inside
+        return self._seen(self._robot.step(safe))
 
     def hold(self) -> robot_mod.Step:
-        return self._robot.hold()
+        return self._seen(self._robot.hold())
+
+    def _seen(self, step: robot_mod.Step) -> robot_mod.Step:
+        if self.workspace is not None:
+            self._ee = step.info.get(self.workspace.ee_info)
+        return step
 
     def close(self) -> None:
         self._robot.close()

@@ -12,10 +12,14 @@ import numpy.typing as npt
 
 from schemas.events import RejectReason, SchemaError
 from schemas.transitions import RewardedTransitionBatch, TransitionBatch
+from topics import plugins
 
-#: Modules imported before a lookup, so their ``@register`` lines run.  Add a plug-in
-#: module here (or import it before calling :func:`lookup`).
-PLUGIN_MODULES: tuple[str, ...] = ("pipeline.rewards.reach",)
+#: Imported before a lookup when no ``user.rewards`` entry point is installed (a source
+#: tree never pip-installed). Plug-ins — the built-ins included — are modules declared
+#: under the ``user.rewards`` entry-point group, whose ``@register`` lines run on import.
+PLUGIN_MODULES: tuple[str, ...] = ("pipeline.rewards.reach", "pipeline.rewards.manipulation")
+#: The entry-point group reward modules are discovered in.
+ENTRY_POINTS = "user.rewards"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -116,8 +120,10 @@ def register(name: str, version: str, *, needs: tuple[str, ...] = ()
 
 
 def _load_plugins() -> None:
-    for module in PLUGIN_MODULES:
-        importlib.import_module(module)
+    # A broken plug-in is logged in one line by topics.plugins and skipped.
+    if not plugins.load(ENTRY_POINTS):
+        for module in PLUGIN_MODULES:
+            importlib.import_module(module)
 
 
 def available() -> dict[str, Registered]:
