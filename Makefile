@@ -11,7 +11,7 @@ STAMP     := $(VENV)/.user-setup-$(SETUP_KEY)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup jars test test-unit lint demo broker-start broker-stop clean help
+.PHONY: setup jars browser test test-unit lint demo broker-start broker-stop clean help
 
 help:
 	@echo "make demo   — start the broker, create the topics and run the demo"
@@ -31,7 +31,12 @@ $(STAMP): pyproject.toml
 jars: $(STAMP)
 	@$(BIN)/userctl broker classpath >/dev/null
 
-test: setup
+# The browser tests drive Debian's chromium; CI runs as root on a fresh machine.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup

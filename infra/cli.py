@@ -25,9 +25,12 @@ COMMANDS: tuple[str, ...] = (
     "infra.cmd_history",
     "infra.cmd_learn",
     "infra.cmd_fleet",
+    "infra.cmd_plugins",
     "infra.cmd_tail",
     "infra.cmd_topology",
     "infra.cmd_demo",
+    "infra.cmd_tensorboard",
+    "infra.cmd_dashboard",
     "infra.bench",
 )
 
@@ -56,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # librdkafka's notices (group joins, purged queues) are its own business; its warnings
+    # and errors reach the console through logging, never as raw `%N|…` lines.
+    if logging.getLogger().level < logging.WARNING:
+        logging.getLogger("librdkafka").setLevel(
+            logging.DEBUG if os.environ.get("USER_LOG_LEVEL", "").upper() == "DEBUG"
+            else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except (BrokerError, BrokerUnreachableError) as exc:

@@ -110,6 +110,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"submitted experiment {name} ({args.experiment})")
     print(f"starting {len(run_topo.roles)} roles: {', '.join(run_topo.roles)} "
           f"(logs in {home / 'logs' / run_topo.name})")
+    print(f"watch it: `userctl dashboard` (a web page), `userctl tensorboard {name}`")
     sup_thread.start()
     reason = "interrupted (Ctrl-C)"
     progress = Progress(name, window=stop_spec.success_window)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from agents import spool as agent_spool
 from infra._yaml import load_model
 from pipeline.controller import Controller, ControllerSettings
 from pipeline.fleet import Fleet
@@ -31,6 +32,8 @@ log = logging.getLogger("userctl")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("agent", help="run robots at a site (simulated or real drivers)")
     p.add_argument("--robot-type", required=True, help="registered robot type")
+    p.add_argument("--task", help="task the robots are set up for (default reach); "
+                                  "experiments with this task lease them")
     p.add_argument("--site", required=True, help="the site the robots are at")
     p.add_argument("--robot-id", help="robot id (with --count > 1: prefix of <id>-<n>)")
     p.add_argument("--count", type=int, default=1, help="robots hosted by this process")
@@ -79,7 +82,7 @@ def _agent(args: argparse.Namespace) -> int:
 
     overrides: dict[str, object] = {"robot_type": args.robot_type, "site": args.site,
                                     "count": args.count}
-    for name in ("robot_id", "policy", "control_hz", "seed"):
+    for name in ("robot_id", "policy", "control_hz", "seed", "task"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.fast:
@@ -174,21 +177,26 @@ def _robots(args: argparse.Namespace) -> int:
                 "state": r.state.value, "experiment": r.experiment_id,
                 "last_heartbeat_s": round(now - r.last_seen, 1),
                 "steps_per_s": round(r.steps_per_s, 1), "steps_total": r.steps_total,
-                "policy_version": r.policy_version,
+                "policy_version": r.policy_version, "spool_bytes": r.spool_bytes,
+                "spool_full": r.spool_full, "dead_letters": r.dead_letters,
             }))
         return 0
     if not robots:
         print("no robots have announced yet; start one with "
               "`userctl agent --robot-type reacher2d --site lab-a`")
         return 0
-    rows = [["ROBOT", "TYPE", "SITE", "STATE", "EXPERIMENT", "LAST HEARTBEAT", "STEPS/S"]]
+    rows = [["ROBOT", "TYPE", "SITE", "STATE", "EXPERIMENT", "LAST HEARTBEAT", "STEPS/S",
+             "SPOOL", "DEAD LETTERS"]]
     for r in robots:
         silent = now - r.last_seen
         state = r.state.value
+        if r.spool_full:
+            state += " (spool-full)"  # held: the agent's spool has no room left
         if silent > fleet.heartbeat_timeout_s and r.state is not ev.RobotState.LOST:
             state += " (silent)"
         rows.append([r.robot_id, r.robot_type, r.site, state, r.experiment_id or "-",
-                     _ago(silent), f"{r.steps_per_s:.1f}"])
+                     _ago(silent), f"{r.steps_per_s:.1f}", agent_spool.human_bytes(r.spool_bytes),
+                     str(r.dead_letters)])
     _table(rows)
     return 0
 
@@ -197,8 +205,35 @@ def _robots(args: argparse.Namespace) -> int:
 
 
 def load_spec(path: Path) -> ExperimentSpec:
-    """Read and validate an experiment file; errors name the field and the file."""
-    return load_model(path, ExperimentSpec, "experiment spec")
+    """Read and validate an experiment file; errors name the field and the file.
+
+    Beyond the spec's own rules, every requested robot type must be registered and able
+    to do the experiment's ``task`` (``agents.registry``, plug-ins included).
+    """
+    spec = load_model(path, ExperimentSpec, "experiment spec")
+    problems = task_problems(spec)
+    if problems:
+        raise SystemExit("\n".join([f"userctl: {path} is not a valid experiment spec:",
+                                     *(f"  {p}" for p in problems)]))
+    return spec
+
+
+def task_problems(spec: ExperimentSpec) -> list[str]:
+    """Field-level problems with ``spec``'s robot types and task, one line each."""
+    from agents import registry
+    from agents import robot as robot_mod
+
+    out = []
+    for i, request in enumerate(spec.robots):
+        try:
+            tasks = registry.robot_tasks(request.robot_type)
+        except robot_mod.RobotError as exc:
+            out.append(f"robots.{i}.robot_type: {exc}")
+            continue
+        if spec.task not in tasks:
+            out.append(f"task: robot type {request.robot_type!r} cannot do task "
+                       f"{spec.task!r}; it can do: {', '.join(tasks)}")
+    return out
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -265,12 +300,19 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command(args: argparse.Namespace) -> int:
-    kafka = KafkaSettings()
-    producer = EventProducer(kafka, role="cli")
-    producer.send(catalog.COMMANDS, ev.CommandV1(
-        robot_id=args.robot_id, command=ev.CommandKind(args.order), reason=args.reason,
-        issued_by=os.environ.get("USER", "operator")))
+def send_command(producer: EventProducer, robot_id: str, order: ev.CommandKind, *,
+                 reason: str = "", issued_by: str | None = None) -> ev.CommandV1:
+    """Publish an operator's order to one robot and wait until it is durable (the one
+    code path of `userctl command` and the dashboard's buttons)."""
+    command = ev.CommandV1(robot_id=robot_id, command=order, reason=reason,
+                           issued_by=issued_by or os.environ.get("USER", "operator"))
+    producer.send(catalog.COMMANDS, command)
     producer.flush(30.0)
+    return command
+
+
+def _command(args: argparse.Namespace) -> int:
+    producer = EventProducer(KafkaSettings(), role="cli")
+    send_command(producer, args.robot_id, ev.CommandKind(args.order), reason=args.reason)
     print(f"sent {args.order} to {args.robot_id}")
     return 0

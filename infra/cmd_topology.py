@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from infra import supervisor
+from infra import role_status, supervisor
 from infra.broker import INFRA, Broker, BrokerSettings
+from topics import lag
+from topics.settings import KafkaSettings
 
 DEFAULT_TOPOLOGY = INFRA / "topology.yaml"
 
@@ -113,16 +115,23 @@ def _status(args: argparse.Namespace) -> int:
         print(f"topology {topo.name} has never run here")
         return 3
     print(f"topology {topo.name}: " + (f"up (supervisor pid {pid})" if pid else "down"))
-    rows = [["ROLE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"]]
+    rows = [["ROLE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "LAG", "LAST ERROR"]]
     now = time.time()
     roles = state.get("roles", [])
     assert isinstance(roles, list)
+    env = {**os.environ, **topo.env}
+    groups = {name: role_status.role_group(spec, env) for name, spec in topo.roles.items()}
+    lags = role_status.group_lags(KafkaSettings(), sorted({g for g in groups.values() if g}))
+    logs = home / "logs" / topo.name
     for r in roles:
         running = bool(r["running"]) and pid is not None
         state_word = "running" if running else ("gave up" if r["gave_up"] else "stopped")
         uptime = f"{now - float(r['started_at']):.0f}s" if running else "-"
+        group = lags.get(groups.get(r["name"]) or "")
+        behind = "-" if group is None else f"{lag.age(group.seconds)} ({group.records} rec)"
         rows.append([r["name"], state_word, str(r["pid"] or "-"), uptime,
-                     str(r["restarts"]), "-" if r["last_exit"] is None else str(r["last_exit"])])
+                     str(r["restarts"]), "-" if r["last_exit"] is None else str(r["last_exit"]),
+                     behind, role_status.last_error(logs / f"{r['name']}.log") or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
