@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import logging
 import re
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 
 from agents import robot as robot_mod
 from agents import safety, validation
@@ -48,9 +51,10 @@ class RobotType:
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
-#: Imported when no ``user.robots`` entry point exists (running from a source tree that
-#: was never installed), so the built-ins still register.
-_FALLBACK_MODULES = ("agents.sim",)
+#: Where the built-ins are declared (``[project.entry-points."user.robots"]``): read when no
+#: ``user.robots`` entry point is installed (a source tree that was never installed), so
+#: every built-in still registers, from the one list.
+_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 _factories: dict[str, RobotFactory] = {}
 _tasks: dict[str, tuple[str, ...] | Callable[[], tuple[str, ...]] | None] = {}
 _builtins_loaded = False
@@ -141,10 +145,7 @@ def _load_builtins(*, reload: bool = False) -> None:
     if _builtins_loaded and not reload:
         return
     _builtins_loaded = True
-    found = plugins.load(ENTRY_POINTS, reload=reload)
-    if not found:
-        for module in _FALLBACK_MODULES:
-            importlib.import_module(module)
+    found = plugins.load(ENTRY_POINTS, reload=reload) or _source_tree_builtins()
     for plugin in found:
         value = plugin.value
         try:
@@ -157,3 +158,18 @@ def _load_builtins(*, reload: bool = False) -> None:
         except ValueError as exc:
             log.warning("plug-in %s %r from %s skipped: %s", ENTRY_POINTS, plugin.name,
                         plugin.package, exc)
+
+
+def _source_tree_builtins() -> list[plugins.Plugin]:
+    """The built-in robot types as the source tree's ``pyproject.toml`` declares them
+    (loaded like entry points); [] without one."""
+    try:
+        declared = tomllib.loads(_PYPROJECT.read_text())["project"]["entry-points"][ENTRY_POINTS]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        importlib.import_module("agents.sim")  # registers the simulated types it imports
+        return []
+    out = []
+    for name, target in declared.items():
+        ep = importlib.metadata.EntryPoint(name=name, value=target, group=ENTRY_POINTS)
+        out.append(plugins.Plugin(ENTRY_POINTS, name, target, "source tree", ep.load()))
+    return out

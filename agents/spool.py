@@ -28,6 +28,7 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,26 +189,7 @@ class Spool:
         self._writer = (self.path / _name(self._write_seg)).open("ab")
 
     def _read_at(self, seg: int, off: int) -> tuple[SpooledRecord, int] | None:
-        file = self.path / _name(seg)
-        try:
-            with file.open("rb") as f:
-                f.seek(off)
-                head = f.read(_FRAME.size)
-                if len(head) < _FRAME.size:
-                    return None
-                magic, hlen, vlen, crc = _FRAME.unpack(head)
-                body = f.read(hlen + vlen)
-        except FileNotFoundError:
-            return None
-        if magic != MAGIC or len(body) < hlen + vlen or zlib.crc32(body) != crc:
-            return None  # a torn tail: the writer died mid-frame
-        meta = json.loads(body[:hlen])
-        rec = SpooledRecord(
-            topic=meta["t"], partition=meta["p"], key=base64.b64decode(meta["k"]),
-            headers=tuple((k, base64.b64decode(v)) for k, v in meta["h"]),
-            value=body[hlen:],
-        )
-        return rec, off + _FRAME.size + hlen + vlen
+        return _read_frame(self.path / _name(seg), off)
 
     def _distance(self, seg0: int, off0: int, seg1: int, off1: int) -> int:
         if seg0 == seg1:
@@ -258,3 +240,38 @@ class Spool:
 
 def _name(seg: int) -> str:
     return f"seg-{seg:09d}.log"
+
+
+def _read_frame(file: Path, off: int) -> tuple[SpooledRecord, int] | None:
+    """The whole frame at ``off`` of ``file`` and the offset after it; None at the end or
+    at a torn frame."""
+    try:
+        with file.open("rb") as f:
+            f.seek(off)
+            head = f.read(_FRAME.size)
+            if len(head) < _FRAME.size:
+                return None
+            magic, hlen, vlen, crc = _FRAME.unpack(head)
+            body = f.read(hlen + vlen)
+    except FileNotFoundError:
+        return None
+    if magic != MAGIC or len(body) < hlen + vlen or zlib.crc32(body) != crc:
+        return None  # a torn tail: the writer died mid-frame
+    meta = json.loads(body[:hlen])
+    rec = SpooledRecord(
+        topic=meta["t"], partition=meta["p"], key=base64.b64decode(meta["k"]),
+        headers=tuple((k, base64.b64decode(v)) for k, v in meta["h"]),
+        value=body[hlen:],
+    )
+    return rec, off + _FRAME.size + hlen + vlen
+
+
+def scan(path: Path) -> Iterator[SpooledRecord]:
+    """Every whole record in the spool at ``path``, acknowledged or not (while its
+    segment is kept), oldest first.  Read-only: safe beside the agent that writes it (a
+    frame being written is not returned).  For inspection and tests."""
+    for seg in sorted(int(p.stem[4:]) for p in path.glob("seg-*.log")):
+        off = 0
+        while (got := _read_frame(path / _name(seg), off)) is not None:
+            yield got[0]
+            off = got[1]

@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Literal
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
@@ -35,8 +36,9 @@ From = Literal["beginning", "end"]
 class Follower:
     """Reads every partition of the given topics from ``beginning`` or ``end``.
 
-    Raises ``LookupError`` naming the missing topic when one does not exist, and
-    ``TimeoutError`` when the broker does not answer within ``timeout_s``.
+    ``topic_suffix`` follows a test namespace's copies of the topics (records are validated
+    as the catalog's).  Raises ``LookupError`` naming the missing topic when one does not
+    exist, and ``TimeoutError`` when the broker does not answer within ``timeout_s``.
     """
 
     def __init__(
@@ -47,27 +49,33 @@ class Follower:
         rules: Rules | None = None,
         timeout_s: float = 30.0,
         role: str = "follower",
+        topic_suffix: str = "",
     ) -> None:
         self._rules = rules or Rules()
         group = f"{settings.client_id}-{role}-{uuid.uuid4().hex[:12]}"
         self._client = Consumer(settings.consumer_config(group, role=role))
         self._end: dict[tuple[str, int], int] = {}
+        self._assigned: list[TopicPartition] = []
+        # Name on the broker -> catalog name (a test namespace only renames a topic).
+        self._catalog_name = {spec.name + topic_suffix: spec.name for spec in starts}
         assignment: list[TopicPartition] = []
         try:
             for spec, start in starts.items():
-                meta = self._client.list_topics(spec.name, timeout=timeout_s)
-                topic = meta.topics.get(spec.name)
+                name = spec.name + topic_suffix
+                meta = self._client.list_topics(name, timeout=timeout_s)
+                topic = meta.topics.get(name)
                 if topic is None or topic.error is not None or not topic.partitions:
-                    raise LookupError(f"topic {spec.name!r} does not exist on "
+                    raise LookupError(f"topic {name!r} does not exist on "
                                       f"{settings.bootstrap}; run `userctl topics create`")
                 for p in sorted(topic.partitions):
-                    low, high = self._watermarks(TopicPartition(spec.name, p), timeout_s)
+                    self._assigned.append(TopicPartition(name, p))
+                    low, high = self._watermarks(TopicPartition(name, p), timeout_s)
                     if start == "beginning":
-                        assignment.append(TopicPartition(spec.name, p, low))
+                        assignment.append(TopicPartition(name, p, low))
                         if high > low:
-                            self._end[(spec.name, p)] = high
+                            self._end[(name, p)] = high
                     else:
-                        assignment.append(TopicPartition(spec.name, p, OFFSET_END))
+                        assignment.append(TopicPartition(name, p, OFFSET_END))
         except KafkaException as exc:
             self._client.close()
             raise TimeoutError(f"Kafka at {settings.bootstrap} did not answer: "
@@ -107,7 +115,10 @@ class Follower:
             key = (rec.topic, rec.partition)
             if key in self._end and rec.offset + 1 >= self._end[key]:
                 del self._end[key]
-            out.append(validate(rec, self._rules))
+            name = self._catalog_name.get(rec.topic, rec.topic)
+            result = validate(rec if name == rec.topic else replace(rec, topic=name),
+                              self._rules)
+            out.append(replace(result, record=rec))
         return out
 
     def caught_up(self) -> bool:
@@ -133,6 +144,32 @@ class Follower:
                 return False
             sink.extend(self.poll(0.2))
         return True
+
+    def read_to_end(self, timeout_s: float) -> tuple[list[Accepted | Rejected], bool]:
+        """Everything written to the followed partitions up to now: polls until each
+        partition's position reaches the high watermark it has at the call.  Returns the
+        records read and whether it got there within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        ends: dict[tuple[str, int], int] = {}
+        out: list[Accepted | Rejected] = []
+        try:
+            for tp in self._assigned:
+                low, high = self._watermarks(tp, max(0.1, deadline - time.monotonic()))
+                if high > low:
+                    ends[(tp.topic, tp.partition)] = high
+        except KafkaException as exc:
+            log.info("watermarks unknown (%s): not caught up", exc)
+            return out, False
+        while ends:
+            for tp in self._client.position([TopicPartition(t, p) for (t, p) in ends]):
+                if tp.offset >= ends.get((tp.topic, tp.partition), 0):
+                    ends.pop((tp.topic, tp.partition), None)
+            if not ends:
+                break
+            if time.monotonic() > deadline:
+                return out, False
+            out.extend(self.poll(0.05))
+        return out, True
 
     def close(self) -> None:
         self._client.close()
