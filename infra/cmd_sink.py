@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import sink, tables
+from pipeline import delta_writer, sink, tables
 from topics.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--flush-interval", type=float, help="…or after this many seconds")
     p.add_argument("--compact-interval", type=float,
                    help="seconds between background compactions (0: off)")
+    p.add_argument("--vacuum-retention", type=float, dest="vacuum_retention",
+                   help="after each compaction, delete files unreferenced for this many "
+                        "hours (default 1; keep it above the longest snapshot read)")
     p.add_argument("--static", action="store_true", default=None,
                    help="assign all partitions (or --sites' ones) without a consumer group")
     p.add_argument("--sites", help="with --static: comma-separated sites to sink")
     p.set_defaults(func=_run)
     sp = p.add_subparsers(dest="sink_cmd", metavar="SUBCOMMAND")
-    c = sp.add_parser("compact", help="compact every table's small files now")
+    c = sp.add_parser("compact", help="compact every table's small files now, then vacuum "
+                                      "what compaction replaced")
     c.add_argument("--root", type=Path, dest="compact_root")
+    c.add_argument("--retention", type=float, default=None, dest="compact_retention",
+                   help="vacuum files unreferenced for this many hours (default: the "
+                        "sink's vacuum retention)")
     c.set_defaults(func=_compact)
 
 
@@ -47,6 +54,7 @@ def settings_from(args: argparse.Namespace) -> sink.SinkSettings:
         "flush_rows": args.flush_rows, "flush_bytes": args.flush_bytes,
         "flush_interval_s": args.flush_interval,
         "compact_interval_s": args.compact_interval,
+        "vacuum_retention_h": args.vacuum_retention,
         "static": args.static,
         "sites": tuple(x.strip() for x in args.sites.split(",")) if args.sites else None,
         "topics": tuple(t.strip() for t in args.topics.split(",")) if args.topics else None,
@@ -68,8 +76,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    root = args.compact_root or args.root or sink.SinkSettings().root
+    defaults = sink.SinkSettings()
+    root = args.compact_root or args.root or defaults.root
+    retention = (args.compact_retention if args.compact_retention is not None
+                 else defaults.vacuum_retention_h)
     for table in tables.TABLE_OF_TOPIC.values():
-        metrics = sink.compact(tables.table_path(root, table))
+        path = tables.table_path(root, table)
+        metrics = sink.compact(path)
         print(f"{table}: {'nothing to do' if metrics is None else metrics}")
+        if retention is not None:
+            removed = delta_writer.vacuum(path, retention)
+            print(f"{table}: vacuumed {len(removed)} unreferenced files "
+                  f"(older than {retention:g} h)")
     return 0

@@ -28,11 +28,14 @@ every assignment) and drops rows at or below it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -54,24 +57,49 @@ def open_table(path: str) -> DeltaTable | None:
         return None
 
 
+#: A step batch waiting for the next commit: the batch, where it was read, and the mask of
+#: its rows to write (None: all).  Converted to Delta rows at commit, all together.
+_Steps = tuple[TransitionBatch | RewardedTransitionBatch, tables.Source,
+               npt.NDArray[np.bool_] | None]
+
+
 @dataclass
 class _Buffer:
     """Rows waiting for the next commit, and the last offset they cover per partition."""
 
     parts: list[pa.Table] = field(default_factory=list)
+    steps: list[_Steps] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
     since: float = 0.0
     last_offset: dict[int, int] = field(default_factory=dict)
 
     def add(self, partition: int, offset: int, table: pa.Table | None, size: int) -> None:
-        if not self.last_offset and not self.parts:
+        if not self.last_offset and not self.parts and not self.steps:
             self.since = time.monotonic()
         if table is not None and table.num_rows:
             self.parts.append(table)
             self.rows += table.num_rows
         self.nbytes += size
         self.last_offset[partition] = offset
+
+    def add_steps(self, partition: int, offset: int, steps: _Steps, size: int) -> None:
+        self.add(partition, offset, None, size)
+        keep = steps[2]
+        rows = len(steps[0]) if keep is None else int(np.count_nonzero(keep))
+        if rows:
+            self.steps.append(steps)
+            self.rows += rows
+
+    def table(self) -> pa.Table | None:
+        """Every buffered row as one table (step batches converted here, all at once)."""
+        parts = list(self.parts)
+        if self.steps:
+            parts.append(tables.many_batch_rows(self.steps))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else pa.concat_tables(
+            parts, promote_options="permissive")
 
     def drop(self, partition: int) -> None:
         """Forget everything of ``partition`` (it is re-read from its Delta version)."""
@@ -81,9 +109,11 @@ class _Buffer:
         self.parts = [t.filter(pc.not_equal(t.column("kafka_partition"), partition))
                       for t in self.parts]
         self.parts = [t for t in self.parts if t.num_rows]
-        self.rows = sum(t.num_rows for t in self.parts)
+        self.steps = [st for st in self.steps if st[1].partition != partition]
+        self.rows = sum(t.num_rows for t in self.parts) + sum(
+            len(b) if keep is None else int(np.count_nonzero(keep)) for b, _, keep in self.steps)
         if not self.last_offset:
-            self.parts, self.rows, self.nbytes = [], 0, 0
+            self.parts, self.steps, self.rows, self.nbytes = [], [], 0, 0
 
     def __bool__(self) -> bool:
         return bool(self.last_offset)
@@ -93,7 +123,7 @@ class _Buffer:
 class FlushPolicy:
     """When a buffer is due: at ``rows`` rows, ``nbytes`` record bytes, or ``age_s`` old."""
 
-    rows: int = 20_000
+    rows: int = 100_000
     nbytes: int = 64 << 20
     age_s: float = 2.0
 
@@ -177,27 +207,30 @@ class DeltaWriter:
         if position is None or offset < position:
             return False
         self._position[partition] = offset + 1
-        table: pa.Table | None = None
-        if payload is not None:
-            table = tables.rows(payload, tables.Source(self.topic, partition, offset))
-            if self.dedupe and isinstance(payload, TransitionBatch | RewardedTransitionBatch):
-                table = self._new_steps(partition, payload, table)
+        source = tables.Source(self.topic, partition, offset)
+        if isinstance(payload, TransitionBatch | RewardedTransitionBatch):
+            # Converted to rows at commit, with every other buffered batch (one pass).
+            keep = self._new_steps(partition, payload) if self.dedupe else None
+            self.buffer.add_steps(partition, offset, (payload, source, keep), size)
+            return True
+        table = None if payload is None else tables.rows(payload, source)
         self.buffer.add(partition, offset, table, size)
         return True
 
-    def _new_steps(self, partition: int, batch: TransitionBatch | RewardedTransitionBatch,
-                   table: pa.Table) -> pa.Table:
+    def _new_steps(self, partition: int, batch: TransitionBatch | RewardedTransitionBatch
+                   ) -> npt.NDArray[np.bool_] | None:
+        """The mask of ``batch``'s rows not written before (None: all of them)."""
         fn = batch.reward_fn if isinstance(batch, RewardedTransitionBatch) else ""
         keep = self._marks.setdefault(partition, contract.HighWater()).fresh(
             batch.seq, experiment_id=batch.event.experiment_id, robot_id=batch.robot_id,
             incarnation=batch.event.incarnation, reward_fn=fn)
         if keep.all():
-            return table
+            return None
         dropped = int((~keep).sum())
         self.repeated += dropped
         log.info("dropping %d repeated %s steps of %s (incarnation %s)", dropped,
                  fn or "raw", batch.robot_id, batch.event.incarnation)
-        return table.filter(pa.array(keep))
+        return keep
 
     def due(self, now: float | None = None) -> bool:
         """Whether the buffer should be committed now."""
@@ -226,7 +259,7 @@ class DeltaWriter:
                 moved = self._moved(stale)
                 if not buf:
                     return moved
-        data = pa.concat_tables(buf.parts, promote_options="permissive") if buf.parts else None
+        data = buf.table()
         txns = [Transaction(self.app_id(p), o) for p, o in sorted(buf.last_offset.items())]
         if data is None:
             # Only refused records: commit no rows, but move the partitions' versions.
@@ -260,14 +293,25 @@ class DeltaWriter:
 # -- compaction ---------------------------------------------------------------------------
 
 
-class Compactor:
-    """Compacts small files of each table in a background thread (its own Delta commits;
-    appends never conflict with it), so ingest never waits for compaction."""
+#: How long files a table no longer references stay on disk by default: longer than any
+#: reader here holds a snapshot open (a learner's warm start, a back-fill or replay read
+#: their snapshot in minutes), far shorter than Delta's 7 days, so a long run's disk stays
+#: bounded by about an hour of compaction churn.  Time travel reaches back this far.
+DEFAULT_RETENTION_H = 1.0
 
-    def __init__(self, paths: Sequence[str], interval_s: float, min_files: int) -> None:
+
+class Compactor:
+    """Table upkeep in a background thread, off the ingest path: compacts each table's
+    small files, then vacuums the files compaction replaced once they are older than
+    ``retention_h`` (None: never) and drops log files past the table's log retention.
+    Its commits never touch app transactions, so appends never conflict with them."""
+
+    def __init__(self, paths: Sequence[str], interval_s: float, min_files: int,
+                 retention_h: float | None = DEFAULT_RETENTION_H) -> None:
         self._paths = list(paths)
         self._interval = interval_s
         self._min_files = min_files
+        self._retention_h = retention_h
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="delta-compactor",
                                         daemon=True)
@@ -285,6 +329,8 @@ class Compactor:
         while not self._stop.wait(self._interval):
             for path in self._paths:
                 compact(path, self._min_files)
+                if self._retention_h is not None:
+                    vacuum(path, self._retention_h)
 
 
 def compact(path: str, min_files: int = 2) -> dict[str, object] | None:
@@ -301,3 +347,23 @@ def compact(path: str, min_files: int = 2) -> dict[str, object] | None:
     log.info("compacted %s: %s files -> %s", path, metrics.get("numFilesRemoved"),
              metrics.get("numFilesAdded"))
     return metrics
+
+
+def vacuum(path: str, retention_h: float = DEFAULT_RETENTION_H) -> list[str]:
+    """Delete ``path``'s files that no table version of the last ``retention_h`` hours
+    references (what compaction replaced), and log files past the table's log retention;
+    returns the deleted data files.  A reader holding a snapshot older than that loses
+    its files: keep ``retention_h`` above the longest read."""
+    dt = open_table(path)
+    if dt is None:
+        return []
+    try:
+        removed = dt.vacuum(retention_hours=max(0, math.ceil(retention_h)), dry_run=False,
+                            enforce_retention_duration=False)
+        dt.cleanup_metadata()
+    except (CommitFailedError, DeltaError) as exc:  # a race with a writer: next round
+        log.info("vacuum of %s skipped: %s", path, exc)
+        return []
+    if removed:
+        log.info("vacuumed %s: %d unreferenced files deleted", path, len(removed))
+    return removed

@@ -5,7 +5,10 @@ sunk topic), which holds the exactly-once rules: app transactions per partition,
 fencing of a second writer, dedupe by step identity (read its module doc).  The runner
 does assignment, seeking each assigned partition to ``transaction_version + 1`` (the
 offset the writer's ``assign`` returns), consuming, decoding and validating, and
-dead-lettering what it cannot accept.
+dead-lettering what it cannot accept.  Step batches are validated against the spec their
+robot announced on ``robots`` (:class:`topics.robots.RobotSpecs`: bounds, shapes; a robot
+not announced yet is checked on its own, see that module): a batch outside its robot's
+bounds is dead-lettered with reason ``out_of_bounds`` and never reaches Delta.
 
 Delivery: **exactly-once via Delta app transactions**; the sink never reads offsets from
 Kafka.  After each Delta commit it also commits the now-durable offsets to its consumer
@@ -31,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import delta_writer, tables
 from pipeline.delta_writer import DeltaWriter, FlushPolicy, compact, open_table
-from topics import catalog, gaps, serde, validation
+from topics import catalog, gaps, robots, serde, validation
 from topics import tables as shared_tables
 from topics.catalog import TopicSpec
 from topics.consumer import record_of
@@ -57,7 +60,7 @@ class SinkSettings(BaseSettings):
                        description="directory holding the Delta tables (<USER_HOME>/delta)")
     topics: tuple[str, ...] = Field(DEFAULT_TOPICS, description="catalog topics to sink")
     topic_suffix: str = Field("", description="appended to every topic name (test namespaces)")
-    flush_rows: int = Field(20_000, gt=0, description="flush a table at this many rows")
+    flush_rows: int = Field(100_000, gt=0, description="flush a table at this many rows")
     flush_bytes: int = Field(64 << 20, gt=0, description="…or this many record bytes")
     flush_interval_s: float = Field(2.0, gt=0, description="…or when the oldest buffered "
                                     "record is this old")
@@ -65,6 +68,10 @@ class SinkSettings(BaseSettings):
                                       "period; 0 turns it off")
     compact_min_files: int = Field(16, ge=2, description="compact a table once it has "
                                    "this many files")
+    vacuum_retention_h: float | None = Field(
+        delta_writer.DEFAULT_RETENTION_H, ge=0, description="after each compaction round, "
+        "delete files unreferenced for this many hours (keep it above the longest read of "
+        "a snapshot); None never vacuums")
     poll_records: int = Field(500, gt=0, description="records fetched per poll")
     static: bool = Field(False, description="assign the partitions itself instead of "
                          "joining the group (one sink per partition set; restarts at once)")
@@ -106,6 +113,10 @@ class DeltaSink:
             for name in settings.topics)}
         self._dlq_topic = catalog.DLQ.name + settings.topic_suffix
         self._rules = validation.Rules()
+        # Announced robot specs, to validate step batches by (only if any are sunk).
+        self.robots = robots.RobotSpecs(kafka, role=f"{settings.name}-robots",
+                                        topic_suffix=settings.topic_suffix) if any(
+            t.spec.value is catalog.Value.ARROW for t in self._topics.values()) else None
         # (topic, partition) -> the offset a seek asked for, until its first record comes.
         self._seeked: dict[tuple[str, int], int | None] = {}
         self._stop = threading.Event()
@@ -117,7 +128,8 @@ class DeltaSink:
             settings.name, role=settings.name, from_beginning=True))
         self._compactor = delta_writer.Compactor(
             [t.writer.path for t in self._topics.values()],
-            settings.compact_interval_s, settings.compact_min_files)
+            settings.compact_interval_s, settings.compact_min_files,
+            settings.vacuum_retention_h)
 
     @property
     def commits(self) -> int:
@@ -203,7 +215,9 @@ class DeltaSink:
         rec = record_of(msg)
         value = msg.value() or b""
         # Validate as the catalog topic (test namespaces only rename it).
-        result = validation.validate(replace(rec, topic=topic.spec.name), self._rules)
+        as_catalog = replace(rec, topic=topic.spec.name)
+        result = (self.robots.validate(as_catalog, self._rules) if self.robots is not None
+                  else validation.validate(as_catalog, self._rules))
         if isinstance(result, validation.Rejected):
             if not topic.writer.add(partition, offset, None, len(value)):
                 return None
@@ -264,8 +278,15 @@ class DeltaSink:
         try:
             # Delivery: exactly-once via Delta app transactions (see the module doc);
             # offsets committed to Kafka after each Delta commit are for monitoring only.
+            waited = True
             while not self._stop.is_set():
-                for msg in self._consumer.consume(s.poll_records, 0.2):
+                if self.robots is not None:
+                    self.robots.poll(0.0)  # announcements since the last round
+                # consume() waits its whole timeout unless poll_records are ready: wait only
+                # when the last round found nothing, else take what librdkafka has fetched.
+                msgs = self._consumer.consume(s.poll_records, 0.2 if waited else 0.0)
+                waited = not msgs
+                for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() != KafkaError._PARTITION_EOF:
@@ -279,4 +300,6 @@ class DeltaSink:
         finally:
             self._compactor.stop()
             self._consumer.close()
+            if self.robots is not None:
+                self.robots.close()
             self._dlq.flush()

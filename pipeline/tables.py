@@ -25,7 +25,7 @@ import json
 import types
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -120,50 +120,102 @@ def _layout_of(text: str) -> Layout:
     )
 
 
-def batch_rows(batch: TransitionBatch | RewardedTransitionBatch, source: Source) -> pa.Table:
+AnyBatch = TransitionBatch | RewardedTransitionBatch
+
+
+def batch_rows(batch: AnyBatch, source: Source) -> pa.Table:
     """One Delta row per step of ``batch``, with its header fields and Kafka source."""
-    rb = transitions.to_arrow(batch)
-    n = len(batch)
-    e = batch.event
-    cols: dict[str, pa.Array] = {
-        "experiment_id": pa.array([e.experiment_id] * n, pa.string()),
-        "site": pa.array([e.site] * n, pa.string()),
-        "robot_id": pa.array([e.robot_id] * n, pa.string()),
-        "robot_type": pa.array([e.robot_type] * n, pa.string()),
+    return many_batch_rows([(batch, source, None)])
+
+
+def many_batch_rows(items: Sequence[tuple[AnyBatch, Source, npt.NDArray[np.bool_] | None]]
+                    ) -> pa.Table:
+    """The Delta rows of many batches at once (each with its Kafka source and, optionally,
+    the (n,) mask of its rows to keep), in order.  Every conversion (dictionary strings to
+    strings, fixed-size lists to lists, per-batch header fields repeated per row, nullable
+    fields) runs once per layout over all rows, in Arrow: no per-batch or per-step Python
+    beyond collecting the headers."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for i, (batch, _, _) in enumerate(items):
+        layout = batch.layout
+        key = (type(batch), layout.observation, layout.action,
+               tuple(layout.cameras.items()), tuple(layout.info.items()))
+        groups.setdefault(key, []).append(i)
+    if len(groups) == 1:
+        return _same_layout_rows(items)
+    # Rows keep their order within a layout; Delta rows carry no order across layouts.
+    parts = [_same_layout_rows([items[i] for i in idx]) for idx in groups.values()]
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _same_layout_rows(items: Sequence[tuple[AnyBatch, Source, npt.NDArray[np.bool_] | None]]
+                      ) -> pa.Table:
+    first = items[0][0]
+    rewarded = isinstance(first, RewardedTransitionBatch)
+    schema = transitions.arrow_schema(type(first), first.layout)
+    data = pa.Table.from_batches(
+        [pa.RecordBatch.from_arrays(transitions.to_arrow(b).columns, schema=schema)
+         for b, _, _ in items], schema=schema)
+    counts = np.array([len(b) for b, _, _ in items], np.int64)
+    which = np.repeat(np.arange(len(items)), counts)  # row -> its batch
+
+    def per_batch(values: list[object], typ: pa.DataType) -> pa.Array:
+        """A header field of each batch, repeated on each of its rows."""
+        return pa.array(values, typ).take(pa.array(which))
+
+    events_ = [b.event for b, _, _ in items]
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {
+        "experiment_id": per_batch([e.experiment_id for e in events_], pa.string()),
+        "site": per_batch([e.site for e in events_], pa.string()),
+        "robot_id": per_batch([e.robot_id for e in events_], pa.string()),
+        "robot_type": per_batch([e.robot_type for e in events_], pa.string()),
     }
-    if isinstance(batch, RewardedTransitionBatch):
-        cols["reward_fn"] = pa.array([batch.reward_fn] * n, pa.string())
-    for name in rb.schema.names:
+    if rewarded:
+        cols["reward_fn"] = per_batch([getattr(e, "reward_fn", None) for e in events_],
+                                      pa.string())
+    for name in schema.names:
         if name in cols:
             continue
-        arr = rb.column(name)
+        arr = data.column(name)
         typ = arr.type
         if pa.types.is_dictionary(typ):
             cols[name] = _strings(arr)
         elif pa.types.is_timestamp(typ):
-            cols[name] = arr.view(pa.int64())
+            cols[name] = arr.cast(pa.int64())
         elif pa.types.is_fixed_size_list(typ):
             cols[name] = _list(arr)
         elif pa.types.is_struct(typ):
-            subs = []
-            for i, sub in enumerate(typ):
-                child = arr.field(i)
-                if pa.types.is_fixed_size_list(sub.type):
-                    child = (_binary_of_fsl(child) if sub.type.value_type == pa.uint8()
-                             else _list(child))
-                subs.append(child)
-            cols[name] = pa.StructArray.from_arrays(subs, names=[f.name for f in typ])
+            chunks = []
+            for chunk in arr.chunks:
+                subs = []
+                for i, sub in enumerate(typ):
+                    child = chunk.field(i)
+                    if pa.types.is_fixed_size_list(sub.type):
+                        child = (_binary_of_fsl(child) if sub.type.value_type == pa.uint8()
+                                 else _list(child))
+                    subs.append(child)
+                chunks.append(pa.StructArray.from_arrays(subs, names=[f.name for f in typ]))
+            cols[name] = pa.chunked_array(chunks)
         else:
             cols[name] = arr
-    raw_id = getattr(e, "raw_event_id", None)
-    if isinstance(batch, RewardedTransitionBatch):
-        cols["raw_event_id"] = pa.array([str(raw_id) if raw_id else None] * n, pa.string())
-    cols["batch_event_id"] = pa.array([str(e.event_id)] * n, pa.string())
-    cols["batch_row"] = pa.array(np.arange(n, dtype=np.int32))
-    cols["layout"] = pa.array([layout_json(batch.layout)] * n, pa.string())
-    cols["kafka_partition"] = pa.array([source.partition] * n, pa.int32())
-    cols["kafka_offset"] = pa.array([source.offset] * n, pa.int64())
-    return _nullable(pa.table(cols))
+    if rewarded:
+        raw_ids = [getattr(e, "raw_event_id", None) for e in events_]
+        cols["raw_event_id"] = per_batch([str(r) if r else None for r in raw_ids],
+                                         pa.string())
+    cols["batch_event_id"] = per_batch([str(e.event_id) for e in events_], pa.string())
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    cols["batch_row"] = pa.array(
+        (np.arange(int(counts.sum())) - np.repeat(starts, counts)).astype(np.int32))
+    cols["layout"] = pa.repeat(pa.scalar(layout_json(first.layout), pa.string()), len(which))
+    cols["kafka_partition"] = per_batch([s.partition for _, s, _ in items], pa.int32())
+    cols["kafka_offset"] = per_batch([s.offset for _, s, _ in items], pa.int64())
+    table = _nullable(pa.table(cols))
+    masks = [keep for _, _, keep in items]
+    if any(m is not None for m in masks):
+        keep = np.concatenate([np.ones(len(b), np.bool_) if m is None else m
+                               for (b, _, _), m in zip(items, masks, strict=True)])
+        table = table.filter(pa.array(keep))
+    return table
 
 
 # -- events -> rows -----------------------------------------------------------------------

@@ -34,6 +34,7 @@ robot's native dtype, images uint8 HWC, timestamps int64 nanoseconds since the e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -390,9 +391,13 @@ class RewardedTransitionBatch(StepColumns[RewardedTransitionBatchV2]):
             f.name: getattr(raw, f.name)
             for f in dataclasses.fields(StepColumns) if f.name != "event"
         }
-        return cls(event=event, reward=np.asarray(reward, np.float32),
-                   success=np.asarray(success, np.bool_),
-                   terminated=np.asarray(terminated, np.bool_), **shared)
+        out = cls(event=event, reward=np.asarray(reward, np.float32),
+                  success=np.asarray(success, np.bool_),
+                  terminated=np.asarray(terminated, np.bool_), **shared)
+        decoded_from = raw.__dict__.get(_ARROW_MEMO)
+        if decoded_from is not None:  # to_arrow reuses the raw batch's Arrow columns
+            object.__setattr__(out, _RAW_MEMO, decoded_from)
+        return out
 
 
 AnyBatch = TransitionBatch | RewardedTransitionBatch
@@ -487,6 +492,7 @@ def _fsl(value: pa.DataType, shape: tuple[int, ...]) -> pa.DataType:
     return pa.list_(value, math.prod(shape))
 
 
+@functools.lru_cache(maxsize=64)
 def _arrow_type(col: Column) -> pa.DataType:
     if col.timestamp:
         return pa.timestamp("ns", tz="UTC")
@@ -560,8 +566,25 @@ def _flat(arr: npt.NDArray[np.generic], value_type: pa.DataType) -> pa.Array:
 
 def _vector(arr: npt.NDArray[np.generic], typ: pa.DataType, valid: BOOL | None) -> pa.Array:
     values = _flat(arr, typ.value_type)
-    mask = None if valid is None else pa.array(~valid)
+    mask = None
+    if valid is not None and not valid.all():
+        mask = _all_true(len(valid)) if not valid.any() else pa.array(~valid)
     return pa.FixedSizeListArray.from_arrays(values, type=typ, mask=mask)
+
+
+@functools.lru_cache(maxsize=64)
+def _all_true(n: int) -> pa.Array:
+    """(n,) true booleans: the null mask of a column null on every row (immutable, so one
+    per batch length serves every batch)."""
+    return pa.array(np.ones(n, np.bool_))
+
+
+def _scalar(value: npt.NDArray[np.generic], typ: pa.DataType) -> pa.Array:
+    if pa.types.is_timestamp(typ):
+        # int64 ns as the timestamp type directly (pa.array's conversion is 20x slower).
+        data = np.ascontiguousarray(value, np.int64)
+        return pa.Array.from_buffers(typ, len(data), [None, pa.py_buffer(data)])
+    return pa.array(value, type=typ)
 
 
 def _binary_rows(arr: U8, valid: BOOL) -> pa.Array:
@@ -578,28 +601,68 @@ def _binary_rows(arr: U8, valid: BOOL) -> pa.Array:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _constant_strings(value: str, n: int) -> pa.Array:
+    """(n,) dictionary<int32, string> holding ``value`` on every row.  Arrow arrays are
+    immutable, so one serves every batch of a robot (labels) and length."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                          pa.array([value], pa.string()))
+
+
+def _dictionary(value: npt.NDArray[np.str_]) -> pa.Array:
+    """(n,) strings as dictionary<int32, string>.  Per-step strings change rarely within a
+    batch (an episode id, an end reason on an episode's last step), so they are coded run
+    by run: one vectorised comparison finds the runs, and Python touches one value per run,
+    never one per step."""
+    n = value.shape[0]
+    if n == 0:
+        return pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), pa.array([], pa.string()))
+    starts = np.flatnonzero(value[1:] != value[:-1]) + 1
+    if not len(starts):
+        return _constant_strings(str(value[0]), n)
+    bounds = np.concatenate(([0], starts, [n]))
+    code_of: dict[str, int] = {}
+    codes = [code_of.setdefault(w, len(code_of)) for w in value[bounds[:-1]].tolist()]
+    indices = np.repeat(np.asarray(codes, np.int32), np.diff(bounds))
+    return pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(list(code_of), pa.string()))
+
+
 def to_arrow(batch: AnyBatch) -> pa.RecordBatch:
     """The batch as one Arrow record batch; the header is in the schema metadata."""
     cls = type(batch)
     schema = arrow_schema(cls, batch.layout)
+    meta = {
+        META_SCHEMA: batch.event.schema_name.encode(),
+        META_VERSION: str(batch.event.schema_version).encode(),
+        META_EVENT: batch.event.model_dump_json().encode(),
+    }
+    decoded_from = batch.__dict__.get(_ARROW_MEMO)
+    if decoded_from is not None:  # the columns it was decoded from (from_arrow)
+        return pa.RecordBatch.from_arrays(decoded_from, schema=schema.with_metadata(meta))
     n = len(batch)
-    arrays: list[pa.Array] = []
-    for label in cls.LABELS:
-        value = getattr(batch.event, label)
-        arrays.append(pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string())))
-    for f, col in columns(cls):
-        if f.name not in schema.names:
-            continue
-        typ = schema.field(f.name).type
+    raw_columns = batch.__dict__.get(_RAW_MEMO)
+    if raw_columns is not None:
+        # A rewarded batch of a decoded raw batch (from_raw): the raw columns as they came,
+        # the reward function's label after the raw labels, its scalar columns at the end.
+        plan = _plan(cls, schema)
+        tail = plan[len(raw_columns) - len(TransitionBatch.LABELS):]
+        if all(col.kind == Kind.SCALAR for _, col, _ in tail):
+            labels = len(TransitionBatch.LABELS)
+            reused = [*raw_columns[:labels],
+                      *(_constant_strings(getattr(batch.event, label), n)
+                        for label in cls.LABELS[labels:]),
+                      *raw_columns[labels:],
+                      *(_scalar(getattr(batch, f.name), typ) for f, _, typ in tail)]
+            return pa.RecordBatch.from_arrays(reused, schema=schema.with_metadata(meta))
+    arrays: list[pa.Array] = [_constant_strings(getattr(batch.event, label), n)
+                              for label in cls.LABELS]
+    for f, col, typ in _plan(cls, schema):
         value = getattr(batch, f.name)
         valid: BOOL | None = getattr(batch, col.where) if col.where else None
         if col.kind == Kind.STRING:
-            uniques, inverse = np.unique(value, return_inverse=True)
-            arrays.append(pa.DictionaryArray.from_arrays(
-                pa.array(inverse.astype(np.int32).reshape(-1)), pa.array(uniques, pa.string())))
+            arrays.append(_dictionary(value))
         elif col.kind == Kind.SCALAR:
-            arrays.append(pa.array(value, type=typ))
+            arrays.append(_scalar(value, typ))
         elif col.kind == Kind.VECTOR:
             arrays.append(_vector(value, typ, valid))
         elif col.kind == Kind.FINAL:
@@ -614,12 +677,27 @@ def to_arrow(batch: AnyBatch) -> pa.RecordBatch:
         else:  # IMAGES, INFO
             subs = [_vector(value[sub.name], sub.type, None) for sub in typ]
             arrays.append(pa.StructArray.from_arrays(subs, fields=list(typ)))
-    meta = {
-        META_SCHEMA: batch.event.schema_name.encode(),
-        META_VERSION: str(batch.event.schema_version).encode(),
-        META_EVENT: batch.event.model_dump_json().encode(),
-    }
     return pa.RecordBatch.from_arrays(arrays, schema=schema.with_metadata(meta))
+
+
+def _plan(cls: type, schema: pa.Schema
+          ) -> tuple[tuple[dataclasses.Field[object], Column, pa.DataType], ...]:
+    """The declared columns of ``cls`` that ``schema`` holds, with their Arrow types:
+    worked out once per schema (schemas are cached per layout by :func:`arrow_schema`)."""
+    key = id(schema)
+    hit = _PLANS.get(key)
+    if hit is None or hit[0] is not schema:
+        names = set(schema.names)
+        plan = tuple((f, col, schema.field(f.name).type) for f, col in columns(cls)
+                     if f.name in names)
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        hit = _PLANS[key] = (schema, plan)
+    return hit[1]
+
+
+_PLANS: dict[int, tuple[pa.Schema, tuple[tuple[dataclasses.Field[object], Column,
+                                               pa.DataType], ...]]] = {}
 
 
 # -- Arrow -> numpy -----------------------------------------------------------------------
@@ -629,12 +707,19 @@ def _bad(detail: str) -> SchemaError:
     return SchemaError(RejectReason.ARROW_SCHEMA, detail)
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_shape(raw: bytes) -> tuple[int, ...]:
+    """A column's shape metadata (``b"[84,84,3]"``); raises ValueError/TypeError.  Cached:
+    every batch of a layout carries the same few values."""
+    return tuple(int(d) for d in json.loads(raw))
+
+
 def _shape_of(pa_field: pa.Field, size: int) -> tuple[int, ...]:
     meta = pa_field.metadata or {}
     if META_SHAPE not in meta:
         return (size,)
     try:
-        shape = tuple(int(d) for d in json.loads(meta[META_SHAPE]))
+        shape = _parse_shape(meta[META_SHAPE])
     except (ValueError, TypeError) as exc:
         raise _bad(f"column {pa_field.name}: unreadable shape metadata ({exc})") from None
     if math.prod(shape) != size or any(d <= 0 for d in shape):
@@ -671,12 +756,25 @@ def _read_strings(arr: pa.Array, name: str) -> npt.NDArray[np.str_]:
         idx = arr.indices.to_numpy(zero_copy_only=False)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(words)):
             raise _bad(f"column {name}: dictionary index out of range")
+        if len(words) == 1:  # a constant column (labels; one episode): no gather
+            return np.full(len(idx), words[0])
         picked: npt.NDArray[np.str_] = words[idx] if len(words) else np.zeros(0, np.str_)
         return picked
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         text: npt.NDArray[np.str_] = arr.to_numpy(zero_copy_only=False).astype(np.str_)
         return text
     raise _bad(f"column {name} is {arr.type}, expected strings")
+
+
+def _label_values(arr: pa.Array, name: str) -> list[str]:
+    """The distinct values of a label column (constant per batch when well formed)."""
+    if (pa.types.is_dictionary(arr.type) and pa.types.is_string(arr.type.value_type)
+            and len(arr.dictionary) == 1 and not arr.null_count):
+        idx = arr.indices.to_numpy(zero_copy_only=False)
+        if not idx.any():  # every row holds the one word
+            return [str(arr.dictionary[0])] if len(idx) else []
+    values: list[str] = np.unique(_read_strings(arr, name)).tolist()
+    return values
 
 
 def _read_scalar(arr: pa.Array, name: str, col: Column) -> npt.NDArray[np.generic]:
@@ -690,17 +788,29 @@ def _read_scalar(arr: pa.Array, name: str, col: Column) -> npt.NDArray[np.generi
     return out
 
 
-def _read_mask(rb: pa.RecordBatch, name: str) -> BOOL:
-    if name not in rb.schema.names:
-        raise _bad(f"no column {name}")
-    mask: BOOL = np.asarray(
-        _read_scalar(rb.column(name), name, Column(Kind.SCALAR, dtype="bool")), np.bool_)
-    return mask
+_BOOL_COLUMN = Column(Kind.SCALAR, dtype="bool")
 
 
 def _present(arr: pa.Array) -> BOOL:
-    nulls: BOOL = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), np.bool_)
-    return ~nulls
+    """(n,) bool: the rows of ``arr`` that hold a value (its validity bitmap, unpacked)."""
+    bitmap = arr.buffers()[0]
+    if bitmap is None:
+        return np.full(len(arr), arr.null_count == 0)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+    present: BOOL = bits[arr.offset: arr.offset + len(arr)].astype(np.bool_)
+    return present
+
+
+def _present_exactly(arr: pa.Array, valid: BOOL) -> bool:
+    """Whether ``arr`` holds a value exactly on the rows where ``valid``; the null count
+    settles the common cases (no row, every row) without building a mask."""
+    k = int(np.count_nonzero(valid))
+    nulls = arr.null_count
+    if nulls != len(arr) - k:
+        return False
+    if nulls == 0 or k == 0:
+        return True
+    return bool(np.array_equal(_present(arr), valid))
 
 
 def _read_binary_rows(arr: pa.Array, pa_field: pa.Field, valid: BOOL) -> U8:
@@ -710,9 +820,9 @@ def _read_binary_rows(arr: pa.Array, pa_field: pa.Field, valid: BOOL) -> U8:
     meta = pa_field.metadata or {}
     if META_SHAPE not in meta:
         raise _bad(f"final image {name} has no shape metadata")
-    h, w, c = (int(d) for d in json.loads(meta[META_SHAPE]))
+    h, w, c = _parse_shape(meta[META_SHAPE])
     row = h * w * c
-    if not np.array_equal(_present(arr), valid):
+    if not _present_exactly(arr, valid):
         raise SchemaError(RejectReason.INCONSISTENT,
                           f"final image {name} is present on other rows than truncated ones")
     _, offsets_buf, data_buf = arr.buffers()
@@ -761,17 +871,28 @@ def from_arrow(
     if version == 1:
         rb = _rows_v1_to_v2(rb)
     schema = rb.schema
+    names = set(schema.names)
     for label in cls.LABELS:
-        if label not in schema.names:
+        if label not in names:
             raise _bad(f"no column {label}")
-        got = np.unique(_read_strings(rb.column(label), label))
+        got = _label_values(rb.column(label), label)
         want = getattr(event, label)
-        if got.tolist() != [want]:
+        if got != [want]:
             raise SchemaError(RejectReason.INCONSISTENT,
-                              f"column {label} holds {got.tolist()[:3]}, the header {want!r}")
+                              f"column {label} holds {got[:3]}, the header {want!r}")
+    masks: dict[str, BOOL] = {}
+
+    def mask(name: str) -> BOOL:
+        if name not in masks:
+            if name not in names:
+                raise _bad(f"no column {name}")
+            masks[name] = np.asarray(_read_scalar(rb.column(name), name, _BOOL_COLUMN),
+                                     np.bool_)
+        return masks[name]
+
     kwargs: dict[str, object] = {"event": event}
     for f, col in columns(cls):
-        if f.name not in schema.names:
+        if f.name not in names:
             if col.kind in (Kind.IMAGES, Kind.FINAL_IMAGES, Kind.INFO):
                 kwargs[f.name] = {}
                 continue
@@ -781,22 +902,21 @@ def from_arrow(
         if col.kind == Kind.STRING:
             kwargs[f.name] = _read_strings(arr, f.name)
         elif col.kind == Kind.SCALAR:
-            kwargs[f.name] = _read_scalar(arr, f.name, col)
+            kwargs[f.name] = (mask(f.name) if col.dtype == "bool"
+                              else _read_scalar(arr, f.name, col))
         elif col.kind == Kind.VECTOR:
             vec = _read_vector(arr, pa_field, pa.float32(), nullable=bool(col.where))
-            if col.where:
-                valid = _read_mask(rb, col.where)
-                if not np.array_equal(_present(arr), valid):
-                    # policy_action: the intervention contract (module docstring).
-                    raise SchemaError(
-                        RejectReason.CONTRACT if col.where == "intervention"
-                        else RejectReason.INCONSISTENT,
-                        f"{f.name} is present on other rows than {col.where}")
+            if col.where and not _present_exactly(arr, mask(col.where)):
+                # policy_action: the intervention contract (module docstring).
+                raise SchemaError(
+                    RejectReason.CONTRACT if col.where == "intervention"
+                    else RejectReason.INCONSISTENT,
+                    f"{f.name} is present on other rows than {col.where}")
             kwargs[f.name] = vec
         elif col.kind == Kind.FINAL:
             vec = _read_vector(arr, pa_field, pa.float32(), nullable=True)
-            valid = _read_mask(rb, col.where)
-            if not np.array_equal(_present(arr), valid):
+            valid = mask(col.where)
+            if not _present_exactly(arr, valid):
                 raise SchemaError(RejectReason.INCONSISTENT,
                                   f"{f.name} is present on other rows than {col.where}")
             kwargs[f.name] = vec[valid]
@@ -808,14 +928,24 @@ def from_arrow(
             for i, sub in enumerate(arr.type):
                 child = arr.field(i)
                 if col.kind == Kind.FINAL_IMAGES:
-                    valid = _read_mask(rb, col.where)
-                    out[sub.name] = _read_binary_rows(child, sub, valid)
+                    out[sub.name] = _read_binary_rows(child, sub, mask(col.where))
                 else:
                     value_type = pa.uint8() if col.kind == Kind.IMAGES else pa.float32()
                     out[sub.name] = _read_vector(child, sub, value_type, nullable=False)
             kwargs[f.name] = out
     # kwargs holds exactly the declared fields, each read and typed above.
-    return cls(**kwargs)  # type: ignore[arg-type]
+    batch = cls(**kwargs)  # type: ignore[arg-type]
+    if version != 1 and schema.equals(arrow_schema(cls, batch.layout), check_metadata=False):
+        # The decoded arrays are read-only views of these columns: to_arrow of this batch
+        # (the sink's rows, a re-send) reuses them instead of building them again.
+        object.__setattr__(batch, _ARROW_MEMO, rb.columns)
+    return batch
+
+
+#: Instance attribute holding the Arrow columns a decoded batch's arrays are views of.
+_ARROW_MEMO = "_arrow_columns"
+#: The same, on a rewarded batch made from a decoded raw batch: the raw batch's columns.
+_RAW_MEMO = "_raw_arrow_columns"
 
 
 def _rows_v1_to_v2(rb: pa.RecordBatch) -> pa.RecordBatch:
@@ -920,23 +1050,40 @@ def check_content(batch: AnyBatch) -> None:
 _END_REASONS = frozenset(r.value for r in EpisodeEndReason)
 
 
-def _bounds(spec: ArraySpec, arr: F32, name: str) -> None:
-    """Refuse values of ``arr`` (one row per step) outside ``spec``'s announced bounds,
-    give or take :data:`BOUNDS_TOLERANCE`; the detail names the column, row, element,
-    value and bound."""
+def outside_bounds(spec: ArraySpec, arr: F32) -> npt.NDArray[np.bool_]:
+    """Per element of ``arr`` (one row per step): is it outside ``spec``'s announced
+    bounds, give or take :data:`BOUNDS_TOLERANCE`?  The one bounds rule, used on batches
+    (:func:`check_against`) and on rows read back from the history alike."""
     flat = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64)))
-    for bound, side in ((spec.low, "low"), (spec.high, "high")):
-        if bound is None or flat.size == 0:
-            continue
-        b = np.broadcast_to(np.asarray(bound, np.float32), flat.shape[1:])
-        bad = flat < b - BOUNDS_TOLERANCE if side == "low" else flat > b + BOUNDS_TOLERANCE
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise SchemaError(
-                RejectReason.OUT_OF_BOUNDS,
-                f"{name}[{row}, {col}] = {flat[row, col]:g} is outside the announced "
-                f"{side} bound {float(b[col]):g}",
-            )
+    bad = np.zeros(flat.shape, dtype=bool)
+    if flat.size == 0:
+        return bad
+    if spec.low is not None:
+        bad |= flat < np.broadcast_to(np.asarray(spec.low, np.float32), flat.shape[1:]) \
+            - BOUNDS_TOLERANCE
+    if spec.high is not None:
+        bad |= flat > np.broadcast_to(np.asarray(spec.high, np.float32), flat.shape[1:]) \
+            + BOUNDS_TOLERANCE
+    return bad
+
+
+def _bounds(spec: ArraySpec, arr: F32, name: str) -> None:
+    """Refuse values of ``arr`` (one row per step) outside ``spec``'s announced bounds
+    (:func:`outside_bounds`); the detail names the column, row, element, value and bound."""
+    flat = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64)))
+    bad = outside_bounds(spec, flat)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        low = None if spec.low is None else float(
+            np.broadcast_to(np.asarray(spec.low, np.float32), flat.shape[1:])[col])
+        side, bound = (("low", low) if low is not None and flat[row, col] < low
+                       else ("high", float(np.broadcast_to(
+                           np.asarray(spec.high, np.float32), flat.shape[1:])[col])))
+        raise SchemaError(
+            RejectReason.OUT_OF_BOUNDS,
+            f"{name}[{row}, {col}] = {flat[row, col]:g} is outside the announced "
+            f"{side} bound {bound:g}",
+        )
 
 
 def check_against(batch: AnyBatch, robot: RobotSpec) -> None:

@@ -81,6 +81,11 @@ TOPIC_SCHEMAS: dict[str, frozenset[str]] = {
     catalog.LEARNER_METRICS.name: _names(events.LearnerMetricsV1),
     catalog.DLQ.name: _names(events.DeadLetterV1),
     catalog.GAPS.name: _names(events.GapDetectedV1),
+    catalog.HOSTS.name: _names(events.HostAnnouncedV1),
+    catalog.HOST_HEARTBEATS.name: _names(events.HostHeartbeatV1),
+    catalog.PLACEMENTS.name: _names(events.PlacementGrantedV1, events.PlacementReleasedV1),
+    catalog.INFERENCE_REQUESTS.name: _names(events.InferenceRequestV1),
+    catalog.INFERENCE_REPLIES.name: _names(events.ActionChunkV1),
 }
 
 
@@ -89,8 +94,12 @@ class SerdeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="USER_SERDE_", frozen=True, extra="ignore")
 
+    # Off by default: compressing buffers in the producing (Python) thread cost 3-10x the
+    # rest of the codec on sensor noise (`userctl bench codec`), while the WAN hop is
+    # compressed anyway by MirrorMaker's producer (zstd, infra/mirror.py) and a Kafka
+    # producer can compress whole record batches in librdkafka's own thread.
     arrow_compression: Literal["zstd", "lz4", "none"] = Field(
-        "zstd", description="Arrow IPC buffer compression of transition batches"
+        "none", description="Arrow IPC buffer compression of transition batches"
     )
     arrow_compression_level: int | None = Field(
         None, description="codec level; None is the codec's default (zstd: 1)"
@@ -156,6 +165,12 @@ def key_for(spec: TopicSpec, payload: Payload) -> str:
             raise SchemaError(RejectReason.MISSING_FIELD,
                               f"{event.schema_name} has no version for the {spec.name} key")
         return f"{need(event.experiment_id, 'experiment_id')}/{version}"
+    if spec.key == Key.HOST_ID and isinstance(
+            event, events.HostAnnouncedV1 | events.HostHeartbeatV1):
+        return event.host_id
+    if spec.key == Key.PLACEMENT_ID and isinstance(
+            event, events.PlacementGrantedV1 | events.PlacementReleasedV1):
+        return event.placement_id
     if isinstance(event, events.DeadLetterV1):
         return event.source_topic
     if isinstance(event, events.GapDetectedV1):
@@ -178,7 +193,9 @@ def arrow_ipc(batch: pa.RecordBatch, settings: SerdeSettings = DEFAULT_SETTINGS)
     """One Arrow IPC stream holding ``batch``, compressed as ``settings`` say (readers
     need not know: Arrow marks compressed buffers itself)."""
     compression = settings.arrow_compression
-    if batch.nbytes < settings.arrow_compress_min_bytes:
+    # get_total_buffer_size, not nbytes: nbytes walks every buffer to skip shared ones
+    # (tens of µs per record) and a size threshold needs no such precision.
+    if batch.get_total_buffer_size() < settings.arrow_compress_min_bytes:
         compression = "none"
     options = _ipc_options(compression, settings.arrow_compression_level)
     sink = pa.BufferOutputStream()
@@ -309,20 +326,23 @@ def _check_topic(spec: TopicSpec, name: str, registry: Registry) -> None:
 
 def _row_bytes(schema: pa.Schema) -> int:
     """Bytes one row of ``schema`` takes decoded (fixed-size parts; strings count 16)."""
+    return sum(_type_bytes(f.type) for f in schema)
 
-    def size(t: pa.DataType) -> int:
-        if pa.types.is_fixed_size_list(t):
-            return int(t.list_size) * size(t.value_type)
-        if pa.types.is_struct(t):
-            return sum(size(f.type) for f in t)
-        if pa.types.is_boolean(t):
-            return 1
-        try:
-            return max(1, int(t.bit_width) // 8)
-        except ValueError:
-            return 16
 
-    return sum(size(f.type) for f in schema)
+@functools.lru_cache(maxsize=512)
+def _type_bytes(t: pa.DataType) -> int:
+    """Bytes one value of ``t`` takes decoded; cached: a layout's few types recur in
+    every record."""
+    if pa.types.is_fixed_size_list(t):
+        return int(t.list_size) * _type_bytes(t.value_type)
+    if pa.types.is_struct(t):
+        return sum(_type_bytes(f.type) for f in t)
+    if pa.types.is_boolean(t):
+        return 1
+    try:
+        return max(1, int(t.bit_width) // 8)
+    except ValueError:
+        return 16
 
 
 def _decode_arrow(spec: TopicSpec, value: bytes, from_headers: tuple[str, int] | None,

@@ -223,7 +223,12 @@ def section(cells: list[Cell], args: argparse.Namespace) -> str:
         "arrays. Observations are Gaussian noise and images uniform noise, the worst case for "
         "zstd: real camera frames compress better. Image batches of 1024 steps (43 MB) exceed "
         f"`{catalog.TRANSITIONS_RAW.name}`'s {catalog.TRANSITIONS_RAW.max_message_bytes >> 20} "
-        "MiB record limit; agents send image batches of ≤ 256 steps.",
+        "MiB record limit; agents send image batches of ≤ 256 steps. `codec none` is the "
+        "default (`USER_SERDE_ARROW_COMPRESSION`; zstd is opt-in: the WAN hop is "
+        "compressed by MirrorMaker's producer). `codec` = `topics.serde.encode` + `decode`: "
+        "header, derived schema, dictionary strings and every structural check of the "
+        "decoder (labels vs header, shapes, nulls, the intervention contract); content "
+        "checks (`check_content`, bounds) are the consumers' and are not timed here.",
         "",
         table(cells),
     ])

@@ -35,8 +35,9 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from infra.bench import report
-from pipeline import sink, tables
-from schemas import samples
+from pipeline import reward_job, sink, tables
+from schemas import events, samples
+from schemas.spaces import RobotSpec
 from topics import admin, catalog, serde
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
@@ -51,7 +52,7 @@ WORKLOADS: dict[str, dict[str, object]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-steps", type=int, default=20_000, help="state-only steps")
+    p.add_argument("--state-steps", type=int, default=100_000, help="state-only steps")
     p.add_argument("--image-steps", type=int, default=2_000, help="image steps")
     p.add_argument("--batch", type=int, default=100, help="steps per record")
     p.add_argument("--repeats", type=int, default=3, help="timings per cell (median)")
@@ -64,7 +65,7 @@ class _Space:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
         self.suffix = f".bench{uuid.uuid4().hex[:8]}"
-        specs = [catalog.TRANSITIONS_RAW, catalog.TRANSITIONS, catalog.DLQ]
+        specs = [catalog.TRANSITIONS_RAW, catalog.TRANSITIONS, catalog.DLQ, catalog.ROBOTS]
         admin.ensure_topics(kafka, [s.model_copy(update={"name": s.name + self.suffix})
                                     for s in specs])
 
@@ -82,10 +83,30 @@ class _Space:
             c.close()
 
 
+ROBOTS = ("r1", "r2", "r3", "r4")
+
+
+def _spec(workload: dict[str, object]) -> RobotSpec:
+    return samples.robot_spec(info={"ee_pos": 3, "goal_pos": 3}, **workload)  # type: ignore[arg-type]
+
+
+def _announce(space: _Space, workload: dict[str, object]) -> None:
+    """The robots announce themselves in the namespace, as agents do before their first
+    step: consumers then check every batch against its robot's spec (bounds included)
+    without waiting for an announcement that never comes."""
+    producer = EventProducer(space.kafka, role="bench")
+    for i, robot in enumerate(ROBOTS):
+        event = events.RobotAnnouncedV1(site="lab-a" if i % 2 == 0 else "lab-b",
+                                        robot_id=robot, spec=_spec(workload))
+        producer.send_encoded(replace(serde.encode(catalog.ROBOTS, event),
+                                      topic=space.name(catalog.ROBOTS)))
+    producer.flush()
+
+
 def _records(workload: dict[str, object], steps: int, per: int) -> list[serde.Encoded]:
-    spec = samples.robot_spec(info={"ee_pos": 3, "goal_pos": 3}, **workload)  # type: ignore[arg-type]
+    spec = _spec(workload)
     out = []
-    robots = ("r1", "r2", "r3", "r4")
+    robots = ROBOTS
     for b in range(max(1, steps // per // len(robots))):
         for i, r in enumerate(robots):
             batch = samples.batch(spec, per, rng=b * 10 + i, robot_id=r,
@@ -164,10 +185,25 @@ def _reward_job(space: _Space, records: list[serde.Encoded], datadir: Path) -> f
         _produce(space.kafka, space.name(catalog.TRANSITIONS_RAW), records)
         while sum(space.ends(catalog.TRANSITIONS).values()) < base + len(records):
             time.sleep(0.02)
-        return time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        PEAK_RSS_MB.append(_peak_rss_mb(job.pid))
+        return elapsed
     finally:
         job.terminate()
         job.wait(timeout=60)
+
+
+#: Peak resident memory of each reward job process measured (MB).
+PEAK_RSS_MB: list[float] = []
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                 if line.startswith("VmHWM")), float("nan"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             n_steps = len(records) * per
             mb = sum(len(r.value) for r in records) / 1e6
             space = _Space(kafka)
+            _announce(space, workload)
             _produce(kafka, space.name(catalog.TRANSITIONS_RAW), records)
             times: dict[str, list[float]] = {"raw consume": [], "sink -> Delta": []}
             for i in range(args.repeats):
@@ -207,11 +244,15 @@ def run(args: argparse.Namespace) -> int:
         "## Ingest: Kafka -> Delta (`userctl bench ingest`)", "",
         *report.machine_lines(), f"- repeats: {args.repeats} (median)", "",
         *table, "",
-        "Raw consume reads bytes only; the sink also decodes and validates every batch, "
-        "converts it to Delta rows and commits them with one app transaction per "
-        "partition (flush every 20,000 rows or 1 s). The reward job is timed from the first "
-        "produce of fresh copies to the last rewarded record on `transitions` (faust, "
-        "already running).",
+        "Raw consume reads bytes only; the sink also decodes and validates every batch "
+        "(against its robot's announced spec), converts it to Delta rows and commits them "
+        "with one app transaction per partition (flush every "
+        f"{sink.SinkSettings().flush_rows:,} rows or 1 s). The reward job is timed from the "
+        "first produce of fresh copies to the last rewarded record on `transitions` (faust, "
+        "already running; it takes up to "
+        f"{reward_job.TAKE_RECORDS} records at a time)"
+        + (f"; its process peaked at {max(PEAK_RSS_MB):,.0f} MB RSS (no torch)."
+           if PEAK_RSS_MB else "."),
     ])
     if not args.no_write:
         report.write_section("ingest", text, args.out)
