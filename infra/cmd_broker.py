@@ -16,7 +16,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="run the local Apache Kafka broker (KRaft)")
     bsub = p.add_subparsers(dest="broker_cmd", required=True)
     s = bsub.add_parser("start", help="start the broker (idempotent) and wait until it answers")
+    s.add_argument("--secure", action="store_true",
+                   help="SASL_SSL + ACLs (as USER_SECURE=1): makes certificates and users "
+                   "first if missing (`userctl security init`)")
     s.set_defaults(func=_start)
+    s = bsub.add_parser("run", help="start the broker and stay in the foreground until "
+                        "SIGTERM/SIGINT, then stop it (a role under `userctl up`)")
+    s.set_defaults(func=_run)
     s = bsub.add_parser("stop", help="stop gracefully, then forcefully after a timeout")
     s.set_defaults(func=_stop)
     s = bsub.add_parser("status", help="is it running and answering?")
@@ -40,9 +46,20 @@ def _external() -> str | None:
 
 def _start(args: argparse.Namespace) -> int:
     external = _external()
-    broker = Broker(BrokerSettings())
+    broker = Broker(BrokerSettings(secure=True) if args.secure else BrokerSettings())
     if external and external != broker.settings.bootstrap:
         print(f"{BOOTSTRAP_ENV}={external} is set: using that cluster, not starting a local broker")
+        return 0
+    if broker.settings.secure:
+        from infra import security
+        from topics.settings import KafkaSettings
+
+        running = broker.pid()
+        security.start_secure(broker, KafkaSettings().sites.sites, say=_say)
+        print(f"Kafka {broker.version} is up{' (already running)' if running else ''} with "
+              f"SASL_SSL on {broker.settings.bootstrap} (admin: mutual TLS on "
+              f"{broker.settings.internal_bootstrap})")
+        print("clients: eval \"$(userctl security env operator)\"  (or agent-<site>, learner, …)")
         return 0
     result = broker.start(say=_say)
     if result.already_running:
@@ -51,6 +68,32 @@ def _start(args: argparse.Namespace) -> int:
         print(f"Kafka {broker.version} is up (pid {result.pid}) on {broker.settings.bootstrap}")
     if broker.settings.bootstrap != "127.0.0.1:9092" and not external:
         print(f"clients: export {BOOTSTRAP_ENV}={broker.settings.bootstrap}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The broker of this USER_HOME as a supervised role: its lifetime is this process's."""
+    import signal
+
+    broker = Broker(BrokerSettings())
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    result = broker.start(say=_say)
+    print(f"Kafka {broker.version} is up (pid {result.pid}) on {broker.settings.bootstrap}; "
+          "stops with this process", flush=True)
+    while not stopping:
+        if broker.pid() is None:
+            print(f"userctl: Kafka (pid {result.pid}) exited; see {broker.log_file}",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    broker.stop(say=_say)
     return 0
 
 

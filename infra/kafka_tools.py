@@ -22,7 +22,33 @@ TOOLS: dict[str, str] = {
     "kafka-dump-log": "kafka.tools.DumpLogSegments",
     "kafka-configs": "kafka.admin.ConfigCommand",
     "kafka-storage": "kafka.tools.StorageTool",
+    "kafka-acls": "org.apache.kafka.tools.AclCommand",
 }
+
+#: Each tool's flag naming a client config file (default ``--command-config``).
+CONFIG_FLAGS = {"kafka-console-consumer": "--consumer.config",
+                "kafka-console-producer": "--producer.config"}
+
+
+def secure_args(tool: str, args: list[str], broker: Broker) -> list[str]:
+    """On the secured cluster (USER_SECURE=1), ``args`` plus the 0600 client config that
+    `userctl security init` wrote (operator's SCRAM; the admin's certificate for
+    kafka-acls, with the INTERNAL listener as bootstrap) unless the caller gave one."""
+    from infra import security
+
+    paths = security.Paths(broker.home)
+    if not broker.settings.secure or tool in ("kafka-storage", "kafka-dump-log"):
+        return args
+    flag = CONFIG_FLAGS.get(tool, "--command-config")
+    extra: list[str] = []
+    if flag not in args:
+        config = paths.admin_properties if tool == "kafka-acls" else paths.client_properties
+        extra += [flag, str(config)]
+    if "--bootstrap-server" not in args:
+        bootstrap = (broker.settings.internal_bootstrap if tool == "kafka-acls"
+                     else broker.settings.bootstrap)
+        extra += ["--bootstrap-server", bootstrap]
+    return [*args, *extra]
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +65,7 @@ def main(argv: list[str]) -> int:
     cmd = [
         java, "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
         f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'tools-log4j2.properties'}",
-        "-cp", broker.classpath(), TOOLS[argv[0]], *argv[1:],
+        "-cp", broker.classpath(), TOOLS[argv[0]], *secure_args(argv[0], argv[1:], broker),
     ]
     os.execv(java, cmd)
 

@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -47,7 +48,7 @@ from learners import lineage
 from learners.core import JSON, Algorithm
 from learners.policies import PolicySpec, sha256_hex, to_safetensors, weights_metadata
 from schemas import events
-from topics import catalog
+from topics import catalog, signing
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class WeightSyncSettings(BaseSettings):
     every_updates: int = Field(1000, ge=1, description="publish every N learner updates…")
     every_s: float = Field(30.0, gt=0, description="…or every T seconds, whichever first")
     ack_timeout_s: float = Field(120.0, gt=0, description="give up on a version after this")
+    signing_key: Path | None = Field(
+        None, description="Ed25519 private key (0600 PEM) signing every manifest "
+        "(`userctl security init` makes one); None: manifests go unsigned")
 
     @model_validator(mode="after")
     def _burst_fits(self) -> WeightSyncSettings:
@@ -439,6 +443,8 @@ class WeightsPublisher:
         self._thread: threading.Thread | None = None
         self._unsent: Snapshot | None = None
         """the last snapshot that failed to send: its lineage goes with the next one."""
+        self._signer = (signing.SigningKey.load(settings.signing_key)
+                        if settings.signing_key is not None else None)
 
     @property
     def published_version(self) -> int:
@@ -538,6 +544,8 @@ class WeightsPublisher:
         manifest = build_manifest(snapshot, experiment_id=self.experiment_id, version=version,
                                   blob=blob, chunks=chunks, offsets=offsets,
                                   chunk_bytes=cfg.chunk_bytes)
+        if self._signer is not None:  # robots that require signatures refuse it otherwise
+            manifest = signing.sign(manifest, self._signer)
         self.sink.send_manifest(manifest, cfg.ack_timeout_s)
         with self._state:
             self.stats.bytes_sent += len(blob)

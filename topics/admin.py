@@ -8,9 +8,11 @@ than its spec is reported and left alone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -36,6 +38,33 @@ class BrokerUnreachableError(RuntimeError):
             + "; start one with `userctl broker start` or point USER_KAFKA_BOOTSTRAP at yours"
         )
         self.bootstrap = bootstrap
+
+
+class BrokerAuthError(BrokerUnreachableError):
+    """The broker answered but refused who we are (SASL or TLS): one actionable line."""
+
+    def __init__(self, bootstrap: str, principal: str, detail: str) -> None:
+        RuntimeError.__init__(
+            self, f"Kafka at {bootstrap} refused {principal}: {detail}; check "
+            "USER_KAFKA_SASL_USERNAME / USER_KAFKA_SASL_PASSWORD_FILE (`userctl security env "
+            "<role>`) or rerun `userctl security init`")
+        self.bootstrap = bootstrap
+        self.principal = principal
+
+
+#: librdkafka errors that mean "we were refused", not "nobody answered".
+_AUTH_ERRORS = {KafkaError._AUTHENTICATION: "authentication failed (wrong password?)",
+                KafkaError._SSL: "the TLS handshake failed (wrong CA or certificate?)"}
+
+
+class _Admin(AdminClient):
+    """An AdminClient that remembers the last authentication/TLS error librdkafka reported."""
+
+    refused: str | None = None
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in _AUTH_ERRORS:
+            self.refused = _AUTH_ERRORS[err.code()]
 
 
 class State(StrEnum):
@@ -68,15 +97,37 @@ class TopicReport:
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(settings.admin_config(), logger=LIBRDKAFKA_LOG)
+    holder: list[_Admin] = []
+
+    def on_error(err: KafkaError) -> None:
+        if holder:
+            holder[0]._on_error(err)
+
+    conf: dict[str, object] = {**settings.admin_config(), "error_cb": on_error}
+    # confluent-kafka's stub types an admin config as scalars only; librdkafka takes
+    # ``error_cb`` like every client does.
+    client = _Admin(cast("dict[str, str | int | float | bool]", conf), logger=LIBRDKAFKA_LOG)
+    holder.append(client)
+    return client
 
 
 def wait_for_broker(admin: AdminClient, settings: KafkaSettings, timeout_s: float = 10.0) -> None:
-    """Return once the cluster answers a metadata request; else raise BrokerUnreachableError."""
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerUnreachableError(settings.bootstrap, str(exc.args[0])) from None
+    """Return once the cluster answers a metadata request; else raise
+    :class:`BrokerAuthError` (it refused our credentials) or BrokerUnreachableError."""
+    # Ask in short slices: a refusal (reported through the error callback) ends the wait
+    # at once instead of after the whole timeout.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            admin.poll(0)  # serve the error callbacks: was it a refusal?
+            refused = getattr(admin, "refused", None)
+            if refused:
+                raise BrokerAuthError(settings.bootstrap, settings.principal, refused) from None
+            if time.monotonic() >= deadline:
+                raise BrokerUnreachableError(settings.bootstrap, str(exc.args[0])) from None
 
 
 def _broker_state(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: librdkafka configuration values are strings, numbers or bools (and the Python logger
@@ -26,6 +28,17 @@ AdminConfig = dict[str, str | int | float | bool]
 #: Where librdkafka's log lines go, at their syslog level mapped to Python's (instead of
 #: raw ``%4|…|FAC|…`` lines on stderr); served when the client is polled.
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def _not_an_explained_refusal(record: logging.LogRecord) -> bool:
+    """Drop an admin client's authentication/TLS failure lines: ``topics.admin`` turns
+    them into one error naming the principal (producers and consumers still log them)."""
+    text = record.getMessage()
+    return not ("-admin#" in text and ("authentication error" in text
+                                       or "SSL handshake failed" in text))
+
+
+LIBRDKAFKA_LOG.addFilter(_not_an_explained_refusal)
 
 #: The topic config holding a topic's record size limit (the broker reports it per topic).
 TOPIC_MAX_MESSAGE_BYTES = "max.message.bytes"
@@ -147,8 +160,16 @@ class KafkaSettings(BaseSettings):
     )
     security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, …")
     sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-512, … for SASL")
-    sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_username: str | None = Field(None, description="the principal (a role, `userctl "
+                                      "security init` lists them)")
+    sasl_password: SecretStr | None = Field(
+        None, description="prefer sasl_password_file: an environment is easy to leak")
+    sasl_password_file: Path | None = Field(
+        None, description="0600 file holding the password (read once, here)")
+    ssl_ca_location: Path | None = Field(None, description="CA certificate (PEM) to trust")
+    ssl_certificate_location: Path | None = Field(
+        None, description="client certificate (PEM) for mutual TLS (the admin principal)")
+    ssl_key_location: Path | None = Field(None, description="its private key (PEM, 0600)")
     message_max_bytes: int = Field(
         40 * 1024 * 1024, description="largest record a client sends or fetches", gt=0
     )
@@ -159,6 +180,34 @@ class KafkaSettings(BaseSettings):
         description="a consumer-group member silent this long loses its partitions "
         "(a killed sink's partitions move on after this)",
     )
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> KafkaSettings:
+        if self.sasl_password is None and self.sasl_password_file is not None:
+            path = self.sasl_password_file
+            try:
+                mode = path.stat().st_mode & 0o077
+                text = path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read the password file {path} ({exc.strerror}); "
+                                 "run `userctl security init`") from None
+            if mode:
+                raise ValueError(f"password file {path} is readable by others; chmod 600 it")
+            object.__setattr__(self, "sasl_password", SecretStr(text))
+        return self
+
+    def password(self) -> str | None:
+        """The SASL password (only client configurations are given it)."""
+        return None if self.sasl_password is None else self.sasl_password.get_secret_value()
+
+    @property
+    def principal(self) -> str:
+        """Who this client is to the broker, for error messages."""
+        if self.sasl_username:
+            return f"User:{self.sasl_username}"
+        if self.ssl_certificate_location is not None:
+            return f"the certificate {self.ssl_certificate_location.name}"
+        return "ANONYMOUS"
 
     @field_validator("sites", mode="before")
     @classmethod
@@ -182,7 +231,13 @@ class KafkaSettings(BaseSettings):
         if self.sasl_username is not None:
             conf["sasl.username"] = self.sasl_username
         if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location is not None:
+            conf["ssl.ca.location"] = str(self.ssl_ca_location)
+        if self.ssl_certificate_location is not None:
+            conf["ssl.certificate.location"] = str(self.ssl_certificate_location)
+        if self.ssl_key_location is not None:
+            conf["ssl.key.location"] = str(self.ssl_key_location)
         return conf
 
     def admin_config(self) -> AdminConfig:
@@ -266,8 +321,33 @@ class KafkaSettings(BaseSettings):
         if self.sasl_username is not None:
             kwargs["sasl_plain_username"] = self.sasl_username
         if self.sasl_password is not None:
-            kwargs["sasl_plain_password"] = self.sasl_password
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return kwargs
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context aiokafka/faust use (None on a PLAINTEXT/SASL_PLAINTEXT cluster):
+        trusts ``ssl_ca_location`` and checks the broker's name."""
+        if "SSL" not in self.security_protocol.upper():
+            return None
+        ctx = ssl.create_default_context(
+            cafile=str(self.ssl_ca_location) if self.ssl_ca_location else None)
+        if self.ssl_certificate_location is not None:
+            ctx.load_cert_chain(str(self.ssl_certificate_location),
+                                str(self.ssl_key_location) if self.ssl_key_location else None)
+        return ctx
+
+    def faust_credentials(self) -> object | None:
+        """faust's ``broker_credentials``: SASL (SCRAM/PLAIN) over TLS, TLS alone, or None."""
+        import faust  # only reward jobs need faust; keep it out of every other import
+
+        ctx = self.ssl_context()
+        if self.sasl_mechanism and self.sasl_username is not None:
+            return faust.SASLCredentials(
+                username=self.sasl_username, password=self.password() or "",
+                mechanism=self.sasl_mechanism, ssl_context=ctx)
+        if ctx is not None:
+            return faust.SSLCredentials(ctx)
+        return None
 
     def faust_settings(self) -> dict[str, float]:
         """faust's consumer-group timings, from the same session timeout as every group.
@@ -294,5 +374,9 @@ class KafkaSettings(BaseSettings):
         shown = self.model_dump()
         if shown.get("sasl_password"):
             shown["sasl_password"] = "***"
+        for key in ("sasl_password_file", "ssl_ca_location", "ssl_certificate_location",
+                    "ssl_key_location"):
+            if shown.get(key) is not None:
+                shown[key] = str(shown[key])
         shown["sites"] = {k: list(v) for k, v in self.sites.sites.items()}
         return shown

@@ -382,6 +382,7 @@ class MemorySource:
         self.sink = sink
         self._seen = 0
         self._caught_up = False
+        self.refused: list[tuple[int, events.RejectReason, str]] = []
 
     def manifests(self, timeout_s: float) -> list[events.WeightsManifestV1 | str]:
         new = self.sink.manifests[self._seen :]
@@ -397,6 +398,10 @@ class MemorySource:
     def fetch(self, manifest: events.WeightsManifestV1, timeout_s: float) -> list[FetchedChunk]:
         chunks = self.sink.chunks
         return [FetchedChunk(o, chunks[o]) for o in manifest.chunk_offsets if o < len(chunks)]
+
+    def refuse(self, manifest: events.WeightsManifestV1, reason: events.RejectReason,
+               detail: str) -> None:
+        self.refused.append((manifest.version, reason, detail))
 
     def close(self) -> None:
         pass
