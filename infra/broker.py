@@ -28,9 +28,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from topics.settings import KafkaSettings
 
 INFRA = Path(__file__).resolve().parent
 REPO = INFRA.parent
@@ -70,8 +74,21 @@ class BrokerSettings(BaseSettings):
         description="state directory: jars, data, pid and logs",
     )
     host: str = Field("127.0.0.1", description="address the broker listens on")
+    advertised_host: str | None = Field(
+        None, description="the name clients reach it by, when not `host` (a container's "
+        "name when it listens on 0.0.0.0)")
     port: int = Field(9092, ge=1, le=65535, description="client (PLAINTEXT) port")
     controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port")
+    secure: bool = Field(
+        False, validation_alias=AliasChoices("USER_SECURE", "USER_BROKER_SECURE", "secure"),
+        description="SASL_SSL (SCRAM-SHA-512) on the client port, TLS inside, ACLs "
+        "(infra/security.py; `userctl security init` makes the certificates)")
+    wan_listeners: str | None = Field(
+        None, description="the cloud broker's WAN listeners for the edges' MirrorMaker 2, "
+        "'lab-a=9192;lab-b=9193@proxy-host:29193' (site=port[@advertised host:port]): TLS "
+        "with client certificates required (infra/wan.py; `userctl mirror certs`)")
+    internal_port: int = Field(9094, ge=1, le=65535,
+                               description="inter-broker + admin port (mutual TLS; secure only)")
     node_id: int = Field(1, ge=0)
     heap: str = Field("1g", description="JVM heap, -Xmx")
     java: str | None = Field(None, description="java executable; default $JAVA_HOME/bin/java")
@@ -91,6 +108,10 @@ class BrokerSettings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def internal_bootstrap(self) -> str:
+        return f"{self.host}:{self.internal_port}"
 
 
 @dataclass(frozen=True)
@@ -246,9 +267,28 @@ class Broker:
             "the last run did not stop cleanly)"
         )
 
+    def admin_settings(self) -> KafkaSettings:
+        """How this process talks to its broker as an administrator: plaintext, or on a
+        secure broker the admin certificate on the INTERNAL listener."""
+        from topics.settings import KafkaSettings
+
+        if not self.settings.secure:
+            return KafkaSettings(bootstrap=self.settings.bootstrap)
+        from infra import security
+
+        return security.admin_settings(self.home, self.settings.internal_bootstrap)
+
     def _check_ports(self) -> None:
-        for name, port in (("USER_BROKER_PORT", self.settings.port),
-                           ("USER_BROKER_CONTROLLER_PORT", self.settings.controller_port)):
+        ports = [("USER_BROKER_PORT", self.settings.port),
+                 ("USER_BROKER_CONTROLLER_PORT", self.settings.controller_port)]
+        if self.settings.secure:
+            ports.append(("USER_BROKER_INTERNAL_PORT", self.settings.internal_port))
+        if self.settings.wan_listeners:
+            from infra import wan
+
+            ports += [("USER_BROKER_WAN_LISTENERS", w.port)
+                      for w in wan.parse_listeners(self.settings.wan_listeners)]
+        for name, port in ports:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -267,10 +307,26 @@ class Broker:
         server = string.Template((INFRA / "kafka" / "server.properties.template").read_text())
         self.server_properties.write_text(server.substitute(
             node_id=s.node_id, host=s.host, port=s.port, controller_port=s.controller_port,
+            advertised_host=s.advertised_host or s.host,
             data_dir=self.data_dir, message_max_bytes=s.message_max_bytes,
             socket_request_max_bytes=max(104857600, 2 * s.message_max_bytes),
             offsets_partitions=s.offsets_partitions,
         ))
+        if s.secure:  # it holds the keystore password: owner only
+            from infra import security
+
+            self.server_properties.chmod(0o600)
+            self.server_properties.write_text(security.override_properties(
+                self.server_properties.read_text(), security.broker_properties(
+                    self.home, host=s.host, port=s.port, internal_port=s.internal_port,
+                    controller_port=s.controller_port)))
+        if s.wan_listeners:  # the keystore password again: owner only
+            from infra import wan
+
+            self.server_properties.chmod(0o600)
+            self.server_properties.write_text(wan.with_wan_listeners(
+                self.server_properties.read_text(), self.home, s.host,
+                wan.parse_listeners(s.wan_listeners)))
         log4j = string.Template((INFRA / "kafka" / "log4j2.properties.template").read_text())
         self.log4j_properties.write_text(log4j.substitute(log_file=self.log_file))
 
@@ -364,7 +420,7 @@ class Broker:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise self._explain_exit(proc.returncode, log_offset)
-            if answers_metadata(self.settings.bootstrap, timeout_s=1.0):
+            if topic_count(self.settings.bootstrap, 1.0, self.admin_settings()) is not None:
                 return
             time.sleep(0.2)
         self.stop()
@@ -420,7 +476,8 @@ class Broker:
 
     def status(self) -> BrokerStatus:
         pid = self.pid()
-        topics = topic_count(self.settings.bootstrap) if pid is not None else None
+        topics = (topic_count(self.settings.bootstrap, 2.0, self.admin_settings())
+                  if pid is not None else None)
         return BrokerStatus(
             running=pid is not None, pid=pid, bootstrap=self.settings.bootstrap,
             answering=topics is not None, topics=topics, version=self.version,
@@ -436,14 +493,16 @@ def answers_metadata(bootstrap: str, timeout_s: float = 2.0) -> bool:
     return topic_count(bootstrap, timeout_s) is not None
 
 
-def topic_count(bootstrap: str, timeout_s: float = 2.0) -> int | None:
-    """How many topics the cluster at ``bootstrap`` reports, or None if it does not answer."""
+def topic_count(bootstrap: str, timeout_s: float = 2.0,
+                settings: KafkaSettings | None = None) -> int | None:
+    """How many topics the cluster at ``bootstrap`` reports (asked with ``settings``, by
+    default plaintext), or None if it does not answer."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     from topics.settings import KafkaSettings
 
-    conf = KafkaSettings(bootstrap=bootstrap).admin_config()
+    conf = (settings or KafkaSettings(bootstrap=bootstrap)).admin_config()
     conf["log_level"] = 0  # an unreachable broker is an answer here, not an error to log
     try:
         meta = AdminClient(conf).list_topics(timeout=timeout_s)

@@ -1,61 +1,62 @@
-"""infra/compose.yaml describes the same topology as infra/topology.yaml, on the official
-Apache Kafka image; where a Docker engine exists it is brought up for real."""
+"""infra/compose.yaml describes the same edge–cloud topology as infra/topology-sites.yaml,
+with the cloud and each site on their own Docker networks (it is brought up for real by
+tests/e2e/test_docker_sites.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
-NOT_ROLES = {"kafka", "topics", "cli"}
+SITES = ("lab-a", "lab-b")
 
 
 def _compose() -> dict:  # type: ignore[type-arg]
     return yaml.safe_load((INFRA / "compose.yaml").read_text())
 
 
-def test_compose_runs_the_topology_roles_with_the_same_commands() -> None:
-    topology = yaml.safe_load((INFRA / "topology.yaml").read_text())
+def _topology() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((INFRA / "topology-sites.yaml").read_text())
+
+
+def test_compose_runs_the_process_topologys_roles_with_the_same_commands() -> None:
     services = _compose()["services"]
-    roles = {name: svc["command"] for name, svc in services.items() if name not in NOT_ROLES}
-    assert roles == {name: role["userctl"] for name, role in topology["roles"].items()}
-    assert services["kafka"]["image"].startswith("apache/kafka:")
+    for name, role in _topology()["roles"].items():
+        args = role["userctl"]
+        if name.startswith(("broker-", "topics-", "mirror-")) or name == "certs":
+            kind = {"broker": "kafka", "topics": "topics", "mirror": "mm2"}.get(
+                name.split("-")[0], name)
+            twin = services[name.replace(name.split("-")[0], kind, 1)]
+            assert twin["command"][:2] == args[:2], name
+        else:
+            assert services[name]["command"] == args, name
 
 
-def test_compose_pins_the_same_kafka_version_as_the_maven_build() -> None:
-    from infra.broker import kafka_version
+def test_each_site_is_its_own_network_and_only_its_mirror_reaches_the_cloud() -> None:
+    services = _compose()["services"]
+    assert set(_compose()["networks"]) == {"cloud", *SITES, *(f"wan-{s}" for s in SITES)}
+    for name, svc in services.items():
+        assert "ports" not in svc and "expose" not in svc, f"{name} publishes a port"
+        nets = set(svc.get("networks", []))
+        site = next((s for s in SITES if name.endswith(s) or f"-{s}-" in name), None)
+        if name.startswith("mm2-"):
+            assert nets == {site, f"wan-{site}"}, name
+        elif name == "kafka-cloud":
+            assert nets == {"cloud", *(f"wan-{s}" for s in SITES)}
+        elif name in ("cli", "certs"):
+            continue
+        elif site is not None:
+            assert nets == {site}, name
+        else:
+            assert nets == {"cloud"}, name
 
-    assert _compose()["services"]["kafka"]["image"] == f"apache/kafka:{kafka_version()}"
 
-
-def _docker_engine() -> str | None:
-    """None when a Docker engine answers, else why not."""
-    if shutil.which("docker") is None:
-        return "the docker client is not installed"
-    out = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                         capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        return f"no Docker engine answers ({(out.stderr or out.stdout).strip()[:160]})"
-    return None
-
-
-def test_the_compose_topology_comes_up_where_docker_exists() -> None:
-    why = _docker_engine()
-    if why is not None:
-        pytest.skip(f"compose topology not run: {why}")
-    compose = ["docker", "compose", "-f", str(INFRA / "compose.yaml")]
-    try:
-        up = subprocess.run([*compose, "up", "-d", "--build", "kafka", "topics", "controller"],
-                            capture_output=True, text=True, timeout=1800)
-        assert up.returncode == 0, up.stderr[-2000:]
-        topics = subprocess.run(
-            [*compose, "exec", "-T", "kafka", "/opt/kafka/bin/kafka-topics.sh",
-             "--bootstrap-server", "localhost:9092", "--list"],
-            capture_output=True, text=True, timeout=300)
-        assert "transitions.raw" in topics.stdout
-    finally:
-        subprocess.run([*compose, "down", "-v"], capture_output=True, timeout=600)
+def test_the_edges_dial_the_cloud_with_mutual_tls_on_their_own_wan_listener() -> None:
+    services = _compose()["services"]
+    listeners = services["kafka-cloud"]["environment"]["USER_BROKER_WAN_LISTENERS"]
+    for i, site in enumerate(SITES):
+        mm2 = services[f"mm2-{site}"]
+        assert mm2["environment"]["USER_MIRROR_CLOUD_SECURITY_PROTOCOL"] == "SSL"
+        port = mm2["command"][mm2["command"].index("--cloud") + 1].split(":")[1]
+        assert f"{site}={port}@kafka-cloud:{port}" in listeners.split(";")[i]
