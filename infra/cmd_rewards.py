@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from pipeline import reward_job, rewards
@@ -24,12 +25,81 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--datadir", type=Path, default=None,
                    help="faust's local state directory")
     s.set_defaults(func=_run)
+    s = rsub.add_parser(
+        "train", help="train a success classifier on camera frames from Delta and register "
+                      "it as NAME@VERSION (a learned reward)")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--experiment", required=True, help="experiment whose history to learn from")
+    s.add_argument("--labels", default=None, metavar="NAME@VERSION",
+                   help="reward function whose success column labels the frames (default: "
+                        "the only one that scored the experiment)")
+    s.add_argument("--camera", default="overhead", help="camera the classifier reads")
+    s.add_argument("--root", type=Path, default=None,
+                   help="Delta root (default: the sink's, USER_SINK_ROOT)")
+    s.add_argument("--epochs", type=int, default=10, help="passes over the training frames")
+    s.add_argument("--max-frames", type=int, default=20_000,
+                   help="frames read at most (every success frame, a share of the rest)")
+    s.add_argument("--threshold", type=float, default=0.5, help="success when p >= this")
+    s.set_defaults(func=_train)
 
 
 def _list(args: argparse.Namespace) -> int:
     for rid, entry in rewards.available().items():
         needs = f" (info: {', '.join(entry.needs)})" if entry.needs else ""
         print(f"{rid:24} {entry.doc.splitlines()[0] if entry.doc else ''}{needs}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    from pipeline import sink
+    from pipeline.rewards import classifier
+    from topics import tables
+
+    if not re.fullmatch(r"[a-z][a-z0-9_.-]*", args.name):
+        raise SystemExit(f"userctl rewards train: {args.name!r} is not a reward name "
+                         "(lowercase letters, digits, ._-)")
+    root = args.root or sink.SinkSettings().root
+    labels = args.labels
+    if labels is None:
+        try:
+            dataset = DeltaTable(str(tables.table_path(root, tables.TRANSITIONS))
+                                 ).to_pyarrow_dataset()
+        except Exception as exc:  # deltalake's own error types
+            raise SystemExit(f"userctl rewards train: no transitions table under {root}: "
+                             f"{exc}") from None
+        fns = pc.unique(dataset.to_table(
+            columns=["reward_fn"],
+            filter=pc.field(tables.PARTITION_COLUMN) == args.experiment).column("reward_fn"))
+        names = sorted(str(f) for f in fns.to_pylist())
+        if len(names) != 1:
+            raise SystemExit(f"userctl rewards train: experiment {args.experiment!r} was scored "
+                             f"by {names or 'nothing'}; pick the labels with --labels")
+        labels = names[0]
+    try:
+        frames, success, robots, episodes = classifier.training_frames(
+            root, args.experiment, labels, args.camera, max_frames=args.max_frames)
+    except LookupError as exc:
+        raise SystemExit(f"userctl rewards train: {exc}") from None
+    heldout = classifier.heldout_episode(robots, episodes)
+    net, quality = classifier.train(frames, success, heldout, epochs=args.epochs,
+                                    threshold=args.threshold)
+    version = classifier.next_version(args.name)
+    record = classifier.Record(
+        name=args.name, version=version, camera=args.camera,
+        image_size=(int(frames.shape[1]), int(frames.shape[2])), channels=16,
+        threshold=args.threshold, experiment=args.experiment, labels=labels,
+        train_frames=int((~heldout).sum()), heldout_frames=int(heldout.sum()),
+        heldout_episodes=len(set(zip(robots[heldout].tolist(), episodes[heldout].tolist(),
+                                     strict=True))),
+        precision=quality["precision"], recall=quality["recall"], trained_at=classifier.now())
+    path = classifier.save(net, record)
+    print(f"registered {record.id}: {args.camera} frames of {args.experiment} labelled by "
+          f"{labels}; {record.train_frames} training frames, held-out {record.heldout_frames} "
+          f"frames of {record.heldout_episodes} episodes: precision {record.precision:.3f}, "
+          f"recall {record.recall:.3f} ({path})")
     return 0
 
 

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from learners.core import JSON, Policy, Weights
 from learners.policies._networks import TanhGaussianActor
-from learners.policies._registry import PolicySpec
+from learners.policies._registry import ActorParts, PolicySpec
 
 KIND = "mlp_gaussian"
 
@@ -47,7 +48,8 @@ class MlpGaussianPolicy(Policy):
         else:
             self._generator.seed()
 
-    def act(self, observation: np.ndarray, deterministic: bool = False) -> np.ndarray:
+    def act(self, observation: np.ndarray, deterministic: bool = False,
+            images: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32))
         if obs.ndim != 2 or obs.shape[1] != self.spec.observation_dim:
             raise ValueError(
@@ -89,3 +91,28 @@ def build(spec: PolicySpec, options: Mapping[str, JSON]) -> MlpGaussianPolicy:
     if seed is not None and not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     return MlpGaussianPolicy(spec, build_actor(spec, hidden_sizes_option(options)), seed)
+
+
+class StateEncoder(nn.Module):
+    """The identity on the flat state: ``mlp_gaussian``'s features are the observation."""
+
+    def forward(self, observation: torch.Tensor, images: Mapping[str, torch.Tensor]
+                ) -> torch.Tensor:
+        return observation
+
+
+def check(options: Mapping[str, JSON]) -> None:
+    """``mlp_gaussian`` sees the whole flat state and no camera."""
+    if options.get("cameras"):
+        raise ValueError(f"{KIND} sees no cameras (observation.cameras is "
+                         f"{options['cameras']}); use policy.kind cnn_gaussian")
+    if options.get("state_indices") is not None:
+        raise ValueError(f"{KIND} sees the whole state; leave observation.state_indices unset")
+    hidden_sizes_option(options)
+
+
+def parts(spec: PolicySpec, options: Mapping[str, JSON]) -> ActorParts:
+    """The actor an actor-critic learner trains (the head alone is the published policy)."""
+    head = build_actor(spec, hidden_sizes_option(options))
+    return ActorParts(encoder=StateEncoder(), head=head, feature_dim=spec.observation_dim,
+                      policy=head)

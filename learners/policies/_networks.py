@@ -62,7 +62,8 @@ class TanhGaussianActor(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action in bounds and its log-probability, shape (batch,)."""
         mean, std = self.distribution(observation)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                            device=mean.device)
         u = mean + std * noise
         log_prob = (-0.5 * noise.pow(2) - std.log() - 0.5 * math.log(2.0 * math.pi)).sum(-1)
         # log|d tanh(u)/du| = log(1 - tanh(u)^2), written stably.

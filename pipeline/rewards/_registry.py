@@ -124,6 +124,10 @@ def _load_plugins() -> None:
     if not plugins.load(ENTRY_POINTS):
         for module in PLUGIN_MODULES:
             importlib.import_module(module)
+    # Learned rewards (``userctl rewards train``): versions found under USER_HOME/rewards.
+    from pipeline.rewards import classifier
+
+    classifier.register_learned()
 
 
 def available() -> dict[str, Registered]:

@@ -1,0 +1,353 @@
+"""Learning from pixels, measured (issue 12): learner updates/s on camera frames, the image
+replay buffer's resident memory, and pixel reach where the goal is only in the image.
+
+Parts (``--parts``, comma-separated; default ``updates,buffer,reach``):
+
+* ``updates`` — SAC with the ``cnn_gaussian`` policy (DrQ shift, encoder trained by the
+  critics) on batches of ``--batch`` (256) steps of two 64×64×3 cameras + state, sampled
+  from the image replay buffer: updates/s and the time split sample/update, on the CPU
+  (``--threads`` torch threads), or with ``--gpu`` on CUDA.  Self-contained: no broker,
+  no Delta — ``userctl bench pixels --gpu`` needs only the repository and its venv on a
+  CUDA machine and finishes well within 10 minutes (``--seconds`` per measurement).
+* ``buffer`` — a fresh process holds ``--buffer-steps`` (100,000) steps of two 64×64×3
+  cameras + state in the learner's buffer (budget sized to fit them, episodes of 50 steps
+  with a final frame each), fed through :class:`learners.loop.Learner` as live batches;
+  its peak RSS (``ru_maxrss``) is reported against the 3 GB target.
+* ``reach`` — pixel reach: ``reacher2d`` with its ``overhead`` camera, the policy sees the
+  frame and the joint state but not the goal (``state_indices`` drop the end-effector and
+  goal coordinates).  One process, the robot stepped flat out, SAC-cnn updated at UTD
+  ``--utd`` — no Kafka, so the figure is the learning algorithm's own, bounded by
+  ``--reach-minutes`` of wall clock; success over the last 50 episodes is reported, with
+  the env steps and updates it took.
+
+Each part rewrites its own section of BENCHMARKS.md (``pixels``, ``pixels-buffer``,
+``pixels-reach``, ``pixels-gpu``; ``--no-write`` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infra.bench import report
+
+HELP = "learning from pixels: CNN updates/s (CPU, --gpu), image buffer RSS, pixel reach"
+
+CAMERAS = ("overhead", "side")
+SIZE = (64, 64)
+#: reacher2d's observation: cos q (2), sin q (2), q̇ (2), end effector (3), goal (3).
+REACH_STATE = [0, 1, 2, 3, 4, 5]
+SUCCESS_RADIUS = 0.05
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parts", default="updates,buffer,reach",
+                   help="comma-separated: updates, buffer, reach")
+    p.add_argument("--gpu", action="store_true",
+                   help="updates on CUDA only (the prepared GPU run; nothing else)")
+    p.add_argument("--batch", type=int, default=256, help="batch size of an update")
+    p.add_argument("--seconds", type=float, default=60.0, help="seconds per updates/s figure")
+    p.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
+    p.add_argument("--buffer-steps", type=int, default=100_000, help="steps the buffer holds")
+    p.add_argument("--reach-minutes", type=float, default=10.0, help="wall clock of reach")
+    p.add_argument("--utd", type=float, default=0.5, help="reach: updates per env step")
+    p.add_argument("--reach-batch", type=int, default=128, help="reach: batch size")
+    p.add_argument("--out", type=Path, default=report.DEFAULT_PATH, help="BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="print only")
+
+
+# ---------------------------------------------------------------------------- updates
+
+
+def _image_buffer(steps: int, budget_mb: int, seed: int = 0) -> Any:
+    from learners.core import StepBatch
+    from learners.replay import NumpyReplayBuffer, ReplayConfig
+
+    shapes = {c: (*SIZE, 3) for c in CAMERAS}
+    buffer = NumpyReplayBuffer(ReplayConfig((12,), (2,), memory_budget_bytes=budget_mb << 20,
+                                            image_shapes=shapes, seed=seed))
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 256, (512, *SIZE, 3), dtype=np.uint8)
+    chunk = 1000
+    for start in range(0, steps, chunk):
+        n = min(chunk, steps - start)
+        index = start + np.arange(n)
+        step = index % 50
+        truncated = step == 49
+        k = int(truncated.sum())
+        frames = {c: pool[(index * (i + 1)) % len(pool)] for i, c in enumerate(CAMERAS)}
+        buffer.add(StepBatch(
+            robot_id=np.full(n, "r0"), episode_id=(index // 50).astype(str), step=step,
+            observation=rng.standard_normal((n, 12), dtype=np.float32),
+            action=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+            reward=rng.standard_normal(n, dtype=np.float32), terminated=np.zeros(n, bool),
+            policy_version=np.zeros(n, np.int64), truncated=truncated,
+            next_observation=np.zeros((n, 12), np.float32), images=frames,
+            next_images={c: np.where(truncated[:, None, None, None], f, 0) if k else
+                         np.zeros_like(f) for c, f in frames.items()}))
+    return buffer
+
+
+def measure_updates(device: str, batch_size: int, seconds: float) -> dict[str, float]:
+    """SAC + cnn_gaussian updates on batches of two 64×64 cameras: updates/s."""
+    import torch
+
+    from learners import policies, sac
+
+    spec = policies.PolicySpec(12, 2, (-1.0, -1.0), (1.0, 1.0))
+    options: dict[str, Any] = {"cameras": list(CAMERAS), "image_size": list(SIZE)}
+    algo = sac.SAC(spec, sac.SACConfig(hidden_sizes=(256, 256)), "cnn_gaussian", options,
+                   device=device)
+    buffer = _image_buffer(5_000, 256)
+    sample_s = update_s = 0.0
+    updates = 0
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):  # warm-up (cuDNN autotune, allocator)
+        algo.update(buffer.sample(batch_size))
+    sync()
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
+        batch = buffer.sample(batch_size)
+        t1 = time.perf_counter()
+        algo.update(batch)
+        sync()
+        t2 = time.perf_counter()
+        sample_s += t1 - t0
+        update_s += t2 - t1
+        updates += 1
+    total = time.perf_counter() - started
+    return {"updates": updates, "updates_per_s": updates / total,
+            "sample_ms": 1000 * sample_s / updates, "update_ms": 1000 * update_s / updates,
+            "frames_per_s": updates * batch_size * len(CAMERAS) * 2 / total}
+
+
+# ---------------------------------------------------------------------------- buffer
+
+
+def _buffer_child(steps: int) -> None:
+    """In a fresh process: the learner's buffer filled with ``steps`` image steps, as live
+    batches of 50; prints JSON with peak RSS."""
+    import torch  # noqa: F401  (the learner process holds torch: count it)
+
+    from learners.loop import Learner, Steps
+    from learners.policies import PolicySpec
+    from schemas import samples
+    from schemas.experiment import ExperimentSpec
+    from schemas.transitions import RewardedTransitionBatch
+
+    per_step = len(CAMERAS) * SIZE[0] * SIZE[1] * 3 + 12 * 4 + 2 * 4 + 40
+    budget_mb = -(-int(steps * 1.02 * per_step) // (1 << 20))  # + final frames (1 in 50)
+    spec = ExperimentSpec.model_validate({
+        "name": "bench-px", "robots": [{"robot_type": "reacher2d"}],
+        "policy": {"kind": "cnn_gaussian", "hidden": [32, 32]},
+        "observation": {"cameras": list(CAMERAS), "image_size": list(SIZE)},
+        "algorithm": {"warmup_steps": 10**9}, "buffer": {"memory_budget_mb": budget_mb}})
+    robot = samples.robot_spec(obs_dim=12, act_dim=2, robot_type="reacher2d",
+                               cameras=CAMERAS, image_hw=SIZE)
+
+    class _Null:
+        stats: Any = None
+        published_version = 0
+
+        def publish(self, snapshot: Any) -> None: ...
+
+    learner = Learner(spec, lambda _t: PolicySpec.from_robot_spec(robot),
+                      lambda _s: (_Null(), 0))
+    raw = samples.batch(robot, 50, rng=0, robot_id="r0", experiment_id="bench-px",
+                        episode_len=50)
+    template = Steps.of_batch(RewardedTransitionBatch.from_raw(
+        raw, reward_fn="bench@1", reward=np.zeros(50, np.float32),
+        success=np.zeros(50, bool), terminated=np.zeros(50, bool)))
+    started = time.perf_counter()
+    for e in range(-(-steps // 50)):
+        # A new episode and new seqs each time: the learner takes every step as new.
+        learner.add(dataclasses.replace(
+            template, steps=dataclasses.replace(template.steps,
+                                                episode_id=np.full(50, f"e{e}")),
+            seq=np.arange(e * 50, e * 50 + 50, dtype=np.int64)), "live")
+    fill_s = time.perf_counter() - started
+    type_learner = learner.types["reacher2d"]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
+                  .splitlines() if line.startswith(("RssAnon", "RssFile")))
+    anon, files = (int(status.get(k, "0 kB").split()[0]) * 1024 for k in ("RssAnon", "RssFile"))
+    print(json.dumps({"rss_anon": anon, "rss_file": files,
+                      "steps": type_learner.env_steps, "held": len(type_learner.online),
+                      "capacity": type_learner.online.capacity,
+                      "buffer_bytes": type_learner.online.nbytes, "budget_mb": budget_mb,
+                      "peak_rss": rss, "fill_s": fill_s}))
+
+
+def measure_buffer(steps: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c",
+                          f"from infra.bench.pixels import _buffer_child; _buffer_child({steps})"],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------- reach
+
+
+def measure_reach(minutes: float, utd: float, batch_size: int, threads: int) -> dict[str, Any]:
+    """Pixel reach in one process: robot flat out, updates at ``utd`` per env step."""
+    import torch
+
+    from agents import registry
+    from learners import policies, sac
+    from learners.core import StepBatch
+    from learners.replay import NumpyReplayBuffer, ReplayConfig
+
+    torch.set_num_threads(threads)
+    # torch.optim's first use imports triton, which crashes once MuJoCo's EGL renderer
+    # exists in the process: take that import before the camera renders (the learner and
+    # the agents are separate processes; only this one-process benchmark has both).
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    robot = registry.make_robot("reacher2d", task="reach", seed=0, cameras=("overhead",),
+                                camera_size=SIZE)
+    spec = policies.PolicySpec.from_robot_spec(robot.spec)
+    options: dict[str, Any] = {"cameras": ["overhead"], "image_size": list(SIZE),
+                               "state_indices": REACH_STATE}
+    algo = sac.SAC(spec, sac.SACConfig(hidden_sizes=(256, 256)), "cnn_gaussian", options)
+    acting = policies.build("cnn_gaussian", spec, {**options, "hidden_sizes": [256, 256],
+                                                   "seed": 1})
+    buffer = NumpyReplayBuffer(ReplayConfig((spec.observation_dim,), (spec.action_dim,),
+                                            memory_budget_bytes=1 << 30,
+                                            image_shapes={"overhead": (*SIZE, 3)}))
+    rng = np.random.default_rng(0)
+    warmup, recent = 2_000, deque[bool](maxlen=50)
+    env_steps = updates = episodes = 0
+    episode = 0
+    step = robot.reset()
+    t = 0
+    succeeded = False
+    started = time.perf_counter()
+    curve: list[tuple[int, float]] = []
+    while time.perf_counter() - started < minutes * 60:
+        obs, frame = step.observation, step.images["overhead"]
+        if env_steps < warmup:
+            action = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
+        else:
+            action = acting.act(obs[None], images={"overhead": frame[None]})[0]
+        nxt = robot.step(action)
+        distance = float(np.linalg.norm(np.asarray(nxt.info["goal_pos"])
+                                        - np.asarray(nxt.info["ee_pos"])))
+        succeeded |= distance < SUCCESS_RADIUS  # reacher2d's success rule (5 cm)
+        reward = -distance
+        buffer.add(StepBatch(
+            robot_id=np.array(["r"]), episode_id=np.array([str(episode)]), step=np.array([t]),
+            observation=obs[None].astype(np.float32), action=action[None],
+            reward=np.array([reward], np.float32), terminated=np.zeros(1, bool),
+            policy_version=np.zeros(1, np.int64), truncated=np.array([nxt.truncated]),
+            next_observation=nxt.observation[None].astype(np.float32),
+            images={"overhead": frame[None]},
+            next_images={"overhead": nxt.images["overhead"][None]}))
+        env_steps += 1
+        t += 1
+        step = nxt
+        if nxt.truncated:
+            recent.append(succeeded)
+            episodes += 1
+            episode += 1
+            t = 0
+            succeeded = False
+            step = robot.reset()
+            if episodes % 20 == 0:
+                curve.append((env_steps, sum(recent) / len(recent)))
+        if env_steps >= warmup:
+            while updates < utd * (env_steps - warmup):
+                algo.update(buffer.sample(batch_size))
+                updates += 1
+            if env_steps % 500 == 0:
+                acting.load_weights(algo.policy_weights())
+    wall = time.perf_counter() - started
+    return {"env_steps": env_steps, "updates": updates, "episodes": episodes, "wall_s": wall,
+            "success_last_50": sum(recent) / len(recent) if recent else 0.0,
+            "updates_per_s": updates / wall, "curve": curve[-6:]}
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    lines: list[str] = []
+    if args.gpu:
+        if not torch.cuda.is_available():
+            print("userctl: --gpu needs CUDA (torch.cuda.is_available() is False)",
+                  file=sys.stderr)
+            return 2
+        torch.backends.cudnn.benchmark = True
+        r = measure_updates("cuda", args.batch, args.seconds)
+        name = torch.cuda.get_device_name(0)
+        print(json.dumps(r))
+        lines += ["## Pixels: learner updates on a GPU (`userctl bench pixels --gpu`)", "",
+                  f"- **GPU** ({name}): SAC + cnn_gaussian, batch {args.batch} × 2 cameras "
+                  f"64×64: **{r['updates_per_s']:.1f} updates/s** (sample "
+                  f"{r['sample_ms']:.1f} ms on the CPU, update {r['update_ms']:.1f} ms)"]
+        _write(args, lines, "pixels-gpu")
+        return 0
+    torch.set_num_threads(args.threads)
+    if "updates" in parts:
+        r = measure_updates("cpu", args.batch, args.seconds)
+        print("updates", json.dumps(r))
+        _write(args, [
+            "## Pixels: learner updates on the CPU (`userctl bench pixels --parts updates`)", "",
+            f"- **CPU updates** ({args.threads} torch threads): SAC + cnn_gaussian, batch "
+            f"{args.batch} × 2 cameras 64×64×3 + state: **{r['updates_per_s']:.2f} updates/s** "
+            f"(sample {r['sample_ms']:.0f} ms, update {r['update_ms']:.0f} ms; "
+            f"{r['updates']} updates)"], "pixels")
+    if "buffer" in parts:
+        b = measure_buffer(args.buffer_steps)
+        print("buffer", json.dumps(b))
+        gb = b["peak_rss"] / 1e9
+        _write(args, [
+            "## Pixels: image replay buffer memory (`userctl bench pixels --parts buffer`)", "",
+            f"- **Image buffer**: {b['steps']:,} steps of 2 × 64×64×3 + state held in the "
+            f"learner ({b['held']:,} sampleable, ring {b['capacity']:,} slots, arrays "
+            f"{b['buffer_bytes'] / 1e9:.2f} GB under a {b['budget_mb']} MiB budget): "
+            f"**peak RSS {gb:.2f} GB** of the learner process "
+            f"({'within' if gb <= 3.0 else 'over'} the 3 GB target; at the end "
+            f"{b['rss_anon'] / 1e9:.2f} GB anonymous — arrays, heap — + "
+            f"{b['rss_file'] / 1e9:.2f} GB of mapped files, mostly torch's CUDA libraries); "
+            f"filled in {b['fill_s']:.1f} s"], "pixels-buffer")
+    if "reach" in parts:
+        g = measure_reach(args.reach_minutes, args.utd, args.reach_batch, args.threads)
+        print("reach", json.dumps(g))
+        hours = args.utd * 100_000 / max(g["updates_per_s"], 1e-9) / 3600
+        _write(args, [
+            "## Pixels: reach, goal only in the image (`userctl bench pixels --parts reach`)",
+            "",
+            f"- **Pixel reach** (goal only in the overhead frame, one process, UTD {args.utd}, "
+            f"batch {args.reach_batch}): {g['env_steps']:,} env steps and {g['updates']:,} "
+            f"updates in {g['wall_s'] / 60:.1f} min ({g['updates_per_s']:.2f} updates/s): "
+            f"success over the last 50 episodes **{100 * g['success_last_50']:.0f} %** (curve: "
+            + ", ".join(f"{s:,} steps {100 * v:.0f} %" for s, v in g["curve"])
+            + f"). Bounded by --reach-minutes: 100,000 env steps at UTD {args.utd} need "
+            f"{args.utd * 100_000:,.0f} updates, {hours:.1f} h at this rate"], "pixels-reach")
+    return 0
+
+
+def _write(args: argparse.Namespace, lines: list[str], section: str) -> None:
+    body = "\n".join([*lines, "", *report.machine_lines()])
+    print(body)
+    if not args.no_write:
+        report.write_section(section, body, args.out)

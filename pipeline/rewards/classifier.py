@@ -1,0 +1,288 @@
+"""Learned rewards: a binary success classifier on one camera's frames (issue 12).
+
+``userctl rewards train NAME --experiment E`` trains it on the Delta history (frames of
+``E``'s steps, labels from the ``success`` column a reward function already wrote, e.g.
+``reach_dense@1`` which reads ``info``), and registers it as ``NAME@VERSION``: the
+directory ``<USER_HOME>/rewards/NAME/VERSION/`` holds ``model.safetensors`` (weights, no
+pickle) and ``record.json`` (camera, frame size, threshold, where the data came from, and
+precision/recall on held-out episodes).  Every reward lookup registers what is there, so
+it runs as a reward job like any other (``userctl rewards run NAME@VERSION``) and
+back-fills history (``userctl replay E --reward NAME@VERSION``).
+
+Scoring is batched (``INFERENCE_BATCH`` frames a forward pass).  A batch without the
+camera, or with frames of another size, raises :class:`RewardError` — a ``SchemaError``,
+so the stream job dead-letters the record.  ``torch`` is imported only when a learned
+reward is trained or first scores a batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.rewards._registry import RewardError, Rewards, register
+from schemas.transitions import TransitionBatch
+from topics import tables
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+INFERENCE_BATCH = 256
+MODEL_FILE = "model.safetensors"
+RECORD_FILE = "record.json"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a learned reward version is: its input, its data, its held-out quality."""
+
+    name: str
+    version: str
+    camera: str
+    image_size: tuple[int, int]
+    channels: int
+    threshold: float
+    experiment: str
+    labels: str
+    """the reward function whose ``success`` column gave the labels."""
+    train_frames: int
+    heldout_frames: int
+    heldout_episodes: int
+    precision: float
+    recall: float
+    trained_at: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def rewards_dir(home: Path | None = None) -> Path:
+    return (home or tables.user_home()) / "rewards"
+
+
+# ---------------------------------------------------------------------------- network
+
+
+def _net(channels: int, image_size: tuple[int, int]) -> nn.Module:
+    import torch
+    from torch import nn
+
+    convs = nn.Sequential(
+        nn.Conv2d(3, channels, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(2 * channels, 2 * channels, 3, stride=2), nn.ReLU(), nn.Flatten())
+    with torch.no_grad():
+        flat = convs(torch.zeros(1, 3, *image_size)).shape[1]
+    return nn.Sequential(convs, nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+def _logits(net: nn.Module, frames: npt.NDArray[np.uint8]) -> Any:
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    return net(x.div_(255.0).sub_(0.5)).squeeze(1)
+
+
+def probabilities(net: nn.Module, frames: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Success probability of each frame, ``INFERENCE_BATCH`` frames a forward pass."""
+    import torch
+
+    out = np.empty(len(frames), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(frames), INFERENCE_BATCH):
+            part = frames[start:start + INFERENCE_BATCH]
+            out[start:start + len(part)] = torch.sigmoid(_logits(net, part)).numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def heldout_episode(robot_id: npt.NDArray[Any], episode_id: npt.NDArray[Any],
+                    fraction: float = 0.2) -> npt.NDArray[np.bool_]:
+    """Whether each row's episode is held out (a stable hash of robot and episode)."""
+    keys = np.char.add(np.char.add(robot_id.astype(str), "/"), episode_id.astype(str))
+    return np.array([zlib.crc32(k.encode()) % 1000 < fraction * 1000 for k in keys.tolist()],
+                    dtype=bool)
+
+
+def train(frames: npt.NDArray[np.uint8], labels: npt.NDArray[np.bool_],
+          heldout: npt.NDArray[np.bool_], *, channels: int = 16, epochs: int = 10,
+          seed: int = 0, threshold: float = 0.5) -> tuple[nn.Module, dict[str, float]]:
+    """Train on the rows not ``heldout`` (positives up-weighted to balance the classes);
+    returns the network and held-out ``precision``/``recall``."""
+    import torch
+    from torch.nn import functional as F
+
+    torch.manual_seed(seed)
+    net = _net(channels, (frames.shape[1], frames.shape[2]))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train_idx = np.flatnonzero(~heldout)
+    y = torch.from_numpy(labels.astype(np.float32))
+    positives = max(1, int(labels[train_idx].sum()))
+    pos_weight = torch.tensor((len(train_idx) - positives) / positives)
+    rng = np.random.default_rng(seed)
+    for _ in range(max(1, epochs * len(train_idx) // 128)):  # minibatches of 128
+        idx = train_idx[rng.integers(0, len(train_idx), 128)]
+        loss = F.binary_cross_entropy_with_logits(
+            _logits(net, frames[idx]), y[idx], pos_weight=pos_weight)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    net.eval()
+    test = np.flatnonzero(heldout)
+    predicted = probabilities(net, frames[test]) >= threshold
+    truth = labels[test]
+    tp = int((predicted & truth).sum())
+    precision = tp / max(1, int(predicted.sum()))
+    recall = tp / max(1, int(truth.sum()))
+    return net, {"precision": precision, "recall": recall}
+
+
+def training_frames(root: Path | str, experiment: str, labels: str, camera: str,
+                    max_frames: int = 20_000, seed: int = 0
+                    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_],
+                               npt.NDArray[Any], npt.NDArray[Any]]:
+    """Frames of ``camera`` and success labels of ``experiment``'s rows scored by
+    ``labels``, streamed from Delta a record batch at a time: every success frame and a
+    random share of the others, at most ``max_frames`` in all. Returns frames, labels,
+    robot ids, episode ids. Raises ``LookupError`` when there is nothing to learn from."""
+    from deltalake import DeltaTable
+
+    dataset = DeltaTable(str(tables.table_path(root, tables.TRANSITIONS))).to_pyarrow_dataset()
+    if "images" not in dataset.schema.names:
+        raise LookupError(f"the {tables.TRANSITIONS} table holds no camera frames")
+    where = (pc.field(tables.PARTITION_COLUMN) == experiment) & (pc.field("reward_fn") == labels)
+    counts = dataset.to_table(columns=["success"], filter=where).column("success")
+    n, positives = len(counts), int(pc.sum(counts).as_py() or 0)
+    if n == 0 or positives == 0:
+        raise LookupError(f"experiment {experiment!r} has {n} steps scored by {labels} and "
+                          f"{positives} successes: nothing to learn a success classifier from")
+    keep_negative = min(1.0, max(0.0, (max_frames - positives) / max(1, n - positives)))
+    rng = np.random.default_rng(seed)
+    frames, ys, robots, episodes = [], [], [], []
+    shape: tuple[int, ...] | None = None
+    for rb in dataset.to_batches(columns=["robot_id", "episode_id", "success", "images",
+                                          "layout"], filter=where, batch_size=2048):
+        if shape is None and rb.num_rows:  # the frame shape the sink recorded
+            cams = json.loads(rb.column("layout")[0].as_py()).get("cameras", {})
+            shape = tuple(cams[camera]) if camera in cams else None
+        success = np.asarray(rb.column("success").to_numpy(zero_copy_only=False), bool)
+        take = success | (rng.random(len(success)) < keep_negative)
+        images = rb.column("images")
+        if camera not in {f.name for f in images.type}:
+            continue
+        cam = pc.struct_field(images, camera)
+        valid = np.asarray(cam.is_valid().to_numpy(zero_copy_only=False), bool)
+        take &= valid
+        if not take.any():
+            continue
+        picked = cam.filter(pa.array(take))
+        data = np.frombuffer(b"".join(picked.to_pylist()), np.uint8)
+        frames.append(data.reshape(int(take.sum()), -1))
+        ys.append(success[take])
+        robots.append(np.asarray(rb.column("robot_id").to_numpy(zero_copy_only=False))[take])
+        episodes.append(np.asarray(rb.column("episode_id").to_numpy(zero_copy_only=False))[take])
+    if not frames:
+        raise LookupError(f"no {camera!r} frames in experiment {experiment!r}")
+    flat = np.concatenate(frames)
+    if shape is None or int(np.prod(shape)) != flat.shape[1]:
+        raise LookupError(f"{camera!r} frames of {flat.shape[1]} bytes do not match the "
+                          f"recorded layout {shape}")
+    return (flat.reshape(-1, *shape), np.concatenate(ys), np.concatenate(robots),
+            np.concatenate(episodes))
+
+
+def save(net: nn.Module, record: Record, home: Path | None = None) -> Path:
+    """Write ``record``'s version (weights as safetensors, record as JSON); returns its
+    directory.  Written to a temporary directory, then renamed: a version is whole."""
+    import safetensors.torch
+
+    final = rewards_dir(home) / record.name / record.version
+    tmp = final.with_name(f".{record.version}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+                                str(tmp / MODEL_FILE))
+    (tmp / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+    tmp.rename(final)
+    return final
+
+
+def next_version(name: str, home: Path | None = None) -> str:
+    base = rewards_dir(home) / name
+    taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.exists() else []
+    return str(max(taken, default=0) + 1)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def reward_fn(record: Record, directory: Path) -> Callable[[TransitionBatch], Rewards]:
+    """The pure function of a learned version: frames -> success (reward 1, else 0).
+    Loads the weights on first use."""
+    net: list[nn.Module] = []
+    h, w = record.image_size
+
+    def score(batch: TransitionBatch) -> Rewards:
+        frames = batch.images.get(record.camera)
+        if frames is None or tuple(frames.shape[1:]) != (h, w, 3):
+            got = "no such camera" if frames is None else f"frames {tuple(frames.shape[1:])}"
+            raise RewardError(f"{record.id} reads camera {record.camera!r} at {h}x{w}x3; robot "
+                              f"{batch.robot_id} sends {got} (cameras: {sorted(batch.images)})")
+        if not net:
+            import safetensors.torch
+
+            model = _net(record.channels, record.image_size)
+            model.load_state_dict(safetensors.torch.load_file(str(directory / MODEL_FILE)))
+            net.append(model.eval())
+        success = probabilities(net[0], frames) >= record.threshold
+        return Rewards(reward=success.astype(np.float32), success=success,
+                       terminated=np.zeros(len(batch), bool))
+
+    score.__doc__ = (f"learned success classifier on {record.camera} ({record.experiment}, "
+                     f"held-out precision {record.precision:.2f} recall {record.recall:.2f})")
+    return score
+
+
+def records(home: Path | None = None) -> Iterator[tuple[Record, Path]]:
+    """Every learned reward version under ``<home>/rewards``."""
+    base = rewards_dir(home)
+    if not base.exists():
+        return
+    for path in sorted(base.glob(f"*/*/{RECORD_FILE}")):
+        try:
+            raw = json.loads(path.read_text())
+            raw["image_size"] = tuple(raw["image_size"])
+            yield Record(**raw), path.parent
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("learned reward %s skipped: %s", path.parent, exc)
+
+
+_registered: set[str] = set()
+
+
+def register_learned(home: Path | None = None) -> None:
+    """Register every learned reward version found (once each)."""
+    for record, directory in records(home):
+        if record.id in _registered:
+            continue
+        register(record.name, record.version)(reward_fn(record, directory))
+        _registered.add(record.id)

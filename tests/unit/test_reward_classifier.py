@@ -1,0 +1,107 @@
+"""Learned rewards (issue 12): a success classifier trained on frames from Delta,
+registered as NAME@VERSION (safetensors + JSON), scored in batches by the reward job,
+which dead-letters frames of the wrong shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deltalake import write_deltalake
+
+from pipeline import reward_job, rewards
+from pipeline import tables as sink_tables
+from pipeline.rewards import classifier
+from schemas import samples, transitions
+from schemas.events import DeadLetterV1
+from topics import catalog, serde, tables, validation
+
+torch.set_num_threads(1)
+
+ROBOT = samples.robot_spec(obs_dim=6, act_dim=2, robot_type="reacher2d", cameras=("overhead",),
+                           image_hw=(32, 32))
+
+
+def frames_with_success(batch: transitions.TransitionBatch, rng: np.random.Generator
+                        ) -> tuple[transitions.TransitionBatch, np.ndarray]:
+    """Frames dark with noise, with a bright square on success steps (every 4th step)."""
+    success = batch.step % 4 == 0
+    frames = rng.integers(0, 60, (len(batch), 32, 32, 3), dtype=np.uint8)
+    frames[success, 10:22, 10:22] = 250
+    batch.images["overhead"][:] = frames
+    return batch, success
+
+
+def write_history(root: Path, batches: int = 8) -> None:
+    rng = np.random.default_rng(0)
+    for b in range(batches):
+        raw = samples.batch(ROBOT, 40, rng=b, robot_id="r1", experiment_id="exp-px",
+                            first_step=b * 40, episode_len=20)
+        raw, success = frames_with_success(raw, rng)
+        rewarded = transitions.RewardedTransitionBatch.from_raw(
+            raw, reward_fn="reach_dense@1", reward=success.astype(np.float32),
+            success=success, terminated=np.zeros(40, bool))
+        rows = sink_tables.batch_rows(rewarded, sink_tables.Source("transitions", 0, b))
+        write_deltalake(tables.table_path(root, tables.TRANSITIONS), rows, mode="append",
+                        schema_mode="merge", partition_by=[tables.PARTITION_COLUMN])
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("USER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def train_and_register(root: Path, name: str, batches: int) -> classifier.Record:
+    frames, success, robots, episodes = classifier.training_frames(
+        root, "exp-px", "reach_dense@1", "overhead")
+    assert frames.shape[1:] == (32, 32, 3) and success.sum() == 10 * batches
+    heldout = classifier.heldout_episode(robots, episodes, fraction=0.3)
+    assert 0 < heldout.sum() < len(heldout)
+    net, quality = classifier.train(frames, success, heldout, epochs=15)
+    record = classifier.Record(
+        name=name, version=classifier.next_version(name), camera="overhead",
+        image_size=(32, 32), channels=16, threshold=0.5, experiment="exp-px",
+        labels="reach_dense@1", train_frames=int((~heldout).sum()),
+        heldout_frames=int(heldout.sum()), heldout_episodes=1, precision=quality["precision"],
+        recall=quality["recall"], trained_at=classifier.now())
+    classifier.save(net, record)
+    return record
+
+
+def test_a_classifier_trained_on_delta_frames_is_registered_and_scores_held_out_frames(
+        tmp_path: Path, home: Path) -> None:
+    write_history(tmp_path)
+    record = train_and_register(tmp_path, "px_success", 8)
+    assert record.version == "1"
+    assert record.precision >= 0.9 and record.recall >= 0.9, record
+    stored = home / "rewards" / "px_success" / "1"
+    assert sorted(p.name for p in stored.iterdir()) == ["model.safetensors", "record.json"]
+    assert json.loads((stored / "record.json").read_text())["recall"] == record.recall
+    fn = rewards.lookup("px_success@1")  # registered like any reward function
+    batch, success = frames_with_success(
+        samples.batch(ROBOT, 300, rng=99, robot_id="r9", episode_len=50),
+        np.random.default_rng(5))
+    out = fn(batch)  # 300 frames: two inference batches
+    assert out.reward.dtype == np.float32
+    assert (out.success == success).mean() >= 0.95
+
+
+def test_the_classifier_job_dead_letters_frames_of_the_wrong_shape(
+        tmp_path: Path, home: Path) -> None:
+    write_history(tmp_path, batches=4)
+    train_and_register(tmp_path, "px_shape", 4)
+    fn = rewards.lookup("px_shape@1")
+    wrong = samples.batch(samples.robot_spec(obs_dim=6, act_dim=2, robot_type="reacher2d",
+                                             cameras=("overhead",), image_hw=(48, 48)), 10)
+    enc = serde.encode(catalog.TRANSITIONS_RAW, wrong)
+    record = validation.Record(topic=enc.topic, partition=0, offset=3, value=enc.value,
+                               key=enc.key, headers=tuple(enc.headers))
+    out = reward_job.score(fn, record, out_topic="transitions", dlq_topic="dlq")
+    assert out.topic == "dlq"
+    letter = serde.decode(catalog.DLQ, out.value, out.headers)
+    assert isinstance(letter, DeadLetterV1)
+    assert "reads camera 'overhead' at 32x32x3" in letter.detail and "(48, 48, 3)" in letter.detail
