@@ -48,6 +48,10 @@ class EpisodeOutcomes:
         return out
 
 
+#: Steps over which the live intervention rate is taken.
+INTERVENTION_WINDOW = 1000
+
+
 @dataclass
 class TypeStats:
     """One robot type's record in an experiment."""
@@ -57,6 +61,15 @@ class TypeStats:
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=50))
     #: (seconds since start, env steps of this type, success rate over the window)
     curve: list[tuple[float, int, float]] = field(default_factory=list)
+    #: Steps a human (takeover device) chose, and (seconds, env steps, fraction of the
+    #: last ``INTERVENTION_WINDOW`` steps that were interventions) per batch.
+    interventions: int = 0
+    intervention_curve: list[tuple[float, int, float]] = field(default_factory=list)
+    _recent_flags: deque[tuple[int, int]] = field(default_factory=deque)
+
+    def intervention_rate(self) -> float | None:
+        steps = sum(n for n, _ in self._recent_flags)
+        return sum(k for _, k in self._recent_flags) / steps if steps else None
 
     @property
     def success_rate(self) -> float | None:
@@ -93,6 +106,16 @@ class Progress:
         now = time.time() if now is None else now
         stats = self._type(batch.event.robot_type)
         stats.steps += len(batch)
+        took = int(np.count_nonzero(batch.intervention))
+        stats.interventions += took
+        stats._recent_flags.append((len(batch), took))
+        while sum(n for n, _ in stats._recent_flags) - stats._recent_flags[0][0] \
+                >= INTERVENTION_WINDOW:
+            stats._recent_flags.popleft()
+        if stats.interventions:
+            rate = stats.intervention_rate()
+            assert rate is not None
+            stats.intervention_curve.append((now - self.started, stats.steps, rate))
         for outcome in self._outcomes.feed(batch):
             stats.episodes += 1
             stats.recent.append(outcome)
@@ -144,6 +167,8 @@ class Progress:
             "robot_types": {
                 name: {"steps": s.steps, "episodes": s.episodes,
                        "success_rate": s.success_rate,
+                       "interventions": s.interventions,
+                       "intervention_rate_recent": s.intervention_rate(),
                        "best_success_rate": max((c[2] for c in s.curve), default=None)}
                 for name, s in sorted(self.types.items())
             },
@@ -193,6 +218,33 @@ def render(progress: Progress, fleet_rows: list[list[str]], stop: StopSpec) -> s
     return "\n".join(lines)
 
 
+def plot_interventions(progress: Progress, path: Path) -> bool:
+    """Plot the intervention rate per robot type against env steps (a falling rate: the
+    policy is taking over); nothing is written when no step was an intervention."""
+    curves = {n: s.intervention_curve for n, s in progress.types.items()
+              if s.intervention_curve}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    for name, curve in sorted(curves.items()):
+        ax.plot([c[1] for c in curve], [100 * c[2] for c in curve], label=name)
+    ax.set_xlabel("environment steps of the robot type")
+    ax.set_ylabel(f"interventions, last {INTERVENTION_WINDOW} steps (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{progress.experiment_id}: takeovers (falling = the policy takes over)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def write_report(progress: Progress, out: Path, *, reason: str,
                  stop: StopSpec) -> Path:
     """Write curves.png, summary.json and README.md under ``out``; returns ``out``."""
@@ -219,6 +271,7 @@ def write_report(progress: Progress, out: Path, *, reason: str,
     fig.tight_layout()
     fig.savefig(out / "curves.png")
     plt.close(fig)
+    took_over = plot_interventions(progress, out / "interventions.png")
 
     summary = {**progress.summary(), "stopped_because": reason}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -235,7 +288,8 @@ def write_report(progress: Progress, out: Path, *, reason: str,
         "| robot type | env steps | episodes | success (last "
         f"{progress.window}) |\n|---|---:|---:|---:|\n{rows}\n\n"
         "![learning curves](curves.png)\n\n"
-        "Everything it produced stays inspectable: `userctl history`, "
+        + ("![intervention rate](interventions.png)\n\n" if took_over else "")
+        + "Everything it produced stays inspectable: `userctl history`, "
         f"`userctl tail transitions --robot …`, `userctl experiments show "
         f"{progress.experiment_id}`, `infra/bin/kafka-*`.\n"
     )

@@ -1,0 +1,285 @@
+"""RL fine-tuning of a flow policy: DSRL (``dsrl``), steering the flow's noise.
+
+Method: DSRL-NA, Wagenmaker et al. 2025, "Steering Your Diffusion Policy with Latent Space
+Reinforcement Learning" (arXiv:2506.15799).  The flow network is kept as imitation made it;
+RL learns a small Gaussian actor ``pi_w(s)`` over the flow's *starting noise* ``w``, so the
+action is ``flow(s, w)``.  "Noise aliasing": one critic ``Q_A(s, a)`` learns from the
+executed actions in the buffer by TD, and a latent critic ``Q_W(s, w)`` is distilled from
+``Q_A(s, flow(s, w))``; ``pi_w`` is SAC's actor against ``Q_W``.
+
+Why this one and not FQL, Q-chunking or SAC-Flow: (1) its critic learns from *executed*
+actions, so takeovers, demos and any earlier policy's steps feed it unchanged — the data
+this system records; (2) the flow network is never moved by RL, so fine-tuning cannot
+destroy the imitation policy, only choose among the behaviours it already represents
+(what lifts a ~50 % BC policy); (3) no back-propagation through the integration steps
+(SAC-Flow, FQL's distillation) — the cheapest on these CPUs.  It needs
+``policy.options.steer: true`` (the robots then run the steering actor too).
+
+The flow is first fitted by BC on demonstration/takeover rows (``pretrain_updates``, the
+flow-matching loss), so one experiment can import demos and fine-tune; with a flow already
+fitted elsewhere set ``pretrain_updates: 0`` and ``init_weights`` to its safetensors file.
+Chunks: the critic scores the first action of a chunk (the robot executes a receding
+horizon with temporal ensembling, ``learners.policies._chunking``).
+
+Read top to bottom: config, networks (SAC's critic ensemble), update, registration.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from learners import registry
+from learners.core import JSON, Algorithm, Batch, NonFiniteUpdate, TrainingState
+from learners.policies import FlowActor, PolicySpec, from_safetensors
+from learners.replay import NumpyReplayBuffer, TakeoverSampler
+from learners.sac import CriticEnsemble, _flatten_optimizer, _jsonable, _load_optimizer
+from schemas.experiment import ExperimentSpec
+
+
+@dataclass(frozen=True)
+class DSRLConfig:
+    """Hyper-parameters of DSRL-NA."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """widths of the flow's, the steering actor's and the critics' hidden layers."""
+    gamma: float = 0.99
+    """discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the action critics' targets."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of both critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the steering actor."""
+    flow_lr: float = 3e-4
+    """Adam learning rate of the flow while it is pre-trained."""
+    init_alpha: float = 0.1
+    """initial entropy temperature of the steering actor."""
+    target_entropy_per_dim: float = -1.0
+    """target entropy per noise dimension."""
+    num_critics: int = 2
+    """action critics in the ensemble (their minimum forms targets)."""
+    critic_layer_norm: bool = True
+    """LayerNorm in the critics (RLPD's stabiliser)."""
+    pretrain_updates: int = 2000
+    """flow-matching updates on demonstration/takeover rows before RL starts."""
+    init_weights: str = ""
+    """a flow_matching safetensors file to start the flow from (empty: none)."""
+    noise_samples: int = 1
+    """random noises per state for the latent critic's distillation (besides pi_w's)."""
+    seed: int = 0
+    """seeds initialisation and the update's noise."""
+
+
+class DSRL(Algorithm):
+    """Steers a :class:`FlowActor`'s noise by RL (module docstring)."""
+
+    def __init__(self, spec: PolicySpec, config: DSRLConfig, options: dict[str, JSON]
+                 ) -> None:
+        self.spec, self.config = spec, config
+        options = {**options, "hidden_sizes": list(config.hidden_sizes), "steer": True}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.actor = FlowActor(spec, options)
+            features, noise_dim = self.actor.feature_dim, self.actor.chunk_dim
+            self.q_a = CriticEnsemble(features, spec.action_dim, config.hidden_sizes,
+                                      config.num_critics, config.critic_layer_norm)
+            self.q_w = CriticEnsemble(features, noise_dim, config.hidden_sizes, 1,
+                                      config.critic_layer_norm)
+        if config.init_weights:
+            weights = from_safetensors(Path(config.init_weights).read_bytes())
+            own = self.actor.state_dict()
+            self.actor.load_state_dict({**own, **{k: torch.as_tensor(np.array(v, copy=True))
+                                                  for k, v in weights.items() if k in own}})
+        assert self.actor.steer is not None
+        self.steer = self.actor.steer
+        self.q_a_target = copy.deepcopy(self.q_a).requires_grad_(False)
+        self.horizon = self.actor.horizon
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+        self.target_entropy = config.target_entropy_per_dim * noise_dim
+        flow_params = [*self.actor.encoder.parameters(), *self.actor.velocity.parameters()]
+        self.flow_optimizer = torch.optim.Adam(flow_params, lr=config.flow_lr)
+        self.q_optimizer = torch.optim.Adam([*self.q_a.parameters(), *self.q_w.parameters()],
+                                            lr=config.critic_lr)
+        self.actor_optimizer = torch.optim.Adam(self.steer.parameters(), lr=config.actor_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.actor_lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.update_step = 0
+
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        if self.update_step < self.config.pretrain_updates:
+            stats = self.update_flow(batch)
+        else:
+            stats = self.update_critics(batch) | self.update_steering(batch)
+        self.update_step += 1
+        stats["charts/update_step"] = float(self.update_step)
+        return stats
+
+    def update_flow(self, batch: Batch) -> dict[str, float]:
+        """Flow matching on the rows a human (or a demonstration) chose."""
+        rows = batch.intervention if batch.intervention is not None and bool(
+            batch.intervention.any()) else torch.ones(len(batch), dtype=torch.bool)
+        chunk = batch.action_chunk if batch.action_chunk is not None \
+            else batch.action[:, None].expand(-1, self.horizon, -1)
+        features = self.actor.features(batch.observation[rows])
+        loss = self.actor.flow_loss(features, chunk[rows], self.generator).mean()
+        _step(self.flow_optimizer, loss, "flow")
+        return {"losses/flow": loss.item()}
+
+    def first_action(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The chunk's first action for ``noise`` (the flow frozen, differentiable in
+        nothing but what the caller tracks)."""
+        return self.actor.decode(features, noise)[:, 0]
+
+    def update_critics(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        with torch.no_grad():
+            features = self.actor.features(batch.observation)
+            next_features = self.actor.features(batch.next_observation)
+            next_noise = self.steer.sample(next_features, self.generator)[0]
+            next_action = self.first_action(next_features, next_noise)
+            target = self.q_a_target(next_features, next_action).min(dim=0).values
+            y = batch.reward + (1.0 - batch.terminated) * cfg.gamma * target
+            # Noise aliasing: Q_W(s, w) := Q_A(s, flow(s, w)) for the actor's noise and
+            # random noise.
+            noises = [self.steer.sample(features, self.generator)[0]] + [
+                torch.randn((len(features), self.actor.chunk_dim), generator=self.generator)
+                for _ in range(cfg.noise_samples)]
+            targets_w = [self.q_a(features, self.first_action(features, w)).mean(dim=0)
+                         for w in noises]
+        q_a = self.q_a(features, batch.action)
+        loss_a = F.mse_loss(q_a, y.expand_as(q_a))
+        loss_w = sum((F.mse_loss(self.q_w(features, w)[0], t)
+                      for w, t in zip(noises, targets_w, strict=True)),
+                     torch.zeros(()))
+        _step(self.q_optimizer, loss_a + loss_w, "critic")
+        with torch.no_grad():
+            for p, tp in zip(self.q_a.parameters(), self.q_a_target.parameters(), strict=True):
+                tp.lerp_(p, cfg.tau)
+        return {"losses/critic": loss_a.item(), "losses/latent_critic": float(loss_w.detach()),
+                "values/q": q_a.mean().item()}
+
+    def update_steering(self, batch: Batch) -> dict[str, float]:
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            features = self.actor.features(batch.observation)
+        self.q_w.requires_grad_(False)
+        noise, log_prob = self.steer.sample(features, self.generator)
+        q = self.q_w(features, noise)[0]
+        self.q_w.requires_grad_(True)
+        actor_loss = (alpha * log_prob - q).mean()
+        _step(self.actor_optimizer, actor_loss, "steering actor")
+        alpha_loss = (-self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+        _step(self.alpha_optimizer, alpha_loss, "alpha")
+        return {"losses/actor": actor_loss.item(), "charts/alpha": self.log_alpha.exp().item(),
+                "charts/entropy": -log_prob.mean().item()}
+
+    # ------------------------------------------------------------------ weights and state
+
+    def policy_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.actor.state_dict().items()}
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "q_a": self.q_a, "q_w": self.q_w,
+                "q_a_target": self.q_a_target}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"flow": self.flow_optimizer, "q": self.q_optimizer,
+                "actor": self.actor_optimizer, "alpha": self.alpha_optimizer}
+
+    def state(self) -> TrainingState:
+        tensors = {f"{p}.{k}": v.detach().clone() for p, m in self._modules().items()
+                   for k, v in m.state_dict().items()}
+        tensors["log_alpha"] = self.log_alpha.detach().clone()
+        tensors["generator"] = self.generator.get_state()
+        meta: dict[str, JSON] = {"algorithm": "dsrl", "update_step": self.update_step,
+                                 "config": _jsonable(dataclasses.asdict(self.config)),
+                                 "spec": _jsonable(dataclasses.asdict(self.spec))}
+        for name, optimizer in self._optimizers().items():
+            meta[f"optimizer/{name}"] = _flatten_optimizer(name, optimizer, tensors)
+        return TrainingState(tensors, meta)
+
+    def load_state(self, state: TrainingState) -> None:
+        if state.meta.get("spec") != _jsonable(dataclasses.asdict(self.spec)):
+            raise ValueError(f"checkpoint is for spec {state.meta.get('spec')}, not {self.spec}")
+        t = state.tensors
+        for prefix, module in self._modules().items():
+            module.load_state_dict({k: t[f"{prefix}.{k}"] for k in module.state_dict()})
+        with torch.no_grad():
+            self.log_alpha.copy_(t["log_alpha"])
+        self.generator.set_state(t["generator"])
+        for name, optimizer in self._optimizers().items():
+            _load_optimizer(optimizer, state.meta[f"optimizer/{name}"], t)
+        step = state.meta["update_step"]
+        if not isinstance(step, int):
+            raise ValueError(f"checkpoint update_step is {step!r}, not an int")
+        self.update_step = step
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> None:
+    """One optimiser step with the gradient clipped to norm 10; nothing moves when the
+    loss or the gradient is not finite (:class:`NonFiniteUpdate`)."""
+    optimizer.zero_grad()
+    if not bool(torch.isfinite(loss.detach())):
+        raise NonFiniteUpdate(f"{name} loss is {loss.item()}")
+    torch.autograd.backward(loss)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = nn.utils.clip_grad_norm_(params, 10.0)
+    if not bool(torch.isfinite(norm)):
+        optimizer.zero_grad()
+        raise NonFiniteUpdate(f"{name} gradient norm is {norm.item()}")
+    optimizer.step()
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def config_of(spec: ExperimentSpec) -> DSRLConfig:
+    """The config an experiment asks for. Raises ``ValueError`` naming a bad setting."""
+    overrides: dict[str, object] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in spec.algorithm.hyperparameters.items()
+    }
+    overrides.setdefault("hidden_sizes", tuple(spec.policy.hidden))
+    overrides.setdefault("seed", spec.algorithm.seed)
+    known = {f.name for f in dataclasses.fields(DSRLConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"algorithm.hyperparameters: {', '.join(unknown)} not DSRL settings "
+                         f"(known: {', '.join(sorted(known))})")
+    return DSRLConfig(**overrides)  # type: ignore[arg-type]
+
+
+def _check(spec: ExperimentSpec) -> None:
+    config_of(spec)
+    if spec.policy.kind != "flow_matching":
+        raise ValueError(f"algorithm.name: dsrl fine-tunes policy.kind flow_matching, not "
+                         f"{spec.policy.kind!r}")
+    if spec.policy.options.get("steer") is not True:
+        raise ValueError("policy.options.steer: dsrl needs true (robots then run the "
+                         "steering actor)")
+
+
+def _build(ctx: registry.AlgorithmContext) -> DSRL:
+    return DSRL(ctx.policy_spec, config_of(ctx.experiment), dict(ctx.policy_options))
+
+
+def _sampler(online: NumpyReplayBuffer, prior: NumpyReplayBuffer | None,
+             spec: ExperimentSpec) -> TakeoverSampler:
+    """Every step, with takeovers and demos routed to the prior half (HIL-SERL), chunks
+    of the flow's horizon for its pre-training."""
+    horizon = spec.policy.options.get("horizon", 4)
+    return TakeoverSampler(online, prior, mode="routed", prior_fraction=spec.buffer.prior_ratio,
+                           horizon=horizon if isinstance(horizon, int) and horizon > 0 else 4,
+                           seed=spec.algorithm.seed)
+
+
+registry.register_algorithm("dsrl", _build, _check, sampler=_sampler)

@@ -1,0 +1,240 @@
+"""Imitation learners: a flow policy fits a bimodal action distribution a Gaussian cannot;
+HG-DAgger learns only from takeover steps; takeovers are routed to the demo half (HIL-SERL);
+action chunks follow episodes; chunks execute on the robot; DSRL's policy loads on a robot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.chunking import ChunkExecutor
+from learners import bc, dsrl, registry
+from learners.core import Batch, StepBatch
+from learners.policies import (
+    ChunkExecution,
+    PolicySpec,
+    build,
+    to_safetensors,
+    weights_metadata,
+)
+from learners.replay import NumpyReplayBuffer, ReplayConfig, TakeoverSampler
+
+SPEC = PolicySpec(3, 2, (-1.0, -1.0), (1.0, 1.0))
+
+
+def _batch(obs: np.ndarray, action: np.ndarray, took: np.ndarray | None = None) -> Batch:
+    n = len(obs)
+    return Batch(observation=torch.as_tensor(obs, dtype=torch.float32),
+                 action=torch.as_tensor(action, dtype=torch.float32),
+                 reward=torch.zeros(n), next_observation=torch.as_tensor(obs, dtype=torch.float32),
+                 terminated=torch.zeros(n), policy_version=torch.zeros(n, dtype=torch.int64),
+                 intervention=None if took is None else torch.as_tensor(took))
+
+
+def _bimodal(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    obs = rng.normal(size=(n, 3)).astype(np.float32)
+    sign = np.where(rng.uniform(size=n) < 0.5, -1.0, 1.0)
+    action = np.stack([0.8 * sign, 0.3 + 0.02 * rng.normal(size=n)], 1).astype(np.float32)
+    return obs, action
+
+
+def test_a_flow_policy_fits_a_bimodal_action_distribution_a_gaussian_cannot() -> None:
+    rng = np.random.default_rng(0)
+    config = bc.BCConfig(hidden_sizes=(64, 64), lr=2e-3, seed=0)
+    flow = bc.BC(SPEC, config, "flow_matching", {"horizon": 1, "steps": 10})
+    gauss = bc.BC(SPEC, config, "mlp_gaussian", {})
+    for _ in range(500):
+        batch = _batch(*_bimodal(rng, 128))
+        flow.update(batch)
+        gauss.update(batch)
+    obs = rng.normal(size=(1000, 3)).astype(np.float32)
+    policies = {}
+    for name, algo in (("flow", flow), ("gaussian", gauss)):
+        kind = "flow_matching" if name == "flow" else "mlp_gaussian"
+        options = {"horizon": 1, "steps": 10, "hidden_sizes": [64, 64]}
+        policy = build(kind, SPEC, options if name == "flow" else {"hidden_sizes": [64, 64]})
+        policy.load_weights(algo.policy_weights())
+        policies[name] = policy.act(obs)[:, 0]
+    flow_a, gauss_a = policies["flow"], policies["gaussian"]
+    near_modes = lambda a: float((np.abs(np.abs(a) - 0.8) < 0.15).mean())  # noqa: E731
+    between = lambda a: float((np.abs(a) < 0.4).mean())  # noqa: E731
+    # Measured (seed 0): flow 0.70 near the modes, 0.10 between; Gaussian 0.36 / 0.31.
+    assert near_modes(flow_a) > 0.6 and between(flow_a) < 0.15
+    assert 0.3 < float((flow_a > 0).mean()) < 0.7  # both modes, not one
+    # The Gaussian spreads its mass over the gap between the modes.
+    assert between(gauss_a) > 0.25 and near_modes(gauss_a) < near_modes(flow_a) - 0.2
+
+
+def _steps(n: int, took: np.ndarray, action: np.ndarray, episode_len: int = 10) -> StepBatch:
+    episode = np.arange(n) // episode_len
+    step = np.arange(n) % episode_len
+    return StepBatch(
+        robot_id=np.full(n, "r1"), episode_id=episode.astype(str), step=step,
+        observation=np.random.default_rng(1).normal(size=(n, 3)).astype(np.float32),
+        action=action.astype(np.float32), reward=np.zeros(n, np.float32),
+        terminated=step == episode_len - 1, policy_version=np.zeros(n, np.int64),
+        intervention=took)
+
+
+def test_hg_dagger_learns_only_from_takeover_steps() -> None:
+    n = 400
+    took = (np.arange(n) % 10) >= 7  # the last 3 steps of each episode: the operator's
+    action = np.where(took[:, None], [0.5, -0.5], [-0.9, 0.9])  # the policy's own: wrong
+    buffer = NumpyReplayBuffer(ReplayConfig((3,), (2,), memory_budget_bytes=1 << 20))
+    buffer.add(_steps(n, took, action))
+    algo = registry.build_algorithm(registry.AlgorithmContext(
+        _spec("hg_dagger"), "r", SPEC, "mlp_gaussian", {"hidden_sizes": [32, 32]}))
+    assert isinstance(algo, bc.BC)
+    sampler = registry.sampler_factory("hg_dagger")(buffer, None, _spec("hg_dagger"))  # type: ignore[misc]
+    seen = 0
+    for _ in range(200):
+        batch = sampler.sample(64)
+        assert batch.intervention is not None and bool(batch.intervention.all())
+        seen += len(batch)
+        algo.update(batch)
+    policy = build("mlp_gaussian", SPEC, {"hidden_sizes": [32, 32]})
+    policy.load_weights(algo.policy_weights())
+    mode = policy.act(np.random.default_rng(2).normal(size=(50, 3)), deterministic=True)
+    np.testing.assert_allclose(mode.mean(0), [0.5, -0.5], atol=0.1)
+    assert seen == 200 * 64
+
+
+def test_hg_dagger_waits_for_the_first_takeover() -> None:
+    buffer = NumpyReplayBuffer(ReplayConfig((3,), (2,), memory_budget_bytes=1 << 20))
+    buffer.add(_steps(20, np.zeros(20, bool), np.zeros((20, 2))))
+    with pytest.raises(LookupError):
+        TakeoverSampler(buffer, mode="takeovers").sample(8)
+
+
+def test_rlpd_routes_takeover_steps_to_the_demo_half_of_each_batch() -> None:
+    n = 1000
+    took = np.zeros(n, bool)
+    took[::20] = True  # 5 % takeovers
+    buffer = NumpyReplayBuffer(ReplayConfig((3,), (2,), memory_budget_bytes=1 << 20))
+    buffer.add(_steps(n, took, np.zeros((n, 2))))
+    sampler = TakeoverSampler(buffer, mode="routed", prior_fraction=0.5, seed=0)
+    fractions = [float(sampler.sample(256).intervention.float().mean())  # type: ignore[union-attr]
+                 for _ in range(20)]
+    # Half of every batch is takeovers, plus the 5 % the uniform half brings.
+    assert 0.5 <= np.mean(fractions) <= 0.56
+    plain = TakeoverSampler(buffer, mode="all", seed=0)
+    assert float(plain.sample(2048).intervention.float().mean()) < 0.1  # type: ignore[union-attr]
+
+
+def test_action_chunks_follow_the_episode_and_repeat_its_last_action() -> None:
+    n = 10
+    action = np.stack([np.arange(n), np.zeros(n)], 1).astype(np.float32)
+    buffer = NumpyReplayBuffer(ReplayConfig((3,), (2,), memory_budget_bytes=1 << 20))
+    buffer.add(_steps(n, np.zeros(n, bool), action, episode_len=5))
+    batch = buffer.sample(200, horizon=3)
+    assert batch.action_chunk is not None
+    first = batch.action_chunk[:, :, 0].numpy()
+    for row in first:
+        t = int(row[0])
+        last = 4 if t < 5 else 9
+        np.testing.assert_array_equal(row, [t, min(t + 1, last), min(t + 2, last)])
+
+
+def test_chunks_execute_open_loop_or_temporally_ensembled() -> None:
+    calls = []
+
+    def chunk_fn(obs: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        k = float(len(calls))
+        return np.array([[k], [k + 10], [k + 20]], np.float32)
+
+    runner = ChunkExecutor()
+    open_loop = ChunkExecution(horizon=3, mode="chunk", execute_steps=2)
+    got = [float(runner.next(chunk_fn, np.zeros(1), open_loop)[0]) for _ in range(4)]
+    assert got == [1, 11, 2, 12]
+    runner.reset()
+    calls.clear()
+    ensemble = ChunkExecution(horizon=3, mode="ensemble", decay=0.0)
+    got = [float(runner.next(chunk_fn, np.zeros(1), ensemble)[0]) for _ in range(3)]
+    # Step 2 averages chunk 1's third, chunk 2's second and chunk 3's first prediction.
+    assert got == [1.0, (11 + 2) / 2, (21 + 12 + 3) / 3]
+
+
+def test_dsrl_steers_a_flow_policy_that_robots_can_load() -> None:
+    rng = np.random.default_rng(0)
+    algo = dsrl.DSRL(SPEC, dsrl.DSRLConfig(hidden_sizes=(32, 32), pretrain_updates=2),
+                     {"horizon": 2, "steps": 4})
+    for _ in range(5):
+        obs, action = _bimodal(rng, 32)
+        batch = _batch(obs, action, np.ones(32, bool))
+        batch = Batch(**{**batch.__dict__, "reward": torch.as_tensor(action[:, 0])})
+        stats = algo.update(batch)
+        assert all(np.isfinite(v) for v in stats.values())
+    options = {"horizon": 2, "steps": 4, "steer": True, "hidden_sizes": [32, 32]}
+    blob = to_safetensors(algo.policy_weights(), weights_metadata("flow_matching", options))
+    from learners.policies import load
+
+    policy = load(SPEC, blob)
+    assert policy.act(obs).shape == (32, 2)
+
+
+def _spec(algorithm: str):  # type: ignore[no-untyped-def]
+    from schemas.experiment import ExperimentSpec
+
+    return ExperimentSpec.model_validate({"name": "e", "robots": [{"robot_type": "panda"}],
+                                          "algorithm": {"name": algorithm},
+                                          "policy": {"hidden": [32, 32]}})
+
+
+@pytest.mark.parametrize(("algorithm", "policy"), [
+    ("hg_dagger", {"kind": "mlp_gaussian", "hidden": [8, 8]}),
+    ("bc", {"kind": "flow_matching", "hidden": [8, 8], "options": {"horizon": 3, "steps": 2}}),
+    ("dsrl", {"kind": "flow_matching", "hidden": [8, 8],
+              "options": {"horizon": 2, "steps": 2, "steer": True}}),
+])
+def test_the_learner_runs_imitation_plugins_by_name_and_publishes_what_robots_load(
+        algorithm: str, policy: dict[str, object]) -> None:
+    from learners.loop import Steps
+    from learners.policies import build as build_policy
+    from tests.unit.test_learn_loop import (
+        REACHER,
+        Publishers,
+        experiment,
+        make,
+        rewarded,
+        train_until_capped,
+    )
+
+    spec = experiment(algorithm={"name": algorithm, "batch_size": 8,
+                                 **({"hyperparameters": {"pretrain_updates": 3}}
+                                    if algorithm == "dsrl" else {})},
+                      policy=policy)
+    publishers = Publishers()
+    try:
+        learner = make(spec, publishers)
+        for b in range(4):  # samples mark a takeover at every 7th step
+            learner.add(Steps.of_batch(rewarded(REACHER, b)), "live")
+        assert train_until_capped(learner) > 0
+        t = learner.types["reacher2d"]
+        snap = t.snapshot({})
+        assert snap.kind == policy["kind"]
+        robot_policy = build_policy(snap.kind, t.policy_spec, snap.options)
+        robot_policy.load_weights(snap.tensors)
+        assert robot_policy.act(np.zeros((1, REACHER.observation.size), np.float32)).shape == (
+            1, REACHER.action.size)
+    finally:
+        publishers.close()
+
+
+def test_a_flow_policy_conditions_on_camera_frames() -> None:
+    options = {"horizon": 2, "steps": 2, "cameras": ["front"], "image_size": [32, 32],
+               "channels": 4, "feature_dim": 8}
+    algo = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(16,)), "flow_matching", dict(options))
+    n = 8
+    frames = torch.randint(0, 255, (n, 32, 32, 3), dtype=torch.uint8)
+    batch = _batch(np.zeros((n, 3), np.float32), np.zeros((n, 2), np.float32))
+    batch = Batch(**{**batch.__dict__, "images": {"front": frames}})
+    assert np.isfinite(algo.update(batch)["losses/flow"])
+    policy = build("flow_matching", SPEC, {**options, "hidden_sizes": [16]})
+    policy.load_weights(algo.policy_weights())
+    chunk = policy.act_chunk(np.zeros((2, 3), np.float32),  # type: ignore[attr-defined]
+                             images={"front": frames[:2].numpy()})
+    assert chunk.shape == (2, 2, 2)
+    with pytest.raises(ValueError, match="cameras"):
+        policy.act(np.zeros((1, 3), np.float32))
