@@ -21,6 +21,7 @@ import time
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.compute import Compute
 from pipeline.fleet import Fleet
 from schemas import events as ev
 from schemas.events import RejectReason
@@ -40,6 +41,8 @@ TOPIC_OF: dict[type[ev.Envelope], catalog.TopicSpec] = {
     ev.LeaseReleasedV1: catalog.ASSIGNMENTS,
     ev.ExperimentStatusV1: catalog.EXPERIMENTS,
     ev.ExperimentSubmittedV1: catalog.EXPERIMENTS,
+    ev.PlacementGrantedV1: catalog.PLACEMENTS,
+    ev.PlacementReleasedV1: catalog.PLACEMENTS,
 }
 
 
@@ -61,6 +64,8 @@ class Controller:
         self.kafka = kafka
         self.settings = settings or ControllerSettings()
         self.fleet = Fleet(self.settings.heartbeat_timeout_s)
+        #: Compute hosts and placements (issue 14); decides before the fleet each tick.
+        self.compute = Compute(self.settings.heartbeat_timeout_s)
         self._stop = threading.Event()
         self.ready = threading.Event()
         self._dead_letters: DeadLetterSink | None = None
@@ -76,6 +81,9 @@ class Controller:
             catalog.EXPERIMENTS: "beginning",
             catalog.ASSIGNMENTS: "beginning",
             catalog.HEARTBEATS: "end",
+            catalog.HOSTS: "beginning",
+            catalog.PLACEMENTS: "beginning",
+            catalog.HOST_HEARTBEATS: "end",
         }, role="controller")
         try:
             started = time.monotonic()
@@ -88,6 +96,7 @@ class Controller:
             log.info("rebuilt fleet state in %.1f s: %d robots, %d experiments",
                      now - started, len(self.fleet.robots), len(self.fleet.experiments))
             self.fleet.grace(now)
+            self.compute.grace(now)
             self.ready.set()
             next_tick = time.monotonic()
             last_heard = time.monotonic()
@@ -95,20 +104,23 @@ class Controller:
             while not self._stop.is_set():
                 for item in follower.poll(0.1):
                     now = time.monotonic()
-                    if isinstance(item, Accepted) and isinstance(item.event, ev.HeartbeatV1):
+                    # Any heartbeat (a robot's or a compute host's) shows the link works.
+                    if isinstance(item, Accepted) and isinstance(
+                            item.event, ev.HeartbeatV1 | ev.HostHeartbeatV1):
                         if blind:
                             log.warning("heartbeats are back after %.0f s of silence; "
                                         "every robot gets a fresh timeout", now - last_heard)
                             self.fleet.grace(now)
+                            self.compute.grace(now)
                             blind = False
                         last_heard = now
                     self._apply(item, now)
                 now = time.monotonic()
-                if self.fleet.robots and not blind and (
+                if (self.fleet.robots or self.compute.hosts) and not blind and (
                         now - last_heard > self.settings.heartbeat_timeout_s):
                     # Silence from *every* robot points at the broker or our link, not at
                     # the robots: declare nobody lost until heartbeats flow again.
-                    log.warning("no heartbeat from any robot for %.0f s: broker or network "
+                    log.warning("no heartbeat from any robot or host for %.0f s: broker or network "
                                 "outage suspected; not declaring robots lost",
                                 now - last_heard)
                     blind = True
@@ -122,6 +134,7 @@ class Controller:
     def _apply(self, item: Accepted | Rejected, now: float) -> None:
         if isinstance(item, Accepted) and isinstance(item.event, ev.Envelope):
             try:
+                self.compute.apply(item.event, now)
                 self.fleet.apply(item.event, now)
             except ValueError as exc:  # e.g. an experiment spec that no longer validates
                 self._refuse(Rejected(item.record, RejectReason.INVALID_FIELD,
@@ -142,7 +155,14 @@ class Controller:
         self._dead_letters.send(rejected)
 
     def _decide(self, producer: EventProducer, *, detect_lost: bool = True) -> None:
-        decisions = self.fleet.tick(time.monotonic(), detect_lost=detect_lost)
+        # Compute first: an experiment it queues must not get robots in the same tick.
+        self._publish(producer, self.compute.tick(time.monotonic(), detect_lost=detect_lost),
+                      detect_lost=detect_lost)
+        self._publish(producer, self.fleet.tick(time.monotonic(), detect_lost=detect_lost),
+                      detect_lost=detect_lost)
+
+    def _publish(self, producer: EventProducer, decisions: list[ev.Envelope], *,
+                 detect_lost: bool) -> None:
         if not decisions:
             return
         for event in decisions:
@@ -160,7 +180,9 @@ class Controller:
         now = time.monotonic()
         if not detect_lost:
             self.fleet.grace(now)
+            self.compute.grace(now)
         for event in decisions:
+            self.compute.apply(event, now)
             self.fleet.apply(event, now)
             _log_decision(event)
 
@@ -174,6 +196,12 @@ def _log_decision(event: ev.Envelope) -> None:
                      event.reason.value)
         case ev.RobotStateChangedV1():
             log.info("robot %s is %s (%s)", event.robot_id, event.state.value, event.reason)
+        case ev.PlacementGrantedV1():
+            log.info("placed %s on host %s (gpus %s)", event.placement_id, event.host_id,
+                     list(event.gpus))
+        case ev.PlacementReleasedV1():
+            log.info("released %s from host %s: %s", event.placement_id, event.host_id,
+                     event.reason.value)
         case ev.ExperimentStatusV1():
             log.info("experiment %s is %s: %s", event.experiment_id, event.state.value,
                      event.detail)
