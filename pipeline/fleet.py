@@ -302,10 +302,12 @@ class Fleet:
         holding = {r for r in exp.robots if r not in lost}
         missing = 0
         for request in exp.spec.robots:
-            have = [r for r in holding if self._matches(self.robots[r], request)]
+            have = [r for r in holding
+                    if self._matches(self.robots[r], request, exp.spec.task)]
             need = request.count - len(have)
             holding -= set(have)
-            for robot in self._candidates(request, now, lost | taken)[:max(need, 0)]:
+            for robot in self._candidates(request, exp.spec.task, now,
+                                          lost | taken)[:max(need, 0)]:
                 taken.add(robot.robot_id)
                 need -= 1
                 out.append(ev.LeaseGrantedV1(
@@ -326,18 +328,21 @@ class Fleet:
             ))
         return out
 
-    def _candidates(self, request: RobotRequest, now: float, exclude: set[str]) -> list[Robot]:
+    def _candidates(self, request: RobotRequest, task: str, now: float,
+                    exclude: set[str]) -> list[Robot]:
         return [
             r for r in sorted(self.robots.values(), key=lambda r: r.robot_id)
             if r.robot_id not in exclude
             and r.state is RobotState.IDLE
             and r.lease_id is None
             and r.alive(now, self.heartbeat_timeout_s)
-            and self._matches(r, request)
+            and self._matches(r, request, task)
         ]
 
     @staticmethod
-    def _matches(robot: Robot, request: RobotRequest) -> bool:
-        return robot.robot_type == request.robot_type and (
-            not request.sites or robot.site in request.sites
-        )
+    def _matches(robot: Robot, request: RobotRequest, task: str) -> bool:
+        """A robot fits a request when its type and site do and it is set up for the
+        experiment's task (a Panda with the push scene never serves a reach experiment)."""
+        return (robot.robot_type == request.robot_type
+                and robot.spec.task == task
+                and (not request.sites or robot.site in request.sites))

@@ -83,3 +83,8 @@ class RobotSpec(BaseModel):
     )
     control_hz: float = Field(20.0, gt=0, description="control rate in steps per second")
     max_episode_steps: int = Field(100, gt=0)
+    task: str = Field(
+        "reach", pattern=r"^[a-z][a-z0-9_-]*$",
+        description="the task the robot is set up for (its scene, resets and success rule); "
+        "the scheduler leases it only to experiments with this task",
+    )

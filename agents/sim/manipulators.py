@@ -143,7 +143,12 @@ def build_spec(config: ManipulatorConfig, task: tasks.SceneTask) -> mujoco.MjSpe
     # robosuite drives the arm with torque motors and its own controllers; ours are
     # position servos, added below.
     for actuator in list(arm_spec.actuators):
-        arm_spec.delete(actuator)
+        # MuJoCo >= 3.3.3 deletes through the spec; 3.3.0 (the version the third-party
+        # suites pin) through the element.
+        if hasattr(arm_spec, "delete"):
+            arm_spec.delete(actuator)
+        else:
+            actuator.delete()
 
     world = mujoco.MjSpec()
     world.modelname = f"{config.robot_type}-{task.name}"
@@ -151,8 +156,11 @@ def build_spec(config: ManipulatorConfig, task: tasks.SceneTask) -> mujoco.MjSpe
     world.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     world.visual.global_.offwidth = 640
     world.visual.global_.offheight = 480
-    world.worldbody.add_light(pos=[0.5, 0, 1.5], dir=[0, 0, -1],
-                              type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL)
+    light = world.worldbody.add_light(pos=[0.5, 0, 1.5], dir=[0, 0, -1])
+    if hasattr(mujoco, "mjtLightType"):  # MuJoCo >= 3.3.3; 3.3.0 has a flag instead
+        light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
+    else:
+        light.directional = True
     world.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.1],
                              pos=[0, 0, -0.8], rgba=[0.4, 0.4, 0.4, 1])
     world.worldbody.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX,
@@ -283,6 +291,7 @@ class Manipulator(robot_mod.Robot):
                 control_hz=control_hz,
                 max_episode_steps=(self.task.max_episode_steps if max_episode_steps is None
                                    else max_episode_steps),
+                task=self.task.name,
             )
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]

@@ -231,3 +231,25 @@ def test_a_new_incarnation_after_a_lease_change_is_not_a_double_claim() -> None:
         beat_as(fleet, "r2", "bbbb", float(t))
     assert fleet.robots["r2"].double_claim == ""
     assert run_tick(fleet, 10.0) == []
+
+
+def test_robots_are_leased_only_to_experiments_with_the_task_they_are_set_up_for() -> None:
+    fleet = Fleet(TIMEOUT)
+    for robot_id, task in (("p-reach", "reach"), ("p-push", "push")):
+        fleet.apply(ev.RobotAnnouncedV1(
+            site="lab-a", robot_id=robot_id,
+            spec=spec("panda").model_copy(update={"task": task})), 0.0)
+    for name, task in (("pushing", "push"), ("reaching", "reach"), ("placing", "pick_place")):
+        exp = ExperimentSpec.model_validate(
+            {"name": name, "task": task, "robots": [{"robot_type": "panda"}]})
+        fleet.apply(ev.ExperimentSubmittedV1(experiment_id=name,
+                                             spec=exp.model_dump(mode="json")), 0.0)
+    out = run_tick(fleet, 1.0)
+    assert sorted(leased(out)) == [("p-push", "pushing"), ("p-reach", "reaching")]
+    assert fleet.experiments["placing"].state is ev.ExperimentState.SCHEDULED
+
+
+def test_a_robot_spec_recorded_before_tasks_existed_reads_as_reach() -> None:
+    old = spec("arm7").model_dump(mode="json")
+    del old["task"]
+    assert RobotSpec.model_validate(old).task == "reach"
