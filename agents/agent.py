@@ -26,14 +26,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents import pacing, registry, safety, weights, weights_kafka
+from agents import (
+    pacing,
+    registry,
+    remote,
+    remote_kafka,
+    safety,
+    takeover,
+    weights,
+    weights_kafka,
+)
+from agents import robot as robot_mod
 from agents.outbox import Outbox, OutboxDeadLetters
-from agents.policies import PolicyFn, RandomPolicy, scripted
+from agents.policies import FramesPolicy, PolicyFn, RandomPolicy, scripted
 from agents.worker import Lease, RobotWorker
 from schemas import events as ev
+from schemas.experiment import TakeoverSpec
 from topics import catalog, tables, validation
 from topics.consumer import DeadLetterSink
 from topics.follow import Follower
@@ -62,9 +74,17 @@ class AgentSettings(BaseSettings):
     count: int = Field(1, ge=1, le=256, description="robots hosted by this process")
     control_hz: float | None = Field(None, gt=0, description="override the robot's rate")
     realtime: bool = Field(True, description="pace to the control rate; false: flat out")
-    policy: Literal["random", "scripted"] = Field(
-        "random", description="what drives the robot until learned weights exist"
+    policy: Literal["random", "scripted", "remote"] = Field(
+        "random", description="what drives the robot until learned weights exist; remote: "
+        "action chunks from the experiment's inference replicas (issue 14)"
     )
+    instruction: str = Field("", max_length=1000,
+                             description="the task in words, for a language-conditioned "
+                                         "remote policy")
+    takeover: TakeoverSpec = Field(
+        default_factory=TakeoverSpec,
+        description='takeover device per robot, JSON, e.g. \'{"kind": "scripted"}\' '
+                    "(agents.takeover)")
     flush_steps: int = Field(50, ge=1, description="send a batch every N steps…")
     flush_ms: int = Field(500, ge=1, description="…or every T ms, whichever first")
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat period")
@@ -170,13 +190,17 @@ class Agent:
                              role=f"agent-{self.robot_ids[0]}")
         self.dead_letters = OutboxDeadLetters(self.outbox, consumer=f"agent-{self.robot_ids[0]}")
         self.mailbox = _Mailbox(self.robot_ids, self.dead_letters)
-        # Learned policies: fetched and verified in the background, swapped in per step.
-        self.weights = weights_kafka.subscriber_for(kafka, self.robots[0].spec,
-                                                    dead_letters=self.dead_letters)
+        # Learned policies: fetched and verified in the background, swapped in per step;
+        # a remotely served policy's weights go to its inference replicas instead.
+        self.remote = (remote_kafka.RemoteLink(kafka, settings.site)
+                       if settings.policy == "remote" else None)
+        self.weights = None if self.remote is not None else weights_kafka.subscriber_for(
+            kafka, self.robots[0].spec, dead_letters=self.dead_letters)
         self.workers = [
             RobotWorker(robot, robot_id=rid, site=settings.site, sink=self.outbox,
                         policy=self._policy_for(robot, i),
-                        flush_steps=settings.flush_steps, flush_s=settings.flush_ms / 1000)
+                        flush_steps=settings.flush_steps, flush_s=settings.flush_ms / 1000,
+                        takeover=self._takeover_for(robot))
             for i, (rid, robot) in enumerate(zip(self.robot_ids, self.robots, strict=True))
         ]
 
@@ -184,6 +208,8 @@ class Agent:
         self, robot: safety.Guarded, i: int
     ) -> Callable[[], tuple[PolicyFn, int]]:
         fn: PolicyFn
+        if self.remote is not None:
+            return self._remote_for(robot, i)
         if self.settings.policy == "scripted":
             fn = scripted(robot)
         else:
@@ -191,6 +217,35 @@ class Agent:
             fn = RandomPolicy(robot.spec.action, seed=seed)
         return weights.learned_or(lambda: (fn, 0), self.weights,
                                   lambda: self.workers[i].lease, robot.spec.robot_type)
+
+    def _takeover_for(self, robot: safety.Guarded) -> takeover.TakeoverDevice | None:
+        spec = self.settings.takeover
+        if spec.kind == "none":
+            return None
+        try:
+            expert = scripted(robot) if spec.kind == "scripted" else None
+        except robot_mod.RobotError:
+            expert = None
+        return takeover.make(spec, action_size=int(robot.spec.action.shape[-1]),
+                             expert=expert)
+
+    def _remote_for(self, robot: safety.Guarded, i: int) -> Callable[[], tuple[PolicyFn, int]]:
+        assert self.remote is not None
+        rid = self.robot_ids[i]
+
+        def leased() -> str | None:
+            lease = self.workers[i].lease
+            return None if lease is None else lease.experiment_id
+
+        served = remote.RemotePolicy(
+            robot_id=rid, site=self.settings.site, experiment_id=leased,
+            send=self.remote.send,
+            control_hz=self.settings.control_hz or robot.spec.control_hz,
+            instruction=self.settings.instruction,
+            action_dim=int(np.prod(robot.spec.action.shape)))
+        self.remote.policies[rid] = served
+        fn = FramesPolicy(served)
+        return lambda: (fn, served.policy_version)
 
     def stop(self) -> None:
         self._stop.set()
@@ -207,6 +262,8 @@ class Agent:
         listener.start()
         if self.weights is not None:
             self.weights.start()
+        if self.remote is not None:
+            self.remote.start()
         hz = self.settings.control_hz or self.robots[0].spec.control_hz
         pacer = self.pacer = pacing.Pacer(hz if self.settings.realtime else None)
         seq, next_beat = 0, 0.0
@@ -236,6 +293,8 @@ class Agent:
             self.outbox.close(timeout_s=0.5)
             if self.weights is not None:
                 self.weights.close()
+            if self.remote is not None:
+                self.remote.close()
             self._stop.set()
 
     def _follow(self) -> Follower:

@@ -26,8 +26,9 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -35,10 +36,12 @@ import numpy.typing as npt
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents.policies import PolicyFn
+from agents.policies import ChunkPolicy, FramesPolicy, PolicyFn
 from agents.worker import Lease
 from learners import policies
 from schemas import events
+from schemas.events import RejectReason
+from topics import signing
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,22 @@ REASONS = (
     "build_failed",    # learners.policies could not build or load it
     "fetch_timeout",   # the chunks did not all arrive in time
     "fetch_error",     # the transport failed while fetching (logged with its traceback)
+    # signatures (issue 16; topics.signing): checked before a single chunk is fetched
+    "unsigned",        # no signature, and this agent requires one
+    "untrusted_key",   # signed by a key not in the trusted-keys file
+    "expired_key",     # signed by a key outside its trusted window (rotated out)
+    "bad_signature",   # the signature does not match the manifest
+    "replayed",        # a version at or below the one already applied
 )
 
 
 class Policy(Protocol):
     """What an agent needs of a ``learners.policies`` policy (``learners.core.Policy``)."""
 
-    def act(self, observation: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
+    cameras: tuple[str, ...]
+
+    def act(self, observation: np.ndarray, deterministic: bool = False,
+            images: Mapping[str, np.ndarray] | None = None) -> np.ndarray: ...
 
 
 class WeightsRejected(Exception):
@@ -188,6 +200,10 @@ def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
         raise WeightsRejected("build_failed", str(exc)) from None
 
 
+#: Refusals that mean "the bytes are not what the manifest says" (dead letter reason).
+_HASH_REASONS = frozenset({"chunk_hash", "blob_hash", "chunk_size", "blob_size", "chunk_mismatch"})
+
+
 # -- what the control loop sees -------------------------------------------------------------
 
 
@@ -213,7 +229,26 @@ def _act_fn(policy: Policy, deterministic: bool) -> PolicyFn:
         batch = np.asarray(observation, dtype=np.float32).reshape(1, -1)
         return np.asarray(policy.act(batch, deterministic=deterministic)[0], dtype=np.float32)
 
-    return act
+    def act_on_frames(observation: npt.NDArray[np.floating],
+                      images: Mapping[str, npt.NDArray[np.uint8]] | None
+                      ) -> npt.NDArray[np.float32]:
+        batch = np.asarray(observation, dtype=np.float32).reshape(1, -1)
+        frames = {c: img[None] for c, img in (images or {}).items() if c in policy.cameras}
+        return np.asarray(policy.act(batch, deterministic=deterministic, images=frames)[0],
+                          dtype=np.float32)
+
+    act_chunk = getattr(policy, "act_chunk", None)
+    if act_chunk is not None:  # a chunked policy: the worker executes its chunks
+        def chunk(observation: npt.NDArray[np.floating],
+                  images: Mapping[str, npt.NDArray[np.uint8]] | None
+                  ) -> npt.NDArray[np.float32]:
+            batch = np.asarray(observation, dtype=np.float32).reshape(1, -1)
+            frames = {c: img[None] for c, img in (images or {}).items()
+                      if c in policy.cameras}
+            return np.asarray(act_chunk(batch, deterministic, frames or None)[0], np.float32)
+
+        return ChunkPolicy(chunk, policy.execution)  # type: ignore[attr-defined]
+    return FramesPolicy(act_on_frames) if getattr(policy, "cameras", ()) else act
 
 
 def learned_or(
@@ -262,6 +297,10 @@ class WeightsSource(Protocol):
         :class:`WeightsRejected` (``missing_chunk``, ``unreadable_chunk``,
         ``fetch_timeout``)."""
 
+    def refuse(self, manifest: events.WeightsManifestV1, reason: RejectReason,
+               detail: str) -> None:
+        """Dead-letter ``manifest``'s record (a refused version leaves a trace in ``dlq``)."""
+
     def close(self) -> None: ...
 
 
@@ -276,6 +315,9 @@ class SubscriberSettings(BaseSettings):
         False, description="act with the policy's mode instead of sampling (evaluation)"
     )
     fetch_timeout_s: float = Field(120.0, gt=0, description="give up on a version after this")
+    trusted_keys: Path | None = Field(
+        None, description="trusted-keys JSON (topics.signing; `userctl security trust-key`): "
+        "apply only versions a trusted, unexpired key signed; None: hashes only (unsecured)")
 
 
 class WeightsSubscriber:
@@ -310,6 +352,8 @@ class WeightsSubscriber:
         self.applied_versions: list[tuple[str, int]] = []
         """every (experiment, version) swapped in, in order."""
         self.last_rejection = ""
+        self._trusted = signing.TrustedKeys()
+        self._trusted_stamp: int | None = None
 
     # -- control-loop side (no I/O) ----------------------------------------------------------
 
@@ -399,6 +443,11 @@ class WeightsSubscriber:
             if isinstance(item, str):
                 self._count("bad_manifest", f"unreadable manifest record: {item}")
                 continue
+            applied = self.current(item.experiment_id)
+            if applied is not None and item.version <= applied.version:
+                self._refuse(source, item, "replayed", f"{item.experiment_id} v{item.version} "
+                             f"is not newer than the applied v{applied.version}; keeping it")
+                continue
             with self._lock:
                 held = self._latest.get(item.experiment_id)
                 if held is None or item.version > held.version:
@@ -422,6 +471,7 @@ class WeightsSubscriber:
     def _install(self, source: WeightsSource, manifest: events.WeightsManifestV1) -> None:
         exp, version = manifest.experiment_id, manifest.version
         try:
+            self._check_signature(manifest)
             t0 = time.monotonic()
             fetched = source.fetch(manifest, self.settings.fetch_timeout_s)
             t1 = time.monotonic()
@@ -436,8 +486,8 @@ class WeightsSubscriber:
                 exc = WeightsRejected("fetch_error", f"{type(exc).__name__}: {exc}")
             held = self.current(exp)
             keeping = f"v{held.version}" if held else "the non-learned policy"
-            self._count(exc.reason, f"{exp} v{version} refused ({exc.detail}); keeping {keeping}",
-                        refused=(exp, version))
+            self._refuse(source, manifest, exc.reason,
+                         f"{exp} v{version} refused ({exc.detail}); keeping {keeping}")
             return
         applied = Applied(version, policy, _act_fn(policy, self.settings.deterministic),
                           manifest.learner_step, t1 - t0, t2 - t1, t3 - t2)
@@ -450,6 +500,41 @@ class WeightsSubscriber:
                  manifest.learner_step, applied.fetch_s, applied.verify_s, applied.build_s)
         if self._on_applied is not None:
             self._on_applied(exp, applied)
+
+    def _check_signature(self, manifest: events.WeightsManifestV1) -> None:
+        """Raise :class:`WeightsRejected` unless a trusted key signed ``manifest`` (when
+        this agent requires signatures).  The trusted-keys file is re-read when it changes,
+        so `userctl security trust-key` takes effect without a restart."""
+        path = self.settings.trusted_keys
+        if path is None:
+            return
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = -1
+        if stamp != self._trusted_stamp:
+            self._trusted = signing.TrustedKeys.load(path)
+            self._trusted_stamp = stamp
+        try:
+            self._trusted.verify(manifest)
+        except signing.SignatureRefused as exc:
+            raise WeightsRejected(exc.reason, exc.detail) from None
+
+    def _refuse(self, source: WeightsSource, manifest: events.WeightsManifestV1, reason: str,
+                detail: str) -> None:
+        """Count, log and dead-letter a refused version (the robot keeps its policy)."""
+        self._count(reason, detail, refused=(manifest.experiment_id, manifest.version))
+        dlq_reason = (RejectReason.SIGNATURE if reason in signing.REASONS
+                      else RejectReason.REPLAYED if reason == "replayed"
+                      else RejectReason.HASH_MISMATCH if reason in _HASH_REASONS
+                      else RejectReason.NON_FINITE if reason == "non_finite"
+                      else RejectReason.SPEC_MISMATCH if reason == "spec_mismatch"
+                      else RejectReason.INCONSISTENT)
+        try:
+            source.refuse(manifest, dlq_reason, f"{reason}: {detail}")
+        except Exception:  # a dead letter that fails is logged; the refusal stands
+            log.exception("weights: could not dead-letter %s v%d", manifest.experiment_id,
+                          manifest.version)
 
     def _count(self, reason: str, detail: str, refused: tuple[str, int] | None = None) -> None:
         with self._lock:

@@ -31,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from agents import safety
+from agents.chunking import ChunkExecutor
 from agents.outbox import EventSink
-from agents.policies import PolicyFn
+from agents.policies import ChunkPolicy, NoActionDue, PolicyFn, propose
 from agents.robot import RobotError, Step
 from agents.spool import SpoolFull
 from schemas import events as ev
@@ -44,7 +45,8 @@ State = ev.RobotState
 log = logging.getLogger(__name__)
 
 #: A takeover device: ``(observation, the policy's proposal) -> the human's action`` when
-#: a person overrides the policy for this step, else ``None``.
+#: a person overrides the policy for this step, else ``None`` (``agents.takeover``; its
+#: ``reset()`` is called at each episode start and ``close()`` at the end, when present).
 Takeover = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]],
                     npt.NDArray[np.float32] | None]
 
@@ -95,6 +97,9 @@ class _Episode:
     index: int = 0
     first_version: int = 0
     last_version: int = 0
+    interventions: int = 0
+    takeovers: int = 0
+    taken: bool = False
 
 
 class RobotWorker:
@@ -132,6 +137,7 @@ class RobotWorker:
         self._clock = clock
         self._wall_ns = wall_ns
         self._takeover = takeover
+        self._chunks = ChunkExecutor()
         #: This worker's hold on the robot (module docstring); minted per lease taken.
         self.incarnation = mint_incarnation()
         self._seq = 0
@@ -147,6 +153,8 @@ class RobotWorker:
         # has room; while any wait, the robot is held (its episode stays open).
         self._unsent: list[tuple[catalog.TopicSpec, serde.Payload]] = []
         self.spool_full = False
+        #: Control periods held because the (remote) policy had no action due.
+        self.held_no_action = 0
 
     # -- one control period --------------------------------------------------------------------
 
@@ -213,9 +221,39 @@ class RobotWorker:
         assert episode is not None
         seen = episode.step
         observed_ns = self._wall_ns()
-        proposal = np.asarray(policy(seen.observation), dtype=np.float32)
+        try:
+            if isinstance(policy, ChunkPolicy):
+                # A chunked policy: this robot's queue of planned actions (reset at
+                # episode starts, after takeovers and when the version changes).
+                images = seen.images
+                proposal = self._chunks.next(lambda obs: policy.chunk(obs, images),
+                                             seen.observation, policy.execution, version)
+            else:
+                proposal = np.asarray(propose(policy, seen.observation, seen.images),
+                                      dtype=np.float32)
+        except NoActionDue:
+            # A remote policy has no action due: hold safely, record nothing (issue 14).
+            # Time passes while held: the next step sees the state now, and a hold can
+            # run into the episode's time limit.
+            held = self.robot.hold()
+            self.held_no_action += 1
+            episode.step = held
+            if held.unstable:
+                self._unstable(held.unstable)
+            elif held.done:
+                self._end_episode(ev.EpisodeEndReason.TIME_LIMIT)
+            return
         human = None if self._takeover is None else self._takeover(seen.observation, proposal)
         action = proposal if human is None else np.asarray(human, dtype=np.float32)
+        if human is not None:
+            self._chunks.reset()  # the plan was for a state the human has since left
+            episode.interventions += 1
+            if not episode.taken:  # a takeover starts (it ends at the next None)
+                episode.takeovers += 1
+                log.info("%s: takeover in %s at step %d: %s", self.robot_id,
+                         episode.episode_id, episode.index,
+                         getattr(self._takeover, "reason", "") or "operator")
+        episode.taken = human is not None
         try:
             step = self.robot.step(action)
         except RobotError:
@@ -265,12 +303,16 @@ class RobotWorker:
         self._n_episodes += 1
         episode_id = f"{self.robot_id}.{self.run_id}.{self._n_episodes:06d}"
         first = self.robot.reset()
+        self._chunks.reset()
+        reset = getattr(self._takeover, "reset", None)
+        if reset is not None:  # a new episode: the policy has control
+            reset()
         self._episode = _Episode(episode_id, self.lease.experiment_id, self._clock(), first,
                                  first_version=version, last_version=version)
         self._send(catalog.EPISODES, ev.EpisodeStartedV1(
             site=self.site, robot_id=self.robot_id, experiment_id=self.lease.experiment_id,
             episode_id=episode_id, policy_version=version,
-            task=self.robot.spec.robot_type,
+            task=self.robot.spec.task,
         ))
 
     def _end_episode(self, reason: ev.EpisodeEndReason, detail: str = "") -> None:
@@ -296,6 +338,7 @@ class RobotWorker:
             detail=detail[:1000], duration_s=max(0.0, self._clock() - episode.started),
             first_policy_version=episode.first_version,
             last_policy_version=episode.last_version,
+            interventions=episode.interventions, takeovers=episode.takeovers,
             success=True if reason is ev.EpisodeEndReason.TASK_DONE else None,
         ))
 
@@ -380,4 +423,7 @@ class RobotWorker:
         for spec, payload in self._unsent:
             self.sink.send(spec, payload, over_budget=True)
         self._unsent.clear()
+        close = getattr(self._takeover, "close", None)
+        if close is not None:
+            close()
         self.robot.close()

@@ -18,16 +18,21 @@ from pydantic import ValidationError
 #: Modules that each register one top-level subcommand, in help order.
 COMMANDS: tuple[str, ...] = (
     "infra.cmd_broker",
+    "infra.cmd_security",
     "infra.cmd_topics",
     "infra.cmd_rewards",
     "infra.cmd_sink",
     "infra.cmd_replay",
     "infra.cmd_history",
+    "infra.cmd_demos",
     "infra.cmd_learn",
     "infra.cmd_fleet",
+    "infra.cmd_compute",
     "infra.cmd_plugins",
     "infra.cmd_tail",
     "infra.cmd_topology",
+    "infra.cmd_mirror",
+    "infra.cmd_docker",
     "infra.cmd_demo",
     "infra.cmd_tensorboard",
     "infra.cmd_dashboard",
@@ -35,13 +40,29 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Long-running roles that must start light: command name -> the module registering it.
+#: ``userctl <role> …`` imports that module alone, not every command's (the learner's and
+#: replay's pull in torch: ~0.7 GB of RSS a controller, sink or reward job never uses;
+#: ``tests/unit/test_footprint.py`` holds them to it).
+ROLE_COMMANDS: dict[str, str] = {
+    "controller": "infra.cmd_fleet",
+    "agent": "infra.cmd_fleet",
+    "sink": "infra.cmd_sink",
+    "rewards": "infra.cmd_rewards",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``userctl`` parser; for ``argv`` naming a role of :data:`ROLE_COMMANDS`, with
+    that role's module only."""
     parser = argparse.ArgumentParser(
         prog="userctl",
         description="USER: online policy learning on robot fleets over Kafka, faust and Delta Lake",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    first = next((a for a in argv or () if not a.startswith("-")), None)
+    modules = (ROLE_COMMANDS[first],) if first in ROLE_COMMANDS else COMMANDS
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -52,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every process started from here (and its children) shares one state directory.
     os.environ.setdefault("USER_HOME", str(default_home()))
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("USER_LOG_LEVEL", "INFO").upper(),

@@ -25,7 +25,7 @@ from infra.cmd_fleet import load_spec
 from infra.progress import Progress, render, write_report
 from pipeline.fleet import Fleet
 from schemas import events as ev
-from schemas.experiment import ExperimentSpec
+from schemas.experiment import ExperimentSpec, TakeoverSpec
 from schemas.transitions import RewardedTransitionBatch
 from topics import admin, catalog
 from topics.follow import Follower
@@ -50,13 +50,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_demo)
 
 
-def _topology_for(topo: supervisor.Topology, template_name: str, name: str
-                  ) -> supervisor.Topology:
-    """The topology with the experiment's name put where the template's name stood."""
+def _topology_for(topo: supervisor.Topology, template_name: str, name: str,
+                  takeover: TakeoverSpec | None = None) -> supervisor.Topology:
+    """The topology with the experiment's name put where the template's name stood, and
+    the experiment's takeover device (``takeover``) given to every agent role."""
     roles = {}
     for role_name, role in topo.roles.items():
         args = [name if a == template_name else a for a in (role.userctl or [])]
         roles[role_name] = role.model_copy(update={"userctl": args}) if role.userctl else role
+        if takeover is not None and takeover.kind != "none" and args[:1] == ["agent"]:
+            env = {**role.env, "USER_AGENT_TAKEOVER": takeover.model_dump_json()}
+            roles[role_name] = roles[role_name].model_copy(update={"env": env})
     return topo.model_copy(update={"roles": roles, "name": f"{topo.name}-{name}"})
 
 
@@ -81,13 +85,19 @@ def _demo(args: argparse.Namespace) -> int:
     if args.max_wall_s is not None:
         stop_spec = stop_spec.model_copy(update={"max_wall_s": args.max_wall_s})
     spec = spec.model_copy(update={"name": name, "stop": stop_spec})
-    run_topo = _topology_for(topo, topo_template_name(topo, args.experiment), name)
+    run_topo = _topology_for(topo, topo_template_name(topo, args.experiment), name,
+                             spec.takeover)
 
-    kafka = KafkaSettings()
-    if not os.environ.get("USER_KAFKA_BOOTSTRAP"):
+    from infra import security
+
+    if security.requested():  # USER_SECURE=1: SASL_SSL + ACLs; this process is the operator
+        security.ensure_cluster(say=lambda m: print(m, file=sys.stderr))
+        run_topo = security.for_topology(run_topo)
+    elif not os.environ.get("USER_KAFKA_BOOTSTRAP"):
         started = Broker().start(say=lambda m: print(m, file=sys.stderr))
         if not started.already_running:
             print(f"started Kafka (pid {started.pid})")
+    kafka = KafkaSettings()
     admin.ensure_topics(kafka)
 
     home = Path(os.environ["USER_HOME"])

@@ -219,7 +219,8 @@ def load_spec(path: Path) -> ExperimentSpec:
 
 
 def task_problems(spec: ExperimentSpec) -> list[str]:
-    """Field-level problems with ``spec``'s robot types and task, one line each."""
+    """Field-level problems with ``spec``'s robot types, task, algorithm and policy kind
+    (``learners.registry.problems``), one line each."""
     from agents import registry
     from agents import robot as robot_mod
 
@@ -233,7 +234,37 @@ def task_problems(spec: ExperimentSpec) -> list[str]:
         if spec.task not in tasks:
             out.append(f"task: robot type {request.robot_type!r} cannot do task "
                        f"{spec.task!r}; it can do: {', '.join(tasks)}")
+    from learners import registry as learner_registry  # algorithm and policy kind by name
+
+    out.extend(learner_registry.problems(spec))
+    types = list(dict.fromkeys(r.robot_type for r in spec.robots))
+    if spec.policy.shared_across_types and len(types) > 1 and not out:
+        out.extend(_shared_policy_problems(spec.task, types))
     return out
+
+
+def _shared_policy_problems(task: str, types: list[str]) -> list[str]:
+    """One line if the robot types cannot share one policy (no common action space)."""
+    from agents import registry
+    from agents import robot as robot_mod
+    from learners import policies
+    from learners.policies import shared
+
+    specs = {}
+    for t in types:
+        try:
+            robot = registry.make_robot(t, task=task, validate=False)
+        except robot_mod.RobotError as exc:
+            return [f"policy.shared_across_types: {exc}"]
+        try:
+            specs[t] = policies.PolicySpec.from_robot_spec(robot.spec)
+        finally:
+            robot.close()
+    try:
+        shared.shared_spec(specs)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def _submit(args: argparse.Namespace) -> int:

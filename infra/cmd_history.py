@@ -35,6 +35,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("experiment")
     s.add_argument("--reward", default="reach_dense@1", metavar="NAME@VERSION")
     s.set_defaults(func=_success)
+    s = hsub.add_parser("interventions", help="intervention rate per robot per policy "
+                                              "version, and over time (demos left out)")
+    s.add_argument("experiment")
+    s.add_argument("--over-time", action="store_true",
+                   help="per robot per --bucket-s seconds instead of per policy version")
+    s.add_argument("--bucket-s", type=int, default=60, metavar="S")
+    s.add_argument("--plot", type=Path, metavar="PNG", help="also plot the rate over time")
+    s.set_defaults(func=_interventions)
     s = hsub.add_parser("gaps", help="records the sink or a learner expected that no longer "
                                      "existed (from the gaps topic)")
     s.add_argument("experiment", nargs="?",
@@ -105,6 +113,48 @@ def _gaps(args: argparse.Namespace) -> int:
 def _success(args: argparse.Namespace) -> int:
     return _query(args, history.SUCCESS_BY_ROBOT_AND_VERSION,
                   {"experiment": args.experiment, "reward_fn": args.reward})
+
+
+def _interventions(args: argparse.Namespace) -> int:
+    from pipeline import demos
+
+    params: dict[str, object] = {"experiment": args.experiment,
+                                 "demo_prefix": demos.DEMO_PREFIX}
+    if args.plot is not None:
+        table = history.sql(args.root or sink.SinkSettings().root,
+                            history.INTERVENTIONS_OVER_TIME,
+                            {**params, "bucket_s": max(1, args.bucket_s)})
+        _plot_interventions(table, args.plot, args.experiment)
+    if args.over_time:
+        params["bucket_s"] = max(1, args.bucket_s)
+        return _query(args, history.INTERVENTIONS_OVER_TIME, params)
+    return _query(args, history.INTERVENTIONS_BY_ROBOT_AND_VERSION, params)
+
+
+def _plot_interventions(table: pa.Table, path: Path, experiment: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    rows = table.to_pylist()
+    for robot in sorted({r["robot_id"] for r in rows}):
+        mine = [r for r in rows if r["robot_id"] == robot]
+        ax.plot([r["from_s"] for r in mine], [100 * r["intervention_rate"] for r in mine],
+                marker=".", label=robot)
+    ax.set_xlabel("seconds since the experiment's first step")
+    ax.set_ylabel("steps a human chose (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{experiment}: intervention rate (falling = the policy takes over)")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def _lineage(args: argparse.Namespace) -> int:

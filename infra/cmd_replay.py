@@ -127,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
             rep = history.replay(KafkaSettings(), root, args.experiment, args.to_topic)
             print(f"replayed {rep.batches} batches, {rep.steps} steps of "
                   f"{len(rep.robots)} robots ({', '.join(rep.robots)}) to {rep.topic}")
+            if rep.too_large:
+                print(f"userctl replay: {rep.too_large} steps not sent: each alone is larger "
+                      f"than {rep.topic}'s max.message.bytes; raise it and replay again")
+                return 1
             return 0
         fn = rewards.lookup(args.reward)
         bf = history.backfill(root, args.experiment, fn)

@@ -39,9 +39,13 @@ def _home() -> Path:
 
 def _ensure_kafka() -> None:
     """Start our broker unless the user has a cluster, then make the topics."""
+    from infra import security
     from topics import admin
     from topics.settings import KafkaSettings
 
+    if security.requested():  # USER_SECURE=1: SASL_SSL, users, ACLs; we act as the operator
+        security.ensure_cluster(say=lambda m: print(m, file=sys.stderr))
+        return
     if not os.environ.get("USER_KAFKA_BOOTSTRAP"):
         result = Broker().start(say=lambda m: print(m, file=sys.stderr))
         if not result.already_running:
@@ -56,7 +60,8 @@ def _up(args: argparse.Namespace) -> int:
     if running is not None:
         print(f"topology {topo.name} is already up (supervisor pid {running})")
         return 0
-    _ensure_kafka()
+    if "USER_KAFKA_BOOTSTRAP" not in topo.env:  # else its brokers are roles, or external
+        _ensure_kafka()
     if args.detach:
         log_dir = home / "logs" / topo.name
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,9 @@ def _up(args: argparse.Namespace) -> int:
         print(f"topology {topo.name} is up: {len(topo.roles)} roles (supervisor pid "
               f"{proc.pid}); `userctl status`, `userctl down`; logs in {log_dir}")
         return 0
-    sup = supervisor.Supervisor(topo, home)
+    from infra import security
+
+    sup = supervisor.Supervisor(security.for_topology(topo), home)
 
     def on_signal(signum: int, _frame: object) -> None:
         sup.stop()
@@ -138,4 +145,26 @@ def _status(args: argparse.Namespace) -> int:
     for r in roles:
         for line in r.get("history", []):
             print(f"  {r['name']}: {line}")
+    if pid:
+        _replication_lag(topo, env)
     return 0 if pid else 3
+
+
+def _replication_lag(topo: supervisor.Topology, env: dict[str, str]) -> None:
+    """Per-site MirrorMaker 2 lag, for a topology with `mirror run` roles: records on
+    the source its last flushed offsets have not reached, each way."""
+    from infra import cmd_mirror
+
+    cloud = env.get("USER_KAFKA_BOOTSTRAP", KafkaSettings().bootstrap)
+    for name, spec in topo.roles.items():
+        args = spec.userctl or []
+        if args[:2] != ["mirror", "run"] or "--site" not in args or "--edge" not in args:
+            continue
+        site, edge = args[args.index("--site") + 1], args[args.index("--edge") + 1]
+        try:
+            flows = cmd_mirror.site_lag(site, edge, cloud)
+        except Exception as exc:  # a status line, never a traceback
+            print(f"  replication {site}: unknown ({type(exc).__name__}: {exc})")
+            continue
+        for line in cmd_mirror.lag_lines(flows):
+            print(f"  replication {line}  [{name}]")

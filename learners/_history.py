@@ -15,20 +15,24 @@ each carries its step identity and the executed action, with its ``intervention`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from learners.core import StepBatch
 from learners.loop import Steps
+from schemas import transitions
+from schemas.spaces import RobotSpec
 from topics import tables
 
 log = logging.getLogger(__name__)
@@ -55,10 +59,19 @@ class History:
     are absent)."""
     table: pa.Table | None = None
     read_s: float = 0.0
+    refused: dict[str, int] = field(default_factory=dict)
+    """robot id -> rows left out as outside the robot's announced bounds."""
+    frames: _Frames | None = None
+    """where each row's camera frames lie (read chunk by chunk; None: no cameras)."""
 
     @property
     def rows(self) -> int:
         return 0 if self.table is None else self.table.num_rows
+
+    def with_frames(self, steps: Steps, rows: pa.Table) -> Steps:
+        """``steps`` (of ``rows`` of this history's table) with their camera frames, when
+        the history was read with cameras."""
+        return steps if self.frames is None else self.frames.attach(steps, rows)
 
     def steps(self, chunk_rows: int = 65_536) -> Iterator[Steps]:
         """Each (experiment, robot type)'s rows, each stream's in the order taken (by
@@ -71,8 +84,82 @@ class History:
             part = self.table.filter((pc.field("experiment_id") == exp)
                                      & (pc.field("robot_type") == robot_type))
             part = tables.sort_steps(part)
-            for start in range(0, part.num_rows, chunk_rows):
-                yield steps_of_rows(str(exp), str(robot_type), part.slice(start, chunk_rows))
+            rows = chunk_rows if self.frames is None else self.frames.chunk_rows(chunk_rows)
+            for start in range(0, part.num_rows, rows):
+                piece = part.slice(start, rows)
+                steps = steps_of_rows(str(exp), str(robot_type), piece)
+                if self.frames is not None:
+                    steps = self.frames.attach(steps, piece)
+                yield steps
+
+
+#: Bytes of camera frames one history chunk holds at most (frames are read per chunk).
+FRAME_CHUNK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """Camera frames of history rows, read a chunk at a time: rows carry ``__fragment``
+    (index into ``fragments``) and ``__row`` (row within that Parquet file), and only a
+    chunk's frames are ever in memory, so a warm start never holds the whole history's
+    images (DESIGN §5: the buffer's budget bounds them)."""
+
+    fragments: list[pads.Fragment]
+    cameras: tuple[str, ...]
+    shape: tuple[int, int, int]
+    """(h, w, 3) of every camera's frame (the experiment's observation spec)."""
+
+    @property
+    def row_bytes(self) -> int:
+        """bytes of one row's frames (all cameras)."""
+        return len(self.cameras) * int(np.prod(self.shape))
+
+    def chunk_rows(self, rows: int) -> int:
+        return max(1, min(rows, FRAME_CHUNK_BYTES // max(1, self.row_bytes)))
+
+    def attach(self, steps: Steps, rows: pa.Table) -> Steps:
+        """``steps`` with the frames (and final frames of truncated rows) of ``rows``."""
+        n = rows.num_rows
+        fragment = _numbers(rows.column("__fragment"), np.int64)
+        row = _numbers(rows.column("__row"), np.int64)
+        images: dict[str, np.ndarray] = {}
+        finals: dict[str, np.ndarray] = {}
+        for f in np.unique(fragment).tolist():
+            here = np.flatnonzero(fragment == f)
+            got = self.fragments[f].take(pa.array(row[here]),
+                                         columns=["images", "final_images"])
+            for column, out in (("images", images), ("final_images", finals)):
+                structs = got.column(column).combine_chunks()
+                for cam in self.cameras:
+                    frames = _frames_of(structs, cam, self.shape)
+                    if cam not in out:
+                        out[cam] = np.zeros((n, *frames.shape[1:]), np.uint8)
+                    elif out[cam].shape[1:] != frames.shape[1:]:
+                        frames = np.zeros((len(here), 0), np.uint8)  # refused as a whole
+                        out[cam] = np.zeros((n, 0), np.uint8)
+                        continue
+                    out[cam][here] = frames
+        s = steps.steps
+        return dataclasses.replace(steps, steps=dataclasses.replace(
+            s, images=images, next_images=finals))
+
+
+def _frames_of(structs: pa.Array, cam: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """(n, h, w, 3) uint8 of one camera of a frames struct column (null rows: zeros).
+    Frames of another size come back flat (n, bytes), which the replay buffer refuses
+    with a line naming the camera, as it refuses rows without the camera (n, 0)."""
+    n = len(structs)
+    if cam not in {f.name for f in structs.type}:
+        return np.zeros((n, 0), np.uint8)
+    arr = pc.struct_field(structs, cam)
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if not valid.any():
+        return np.zeros((n, *shape), np.uint8)
+    data = np.frombuffer(b"".join(arr.filter(pa.array(valid)).to_pylist()), np.uint8)
+    size = data.size // int(valid.sum())
+    out = np.zeros((n, size), np.uint8)
+    out[valid] = data.reshape(-1, size)
+    return out.reshape(n, *shape) if size == int(np.prod(shape)) else out
 
 
 def read(
@@ -85,11 +172,17 @@ def read(
     sink_name: str,
     version: int | None = None,
     extra_columns: Sequence[str] = (),
+    robots: Mapping[str, RobotSpec] | None = None,
+    cameras: Sequence[str] = (),
+    image_size: tuple[int, int] = (64, 64),
 ) -> History:
     """The rows of ``experiments`` for ``reward_fn``, and the last offset of each of
     ``topic``'s ``partitions`` the same table version holds (the newest table version,
     or ``version``: a replay reads what a past warm start read). ``extra_columns`` are
-    read too where the table has them (a replay's ``kafka_partition``/``kafka_offset``)."""
+    read too where the table has them (a replay's ``kafka_partition``/``kafka_offset``).
+    With ``robots`` (robot id -> announced spec), rows outside their robot's bounds are
+    left out (:func:`within_bounds`; ``History.refused`` counts them).  With ``cameras``
+    the rows locate their frames, which :meth:`History.steps` reads chunk by chunk."""
     started = time.perf_counter()
     path = tables.table_path(root, tables.TRANSITIONS)
     try:
@@ -108,16 +201,86 @@ def read(
     if missing:
         raise ValueError(f"Delta table {path} lacks columns {missing}: is it the sink's "
                          f"{tables.TRANSITIONS} table?")
-    table = dataset.to_table(
-        columns=wanted,
-        filter=pc.field(tables.PARTITION_COLUMN).isin(list(experiments))
-        & (pc.field("reward_fn") == reward_fn),
-    )
+    frames = None
+    if cameras:
+        table, fragments = _locating(dataset, wanted, experiments, reward_fn)
+        frames = _Frames(fragments, tuple(cameras), (*image_size, 3))
+    else:
+        table = dataset.to_table(
+            columns=wanted,
+            filter=pc.field(tables.PARTITION_COLUMN).isin(list(experiments))
+            & (pc.field("reward_fn") == reward_fn),
+        )
     table = tables.with_step_id(table)
     if "policy_action" in table.column_names:  # the learner trains on what was executed
         table = table.drop_columns(["policy_action"])
+    table, refused = within_bounds(table, robots or {})
     return History(version=dt.version(), offsets=offsets, table=table,
-                   read_s=time.perf_counter() - started)
+                   read_s=time.perf_counter() - started, refused=refused, frames=frames)
+
+
+def _locating(dataset: pads.Dataset, columns: Sequence[str], experiments: Sequence[str],
+              reward_fn: str) -> tuple[pa.Table, list[pads.Fragment]]:
+    """The rows (``columns``, no frames) of ``experiments`` for ``reward_fn``, each with
+    ``__fragment``/``__row``: where its frames lie."""
+    fragments = list(dataset.get_fragments(
+        filter=pc.field(tables.PARTITION_COLUMN).isin(list(experiments))))
+    parts = []
+    read = [*columns, "reward_fn"]
+    for i, fragment in enumerate(fragments):
+        part = fragment.to_table(columns=read, schema=dataset.schema)
+        n = part.num_rows
+        part = part.append_column("__fragment", pa.array(np.full(n, i, np.int64)))
+        part = part.append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
+        parts.append(part.filter(pc.field("reward_fn") == reward_fn).drop_columns(["reward_fn"]))
+    if not parts:
+        schema = dataset.schema
+        empty = pa.schema([schema.field(c) for c in columns]
+                          + [pa.field("__fragment", pa.int64()), pa.field("__row", pa.int64())])
+        return empty.empty_table(), fragments
+    return pa.concat_tables(parts, promote_options="permissive"), fragments
+
+
+def within_bounds(table: pa.Table, robots: Mapping[str, RobotSpec]
+                  ) -> tuple[pa.Table, dict[str, int]]:
+    """The rows of ``table`` inside their robot's announced bounds (observation, final
+    observation and executed action; ``schemas.transitions.outside_bounds``), and how
+    many rows of each robot were left out.  Rows of robots not in ``robots`` are kept.
+
+    The sink dead-letters batches outside their bounds, so this only finds rows written
+    before it did (or before their robot announced itself): the warm start drops them
+    too, and records which robots' rows it dropped under which spec (lineage), so a
+    replay drops the same ones."""
+    if table.num_rows == 0 or not robots:
+        return table, {}
+    ids = table.column("robot_id").combine_chunks()
+    keep = np.ones(table.num_rows, dtype=bool)
+    refused: dict[str, int] = {}
+    for robot_id in pc.unique(ids).to_pylist():
+        spec = robots.get(str(robot_id))
+        if spec is None:
+            continue
+        rows = np.flatnonzero(np.asarray(pc.equal(ids, robot_id).to_numpy(zero_copy_only=False)))
+        part = table.take(pa.array(rows))
+        bad = np.zeros(len(rows), dtype=bool)
+        for column, array_spec in (("observation", spec.observation), ("action", spec.action)):
+            bad |= transitions.outside_bounds(
+                array_spec, _matrix(part.column(column), len(rows))).any(axis=1)
+        finals = part.column("final_observation").combine_chunks()
+        has_final = np.asarray(finals.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if has_final.any():
+            flat = _flat(pa.chunked_array([finals]))
+            bad[has_final] |= transitions.outside_bounds(
+                spec.observation, flat.reshape(int(has_final.sum()), -1)).any(axis=1)
+        if bad.any():
+            keep[rows[bad]] = False
+            refused[str(robot_id)] = int(bad.sum())
+    if not refused:
+        return table, {}
+    log.warning("warm start: %d history rows outside their robot's announced bounds left "
+                "out (%s)", sum(refused.values()),
+                ", ".join(f"{r}: {n}" for r, n in sorted(refused.items()))[:200])
+    return table.filter(pa.array(keep)), refused
 
 
 def steps_of_rows(experiment_id: str, robot_type: str, rows: pa.Table) -> Steps:

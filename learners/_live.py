@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -21,47 +20,25 @@ from learners.policies import PolicySpec
 from learners.weights_sync_kafka import KafkaWeightsSink
 from schemas import events
 from schemas.experiment import ExperimentSpec
-from schemas.spaces import RobotSpec
 from schemas.transitions import RewardedTransitionBatch
-from topics import catalog, gaps, serde, validation
+from topics import catalog, gaps, robots, serde, validation
 from topics.consumer import TopicReader, record_of
-from topics.follow import Follower
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-class RobotSpecs:
-    """The newest announced spec of each robot type, followed from ``robots``."""
+class RobotSpecs(robots.RobotSpecs):
+    """The newest announced spec of each robot (:class:`topics.robots.RobotSpecs`), and
+    the policy spec of each robot type, to size its networks."""
 
     def __init__(self, kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-        self._follower = Follower(kafka, {catalog.ROBOTS: "beginning"}, role="learner-robots",
-                                  timeout_s=timeout_s)
-        self._lock = threading.Lock()
-        self._specs: dict[str, RobotSpec] = {}
-        self._by_robot: dict[str, RobotSpec] = {}
+        super().__init__(kafka, role="learner-robots", timeout_s=timeout_s)
         self._bad: set[str] = set()
-        deadline = time.monotonic() + timeout_s
-        while not self._follower.caught_up() and time.monotonic() < deadline:
-            self.poll(0.2)
-
-    def poll(self, timeout_s: float = 0.0) -> None:
-        for item in self._follower.poll(timeout_s):
-            event = item.event if isinstance(item, validation.Accepted) else None
-            if isinstance(event, events.RobotAnnouncedV1):
-                with self._lock:
-                    self._specs[event.spec.robot_type] = event.spec
-                    self._by_robot[event.robot_id] = event.spec
-
-    def by_robot(self) -> dict[str, RobotSpec]:
-        """The announced spec of each robot (robot id -> spec), to validate batches by."""
-        with self._lock:
-            return dict(self._by_robot)
 
     def policy_spec(self, robot_type: str) -> PolicySpec | None:
-        with self._lock:
-            spec = self._specs.get(robot_type)
+        spec = self.of_type(robot_type)
         if spec is None:
             return None
         try:
@@ -71,9 +48,6 @@ class RobotSpecs:
                 self._bad.add(robot_type)
                 log.error("cannot learn %s: %s", robot_type, exc)
             return None
-
-    def close(self) -> None:
-        self._follower.close()
 
 
 class LiveSteps:
@@ -187,8 +161,9 @@ class LiveSteps:
 
     def _decode(self, partition: int, offset: int, rec: validation.Record
                 ) -> tuple[int, int, Steps | None]:
-        rules = validation.Rules(robots=self._robots.by_robot()) if self._robots else None
-        result = validation.validate(replace(rec, topic=catalog.TRANSITIONS.name), rules)
+        as_catalog = replace(rec, topic=catalog.TRANSITIONS.name)
+        result = (self._robots.validate(as_catalog) if self._robots is not None
+                  else validation.validate(as_catalog))
         if isinstance(result, validation.Rejected):
             self._dead_letter(replace(result, record=rec))
             return partition, offset, None

@@ -123,9 +123,28 @@ class Batch:
     stats: Mapping[str, float] = field(default_factory=dict)
     intervention: torch.Tensor | None = None
     """bool: a human chose ``action`` (None: not recorded, i.e. no interventions)."""
+    action_chunk: torch.Tensor | None = None
+    """(batch, H, *action_shape): ``action`` and the H - 1 actions executed after it in
+    its episode, the last one repeated past the episode's end (None: not asked for;
+    samplers fill it for algorithms that learn action chunks)."""
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same rows on ``device`` (stats unchanged)."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        return Batch(
+            observation=move(self.observation), action=move(self.action),
+            reward=move(self.reward), next_observation=move(self.next_observation),
+            terminated=move(self.terminated), policy_version=move(self.policy_version),
+            images={k: move(v) for k, v in self.images.items()},
+            next_images={k: move(v) for k, v in self.next_images.items()},
+            stats=self.stats,
+            intervention=None if self.intervention is None else move(self.intervention),
+            action_chunk=None if self.action_chunk is None else move(self.action_chunk))
 
     def split(self, n: int) -> list[Batch]:
         """Cut into ``n`` equal consecutive minibatches (for update-to-data ratio ``n``).
@@ -151,6 +170,7 @@ class Batch:
                 next_images={name: part(t, k) for name, t in self.next_images.items()},
                 stats=self.stats,
                 intervention=None if self.intervention is None else part(self.intervention, k),
+                action_chunk=None if self.action_chunk is None else part(self.action_chunk, k),
             )
             for k in range(n)
         ]
@@ -170,12 +190,17 @@ class Policy(abc.ABC):
     Not thread-safe: an agent loads new weights between control steps, not during one.
     """
 
+    #: Cameras the policy reads (``images`` of :meth:`act`); empty for state policies.
+    cameras: tuple[str, ...] = ()
+
     @abc.abstractmethod
-    def act(self, observation: np.ndarray, deterministic: bool = False) -> np.ndarray:
+    def act(self, observation: np.ndarray, deterministic: bool = False,
+            images: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Actions for a batch of observations, shape (batch, *action_shape), float32.
 
         Actions lie within the robot's action bounds. ``deterministic`` picks the mode
-        (evaluation) instead of sampling (exploration).
+        (evaluation) instead of sampling (exploration).  ``images`` (camera -> (batch, h,
+        w, 3) uint8) must hold every camera in :attr:`cameras`; state policies ignore it.
         """
 
     @abc.abstractmethod
@@ -194,6 +219,12 @@ class NonFiniteUpdate(ArithmeticError):
 
 class Algorithm(abc.ABC):
     """Turns batches of transitions into better policy weights."""
+
+    #: Minibatches one :meth:`update` takes (its update-to-data ratio): callers sample
+    #: ``batch_size * minibatches`` rows.
+    minibatches: int = 1
+    #: Updates taken so far (restored by :meth:`load_state`).
+    update_step: int = 0
 
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:

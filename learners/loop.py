@@ -12,8 +12,10 @@ test wires in-memory fakes::
         learner.add(steps, origin="history")
     reason = run(learner, live_source, metrics, checkpoints, stop_event, LoopSettings())
 
-One :class:`Learner` serves every robot type of a heterogeneous experiment: each type
-gets its own SAC, buffers and weights stream (:func:`learners.policies.weights_stream`),
+The algorithm and the policy kind are the spec's (``algorithm.name`` looked up in
+:mod:`learners.registry`, ``policy.kind`` in :mod:`learners.policies`); this module names
+neither.  One :class:`Learner` serves every robot type of a heterogeneous experiment: each
+type gets its own algorithm, buffers and weights stream (:func:`learners.policies.weights_stream`),
 because observation and action spaces differ between types.
 
 No step is doubled: steps are deduplicated by step identity with the one rule every
@@ -40,9 +42,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from learners import checkpoint, lineage, sac
+from learners import checkpoint, lineage, registry
 from learners.core import JSON, NonFiniteUpdate, Sampler, StepBatch, TrainingState
 from learners.policies import PolicySpec, non_finite, weights_stream
+from learners.policies import shared as shared_input
 from learners.replay import MixingSampler, NumpyReplayBuffer, ReplayConfig
 from learners.weights_sync import PublisherStats, PublishSchedule, Snapshot, WeightSyncSettings
 from schemas import events
@@ -98,6 +101,10 @@ class Steps:
         next_observation = np.zeros_like(observation)
         finals = batch.final_observation.reshape(-1, observation.shape[1])
         next_observation[batch.truncated] = finals
+        next_images = {}
+        for cam, frames in batch.images.items():  # uint8 HWC, as they travelled
+            next_images[cam] = np.zeros_like(frames)
+            next_images[cam][batch.truncated] = batch.final_images[cam]
         steps = StepBatch(
             robot_id=np.full(n, batch.robot_id),
             episode_id=batch.episode_id,
@@ -110,6 +117,8 @@ class Steps:
             truncated=batch.cut_off,
             next_observation=next_observation,
             intervention=batch.intervention,
+            images=dict(batch.images),
+            next_images=next_images,
         )
         return cls(batch.event.experiment_id, batch.event.robot_type, steps,
                    np.full(n, batch.event.incarnation), batch.seq, batch.success)
@@ -124,6 +133,8 @@ class Steps:
             truncated=None if s.truncated is None else s.truncated[mask],
             next_observation=None if s.next_observation is None else s.next_observation[mask],
             intervention=None if s.intervention is None else s.intervention[mask],
+            images={cam: frames[mask] for cam, frames in s.images.items()},
+            next_images={cam: frames[mask] for cam, frames in s.next_images.items()},
         )
         return Steps(self.experiment_id, self.robot_type, picked, self.incarnation[mask],
                      self.seq[mask], self.success[mask])
@@ -223,7 +234,7 @@ class MetricsSink(Protocol):
 
 
 class _TypeLearner:
-    """SAC, online and prior buffers, and the weights stream of one robot type."""
+    """The algorithm, online and prior buffers, and the weights stream of one robot type."""
 
     def __init__(
         self,
@@ -237,22 +248,32 @@ class _TypeLearner:
         self.robot_type = robot_type
         self.stream = weights_stream(spec.name, robot_type)
         self.policy_spec = policy_spec
-        self.algorithm = sac.SAC(policy_spec, sac_config(spec))
-        self.batch_rows = spec.algorithm.batch_size * self.algorithm.config.utd_ratio
+        self.policy_kind = spec.policy.kind
+        self.policy_options: dict[str, JSON] = registry.policy_options(spec)
+        self.algorithm = registry.build_algorithm(registry.AlgorithmContext(
+            spec, robot_type, policy_spec, self.policy_kind, self.policy_options))
+        self.batch_rows = spec.algorithm.batch_size * self.algorithm.minibatches
         self.utd_ratio = spec.algorithm.utd_ratio
         self.warmup_steps = spec.algorithm.warmup_steps
-        self.policy_options: dict[str, JSON] = {"hidden_sizes": list(spec.policy.hidden)}
         # Prior data gets half the type's budget when the spec mixes any in (RLPD).
         prior_share = 0.5 if spec.buffer.prior_experiments and spec.buffer.prior_ratio else 0.0
         shapes = ((policy_spec.observation_dim,), (policy_spec.action_dim,))
+        size = spec.observation.image_size
+        images = {cam: (size[0], size[1], 3) for cam in spec.observation.cameras}
         seed = spec.algorithm.seed
+        hyper_seed = spec.algorithm.hyperparameters.get("seed", seed)
+        self.seed = hyper_seed if isinstance(hyper_seed, int) else seed
+        """the algorithm's seed (the mixing sampler's too)."""
         self.online = NumpyReplayBuffer(ReplayConfig(
-            *shapes, memory_budget_bytes=int(budget_bytes * (1 - prior_share)), seed=seed))
+            *shapes, memory_budget_bytes=int(budget_bytes * (1 - prior_share)),
+            image_shapes=images, seed=seed))
         self.prior = (NumpyReplayBuffer(ReplayConfig(
-            *shapes, memory_budget_bytes=int(budget_bytes * prior_share), seed=seed + 1))
-            if prior_share else None)
+            *shapes, memory_budget_bytes=int(budget_bytes * prior_share), image_shapes=images,
+            seed=seed + 1)) if prior_share else None)
         self.prior_ratio = spec.buffer.prior_ratio
         self._mixing: Sampler | None = None
+        self._custom = registry.sampler_factory(spec.algorithm.name)
+        self.spec = spec
         sync = spec.weight_sync
         self.schedule = PublishSchedule(
             WeightSyncSettings(every_updates=sync.every_updates, every_s=sync.every_s),
@@ -333,11 +354,15 @@ class _TypeLearner:
                 and self.update_step < self.allowed_updates())
 
     def sampler(self) -> Sampler:
+        if self._custom is not None:
+            if self._mixing is None:
+                self._mixing = self._custom(self.online, self.prior, self.spec)
+            return self._mixing
         if self.prior is None or len(self.prior) == 0 or self.prior_ratio == 0:
             return self.online
         if self._mixing is None:
             self._mixing = MixingSampler(self.online, self.prior, self.prior_ratio,
-                                         seed=self.algorithm.config.seed)
+                                         seed=self.seed)
         return self._mixing
 
     def update(self, trained_on: Mapping[str, int]) -> None:
@@ -378,7 +403,7 @@ class _TypeLearner:
         """The acting policy now, as :meth:`publish` would send it (its blob's bytes are
         what a manifest's ``sha256`` covers)."""
         return Snapshot.of_algorithm(
-            self.algorithm, kind="mlp_gaussian", options=self.policy_options,
+            self.algorithm, kind=self.policy_kind, options=self.policy_options,
             spec=self.policy_spec, learner_step=self.update_step, trained_on=trained_on)
 
     def success_rate(self) -> float | None:
@@ -417,22 +442,46 @@ class _TypeLearner:
         }
 
 
-def sac_config(spec: ExperimentSpec) -> sac.SACConfig:
-    """The SAC/RLPD config an experiment asks for. Raises ``ValueError`` naming a bad
-    hyper-parameter."""
-    overrides: dict[str, object] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in spec.algorithm.hyperparameters.items()
-    }
-    overrides.setdefault("hidden_sizes", tuple(spec.policy.hidden))
-    overrides.setdefault("seed", spec.algorithm.seed)
-    known = {f.name for f in dataclasses.fields(sac.SACConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"algorithm.hyperparameters: {', '.join(unknown)} not SAC settings "
-                         f"(known: {', '.join(sorted(known))})")
-    if spec.algorithm.name == "rlpd":
-        return sac.SACConfig.rlpd(**overrides)
-    return sac.SACConfig(**overrides)  # type: ignore[arg-type]
+# ---------------------------------------------------------------------------- shared policy
+
+#: The key of the one learner of an experiment whose policy is shared across robot types.
+SHARED = "shared"
+
+
+class _FanOut:
+    """Publishes a shared policy's snapshots on every robot type's weights stream, each
+    with its type's spec and the options robots of that type wrap the policy with."""
+
+    def __init__(self, publishers: dict[str, Publisher],
+                 resolve: Callable[[str], PolicySpec | None]) -> None:
+        self._publishers = publishers
+        self._resolve = resolve
+        self.stats = next(iter(publishers.values())).stats
+        """the first type's publishing stats (every type publishes the same snapshots)."""
+
+    @classmethod
+    def open(cls, experiment: str, robot_types: tuple[str, ...],
+             resolve: Callable[[str], PolicySpec | None],
+             publisher_for: PublisherFactory) -> tuple[_FanOut, int]:
+        opened = {t: publisher_for(weights_stream(experiment, t)) for t in robot_types}
+        return (cls({t: p for t, (p, _) in opened.items()}, resolve),
+                max(v for _, v in opened.values()))
+
+    @property
+    def published_version(self) -> int:
+        return max(p.published_version for p in self._publishers.values())
+
+    def publish(self, snapshot: Snapshot) -> None:
+        specs = {t: self._resolve(t) for t in self._publishers}
+        known = {t: s for t, s in specs.items() if s is not None}
+        if len(known) < len(specs):  # after a restore, before every type re-announced
+            log.info("shared policy: not publishing until every robot type is known")
+            return
+        for robot_type, publisher in self._publishers.items():
+            publisher.publish(dataclasses.replace(
+                snapshot, spec=known[robot_type],
+                options={**snapshot.options,
+                         shared_input.OPTION: shared_input.options_for(robot_type, known)}))
 
 
 # ---------------------------------------------------------------------------- the learner
@@ -453,13 +502,16 @@ class Learner:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if spec.policy.kind != "mlp_gaussian":
-            raise ValueError(f"policy.kind {spec.policy.kind!r}: this learner trains SAC's "
-                             "mlp_gaussian actor only")
-        sac_config(spec)  # fail at start on a bad hyper-parameter, not at the first step
+        problems = registry.problems(spec)  # fail at start, not at the first step
+        if problems:
+            raise ValueError("; ".join(problems))
         self.spec = spec
         self.robot_types = tuple(dict.fromkeys(r.robot_type for r in spec.robots))
-        self._budget = spec.buffer.memory_budget_mb * (1 << 20) // len(self.robot_types)
+        self.shared = spec.policy.shared_across_types and len(self.robot_types) > 1
+        """one policy for all types (``policy.shared_across_types``), kept under
+        :data:`SHARED` in :attr:`types`."""
+        self._budget = spec.buffer.memory_budget_mb * (1 << 20) // (
+            1 if self.shared else len(self.robot_types))
         self._resolve = resolve
         self._publisher_for = publisher_for
         self._clock = clock
@@ -503,7 +555,22 @@ class Learner:
         if learner is None:
             self._waiting.setdefault(steps.robot_type, []).append((fresh, origin))
             return len(fresh)
-        return learner.add(fresh, "prior" if prior else origin)
+        return learner.add(self._encoded(fresh), "prior" if prior else origin)
+
+    def _encoded(self, steps: Steps) -> Steps:
+        """``steps`` as the shared policy sees them (padded + type one-hot), or as they
+        are when each type has its own policy."""
+        if not self.shared:
+            return steps
+        types = sorted(self.robot_types)
+        dim = self.types[SHARED].policy_spec.observation_dim - len(types)
+        s = steps.steps
+        nxt = s.next_observation
+        encoded = dataclasses.replace(
+            s, observation=shared_input.encode(s.observation, steps.robot_type, types, dim),
+            next_observation=(None if nxt is None
+                              else shared_input.encode(nxt, steps.robot_type, types, dim)))
+        return dataclasses.replace(steps, steps=encoded)
 
     def _fresh(self, steps: Steps) -> Steps:
         """The rows not taken before, by step identity (``topics.tables``' rule)."""
@@ -517,25 +584,38 @@ class Learner:
         return steps
 
     def _type(self, robot_type: str) -> _TypeLearner | None:
-        learner = self.types.get(robot_type)
+        learner = self.types.get(SHARED if self.shared else robot_type)
         if learner is not None:
             return learner
+        if self.shared:  # opens once every type's spec is known
+            specs = {t: self._resolve(t) for t in self.robot_types}
+            known = {t: s for t, s in specs.items() if s is not None}
+            if len(known) < len(specs):
+                return None
+            return self._open(SHARED, shared_input.shared_spec(known))
         policy_spec = self._resolve(robot_type)
         if policy_spec is None:
             return None
         return self._open(robot_type, policy_spec)
 
     def _open(self, robot_type: str, policy_spec: PolicySpec) -> _TypeLearner:
-        learner = _TypeLearner(self.spec, robot_type, policy_spec, self._publisher_for,
+        publisher_for = self._publisher_for
+        if robot_type == SHARED:
+            def publisher_for(_stream: str) -> tuple[Publisher, int]:
+                return _FanOut.open(self.spec.name, self.robot_types, self._resolve,
+                                    self._publisher_for)
+        learner = _TypeLearner(self.spec, robot_type, policy_spec, publisher_for,
                                self._budget, self._clock)
         learner.recorder = self.lineage
         self.types[robot_type] = learner
         log.info("learning %s: %s, observation %d, action %d, buffer %d steps",
-                 learner.stream, self.spec.algorithm.name, policy_spec.observation_dim,
+                 learner.stream, f"{self.spec.algorithm.name} + {self.spec.policy.kind}",
+                 policy_spec.observation_dim,
                  policy_spec.action_dim, learner.online.capacity)
-        for steps, origin in self._waiting.pop(robot_type, []):
-            prior = steps.experiment_id != self.spec.name
-            learner.add(steps, "prior" if prior else origin)
+        for waiting in (self.robot_types if robot_type == SHARED else (robot_type,)):
+            for steps, origin in self._waiting.pop(waiting, []):
+                prior = steps.experiment_id != self.spec.name
+                learner.add(self._encoded(steps), "prior" if prior else origin)
         return learner
 
     def open_known(self) -> None:
@@ -592,7 +672,8 @@ class Learner:
         if stop.max_wall_s is not None and self._clock() - self.started >= stop.max_wall_s:
             return f"ran {stop.max_wall_s:g} s (max_wall_s)"
         rates = [t.success_rate() if len(t.recent) == stop.success_window else None
-                 for t in (self.types.get(rt) for rt in self.robot_types) if t is not None]
+                 for t in (self.types.get(SHARED if self.shared else rt)
+                           for rt in self.robot_types) if t is not None]
         if (len(rates) == len(self.robot_types) and all(r is not None for r in rates)
                 and min(r for r in rates if r is not None) >= stop.target_success):
             return (f"success rate ≥ {stop.target_success:g} over the last "

@@ -228,13 +228,31 @@ class NumpyReplayBuffer(ReplayBuffer):
             self._prune_at = max(1024, 2 * len(self._pending))
         return made
 
-    def sample(self, batch_size: int, current_version: int = 0) -> Batch:
+    @property
+    def interventions(self) -> int:
+        """Sampleable transitions whose action a human chose."""
+        filled = min(self._written, self.capacity)
+        a = self._arrays
+        return int((a["sampleable"][:filled] & a["intervention"][:filled]).sum())
+
+    def sample(self, batch_size: int, current_version: int = 0, *, horizon: int = 1,
+               interventions_only: bool = False) -> Batch:
+        """Uniform transitions (see :class:`~learners.core.Sampler`).  ``horizon > 1``
+        adds each one's action chunk (:attr:`Batch.action_chunk`, followed through the
+        episode's links); ``interventions_only`` draws among steps a human chose and
+        raises ``LookupError`` while there are none."""
         if self._sampleable == 0:
             raise LookupError("the replay buffer holds no complete transition yet")
         a = self._arrays
         filled = min(self._written, self.capacity)
-        idx = self._rng.integers(0, filled, size=batch_size)
-        for _ in range(_REJECTION_ROUNDS):
+        if interventions_only:
+            valid = np.flatnonzero(a["sampleable"][:filled] & a["intervention"][:filled])
+            if not len(valid):
+                raise LookupError("the replay buffer holds no takeover step yet")
+            idx = self._rng.choice(valid, size=batch_size)
+        else:
+            idx = self._rng.integers(0, filled, size=batch_size)
+        for _ in range(0 if interventions_only else _REJECTION_ROUNDS):
             bad = ~a["sampleable"][idx]
             if not bad.any():
                 break
@@ -247,6 +265,19 @@ class NumpyReplayBuffer(ReplayBuffer):
         nxt = a["next_slot"][idx]
         version = a["policy_version"][idx]
         lag = current_version - version
+        chunk = None
+        if horizon > 1:
+            # Follow the links: a terminal step links to itself, a truncated one to its
+            # never-sampled final slot (action 0) — in both cases the chunk repeats the
+            # last real action from there on.
+            slots = np.empty((batch_size, horizon), np.int64)
+            slots[:, 0] = idx
+            for k in range(1, horizon):
+                prev = slots[:, k - 1]
+                step = a["next_slot"][prev]
+                real = (step >= 0) & a["sampleable"][np.maximum(step, 0)] & (step != prev)
+                slots[:, k] = np.where(real, step, prev)
+            chunk = torch.from_numpy(a["action"][slots])
         return Batch(
             observation=torch.from_numpy(a["observation"][idx]),
             action=torch.from_numpy(a["action"][idx]),
@@ -255,6 +286,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             terminated=torch.from_numpy(a["terminated"][idx].astype(np.float32)),
             policy_version=torch.from_numpy(version),
             intervention=torch.from_numpy(a["intervention"][idx]),
+            action_chunk=chunk,
             images={n: torch.from_numpy(a[f"image/{n}"][idx]) for n in self.config.image_shapes},
             next_images={
                 n: torch.from_numpy(a[f"image/{n}"][nxt]) for n in self.config.image_shapes
@@ -321,6 +353,8 @@ def concat_batches(batches: Sequence[Batch], generator: torch.Generator | None =
         policy_version=cat([b.policy_version for b in batches]),
         intervention=(None if any(b.intervention is None for b in batches)
                       else cat([b.intervention for b in batches if b.intervention is not None])),
+        action_chunk=(None if any(b.action_chunk is None for b in batches)
+                      else cat([b.action_chunk for b in batches if b.action_chunk is not None])),
         images={n: cat([b.images[n] for b in batches]) for n in first.images},
         next_images={n: cat([b.next_images[n] for b in batches]) for n in first.next_images},
     )
@@ -360,3 +394,74 @@ class MixingSampler(Sampler):
                 {k.replace("replay/", "replay/prior/", 1): v for k, v in prior.stats.items()}
             )
         return dataclasses.replace(concat_batches(parts, self._generator), stats=stats)
+
+
+class TakeoverSampler(Sampler):
+    """Where imitation and HIL-SERL draw from: this experiment's buffer (``online``), its
+    takeover steps, and prior data (``prior``: demonstrations, earlier experiments).
+
+    ``mode``:
+
+    * ``"all"`` — like :class:`MixingSampler`: ``prior_fraction`` of each batch from
+      ``prior`` (when it holds anything), the rest from every online step (BC);
+    * ``"takeovers"`` — only steps a human chose: online takeover steps and all prior
+      rows, in proportion to how many each holds (HG-DAgger's aggregated data set);
+    * ``"routed"`` — HIL-SERL's RLPD: ``prior_fraction`` of each batch is the demo half,
+      drawn from prior rows and online takeover steps in proportion to their counts; the
+      rest from every online step.
+
+    ``horizon > 1`` adds action chunks (:attr:`Batch.action_chunk`).  Stats add
+    ``replay/takeover_fraction`` (rows of the batch a human chose) and
+    ``replay/takeover_steps`` (online takeover steps held).
+    """
+
+    def __init__(self, online: NumpyReplayBuffer, prior: NumpyReplayBuffer | None = None,
+                 *, mode: str = "all", prior_fraction: float = 0.5, horizon: int = 1,
+                 seed: int = 0) -> None:
+        if mode not in ("all", "takeovers", "routed"):
+            raise ValueError(f"mode must be all, takeovers or routed, not {mode!r}")
+        if not 0.0 <= prior_fraction <= 1.0:
+            raise ValueError(f"prior_fraction must lie in [0, 1], got {prior_fraction}")
+        self.online, self.prior = online, prior
+        self.mode, self.prior_fraction, self.horizon = mode, prior_fraction, horizon
+        self._rng = np.random.default_rng(seed)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def _split(self, n: int, n_prior_pool: int, n_took_pool: int) -> tuple[int, int]:
+        """How many of ``n`` demo rows come from prior and from online takeovers."""
+        pool = n_prior_pool + n_took_pool
+        if pool == 0 or n == 0:
+            return 0, 0
+        from_prior = int(self._rng.binomial(n, n_prior_pool / pool))
+        return from_prior, n - from_prior
+
+    def sample(self, batch_size: int, current_version: int = 0) -> Batch:
+        n_prior_pool = len(self.prior) if self.prior is not None else 0
+        n_took_pool = self.online.interventions
+        if self.mode == "takeovers":
+            n_any, (n_prior, n_took) = 0, self._split(batch_size, n_prior_pool, n_took_pool)
+            if n_prior + n_took == 0:
+                raise LookupError("no takeover or demonstration step to learn from yet")
+        elif self.mode == "routed":
+            n_demo = round(batch_size * self.prior_fraction)
+            n_prior, n_took = self._split(n_demo, n_prior_pool, n_took_pool)
+            n_any = batch_size - n_prior - n_took
+        else:
+            n_prior = round(batch_size * self.prior_fraction) if n_prior_pool else 0
+            n_any, n_took = batch_size - n_prior, 0
+        parts: list[Batch] = []
+        stats: dict[str, float] = {}
+        for source, n, only in ((self.online, n_any, False), (self.online, n_took, True),
+                                (self.prior, n_prior, False)):
+            if n and source is not None:
+                part = source.sample(n, current_version, horizon=self.horizon,
+                                     interventions_only=only)
+                parts.append(part)
+                if source is self.online and not only:
+                    stats.update(part.stats)
+        batch = concat_batches(parts, self._generator) if len(parts) > 1 else parts[0]
+        took = 0.0 if batch.intervention is None else float(batch.intervention.float().mean())
+        stats |= {"replay/takeover_fraction": took,
+                  "replay/takeover_steps": float(n_took_pool),
+                  "replay/prior_fraction": n_prior / batch_size}
+        return dataclasses.replace(batch, stats=stats)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from learners import _history, lineage, loop
 from learners.policies import PolicySpec
 from learners.weights_sync import PublisherStats, Snapshot, serialise
 from schemas.experiment import ExperimentSpec
+from schemas.spaces import RobotSpec
 from topics import tables
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,8 @@ def replay_run(
     starts = _warm_start(root, learner, hist, report)
     live = _LiveRows(root, experiment=str(header["experiment"]), reward_fn=str(hist["reward_fn"]),
                      topic=topic, sink_name=str(hist["sink_name"]), starts=starts,
-                     ends=_last_ends(run.entries))
+                     ends=_last_ends(run.entries), cameras=learner.spec.observation.cameras,
+                     image_size=learner.spec.observation.image_size)
     for u, ends in run.entries:
         if not remaining:
             break
@@ -227,7 +229,9 @@ def _warm_start(root: Path | str, learner: loop.Learner, hist: Mapping[str, obje
             root, experiments=[str(e) for e in experiments] if isinstance(experiments, list)
             else [], reward_fn=str(hist["reward_fn"]), topic=str(hist["topic"]),
             partitions=[int(str(p)) for p in partitions] if isinstance(partitions, list) else [],
-            sink_name=str(hist["sink_name"]), version=version)
+            sink_name=str(hist["sink_name"]), version=version, robots=_refused_by(hist),
+            cameras=learner.spec.observation.cameras,
+            image_size=learner.spec.observation.image_size)
         got = {f"{hist['topic']}:{p}": o for p, o in history.offsets.items()}
         if got != recorded:
             raise lineage.LineageError(f"Delta version {version} holds offsets {got}, the run "
@@ -237,6 +241,15 @@ def _warm_start(root: Path | str, learner: loop.Learner, hist: Mapping[str, obje
             learner.add(steps, "history")
         report.history_rows = history.rows
     return {k: o + 1 for k, o in recorded.items()}
+
+
+def _refused_by(hist: Mapping[str, object]) -> dict[str, RobotSpec]:
+    """The specs under which the run's warm start left rows out (robot id -> spec)."""
+    refused = hist.get("refused")
+    if not isinstance(refused, dict):
+        return {}
+    return {str(r): RobotSpec.model_validate(v["spec"]) for r, v in refused.items()
+            if isinstance(v, dict) and isinstance(v.get("spec"), dict)}
 
 
 def _last_ends(entries: Iterable[lineage.Entry]) -> dict[str, int]:
@@ -250,8 +263,10 @@ class _LiveRows:
     """The Delta rows of the live records a run took, by (partition, offset)."""
 
     def __init__(self, root: Path | str, *, experiment: str, reward_fn: str, topic: str,
-                 sink_name: str, starts: Mapping[str, int], ends: Mapping[str, int]) -> None:
+                 sink_name: str, starts: Mapping[str, int], ends: Mapping[str, int],
+                 cameras: Sequence[str] = (), image_size: tuple[int, int] = (64, 64)) -> None:
         self._experiment = experiment
+        self._history: _history.History | None = None
         self._pos = dict(starts)
         self._rows: dict[int, tuple[pa.Table, np.ndarray]] = {}
         if not ends:
@@ -261,7 +276,9 @@ class _LiveRows:
         history = _history.read(root, experiments=[experiment], reward_fn=reward_fn,
                                 topic=topic,
                                 partitions=sorted({lineage.partition_of(k) for k in ends}),
-                                sink_name=sink_name, extra_columns=_SOURCE)
+                                sink_name=sink_name, extra_columns=_SOURCE,
+                                cameras=cameras, image_size=image_size)
+        self._history = history
         for key, end in ends.items():
             written = history.offsets.get(lineage.partition_of(key))
             if written is None or written < end - 1:
@@ -298,7 +315,9 @@ class _LiveRows:
             j = int(np.searchsorted(offsets, offsets[i], side="right"))
             record = rows.slice(i, j - i)
             robot_type = str(record.column("robot_type")[0].as_py())
-            out.append(_history.steps_of_rows(self._experiment, robot_type, record))
+            steps = _history.steps_of_rows(self._experiment, robot_type, record)
+            out.append(steps if self._history is None
+                       else self._history.with_frames(steps, record))
             i = j
         return out
 

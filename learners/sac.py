@@ -7,7 +7,15 @@ same algorithm with a LayerNorm critic ensemble whose target takes the minimum o
 random subset, a high update-to-data ratio, and 50/50 sampling of online and prior data
 (the last is :class:`learners.replay.MixingSampler`, not this file's business).
 
-Read top to bottom: config, networks, then the update. No Kafka, no Delta here.
+Pixels: with a policy kind whose networks read cameras (``cnn_gaussian``), the conv
+encoder is shared by the critics and trained by their loss only, the actor sees its
+features detached, and frames get DrQ's random shift (Kostrikov et al. 2020, "Image
+Augmentation Is All You Need"; Yarats et al. 2021, DrQ-v2) — ``image_pad`` pixels.
+The policy kind's networks come from ``learners.policies.actor_parts``; with
+``mlp_gaussian`` the encoder is the identity and the update is plain SAC.
+
+Read top to bottom: config, networks, then the update, then the registration of ``sac``
+and ``rlpd`` (``learners.registry``). No Kafka, no Delta here.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from learners import registry, replay
 from learners.core import JSON, Algorithm, Batch, NonFiniteUpdate, TrainingState
-from learners.policies import PolicySpec, build_actor
+from learners.policies import PolicySpec, actor_parts
+from schemas.experiment import ExperimentSpec
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,9 @@ class SACConfig:
     """critic updates per update() call; the batch is split into this many minibatches."""
     seed: int = 0
     """seeds network initialisation and the update's own noise."""
+    image_pad: int = 4
+    """DrQ random shift: frames move by up to this many pixels (edges repeated); 0: off.
+    Only policies that read cameras see frames."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_min_critics <= self.num_critics:
@@ -152,28 +165,47 @@ class CriticEnsemble(nn.Module):
 
 
 class SAC(Algorithm):
-    """SAC / RLPD on flat state observations; the actor is ``policies``' ``mlp_gaussian``."""
+    """SAC / RLPD over a policy kind's encoder (state or pixels) and Gaussian head."""
 
-    def __init__(self, spec: PolicySpec, config: SACConfig | None = None) -> None:
+    def __init__(self, spec: PolicySpec, config: SACConfig | None = None,
+                 kind: str = "mlp_gaussian", options: dict[str, JSON] | None = None,
+                 device: str = "cpu") -> None:
         self.spec = spec
         self.config = config = config or SACConfig()
+        self.minibatches = config.utd_ratio
+        self.kind = kind
         with torch.random.fork_rng(devices=[]):  # seed initialisation, leave global RNG be
             torch.manual_seed(config.seed)
-            self.actor = build_actor(spec, config.hidden_sizes)
+            parts = actor_parts(kind, spec, {**(options or {}),
+                                             "hidden_sizes": list(config.hidden_sizes)})
+            self.actor = parts.head
             self.qf = CriticEnsemble(
-                spec.observation_dim,
+                parts.feature_dim,
                 spec.action_dim,
                 config.hidden_sizes,
                 config.num_critics,
                 config.critic_layer_norm,
             )
+        self.encoder = parts.encoder
+        """observation (+ frames) -> features; trained by the critics' loss only."""
+        self.cameras = parts.cameras
+        self.policy = parts.policy
+        """the module whose state dict robots load (encoder + head for pixels)."""
+        self.device = torch.device(device)
+        """where networks train (``cpu``; ``cuda`` for the GPU benchmark: checkpoints and
+        published weights are copied to the CPU)."""
+        for module in (self.actor, self.qf, self.encoder, self.policy):
+            module.to(self.device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True,
+                                      device=self.device)
         self.target_entropy = config.target_entropy_per_dim * spec.action_dim
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=config.critic_lr)
+        self.q_optimizer = torch.optim.Adam(
+            [*self.qf.parameters(), *self.encoder.parameters()], lr=config.critic_lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._features: torch.Tensor | None = None
         self.update_step = 0
 
     @property
@@ -182,29 +214,46 @@ class SAC(Algorithm):
 
     def update(self, batch: Batch) -> dict[str, float]:
         stats: dict[str, float] = {}
+        if self.device.type != "cpu":
+            batch = batch.to(self.device)
         minibatches = batch.split(self.config.utd_ratio)
         for minibatch in minibatches:
             stats |= self.update_critic(minibatch)
             self.update_target()
-        stats |= self.update_actor_and_alpha(minibatches[-1])
+        stats |= self.update_actor_and_alpha(minibatches[-1], self._features)
+        self._features = None
         self.update_step += 1
         stats["charts/update_step"] = float(self.update_step)
         return stats
 
+    def frames(self, images: dict[str, torch.Tensor] | Any) -> dict[str, torch.Tensor]:
+        """The encoder's cameras of ``images``, randomly shifted (DrQ) when ``image_pad``."""
+        if not self.cameras:
+            return {}
+        return {c: random_shift(images[c], self.config.image_pad, self.generator)
+                if self.config.image_pad else images[c] for c in self.cameras}
+
     def update_critic(self, batch: Batch) -> dict[str, float]:
-        """One gradient step of every critic towards the soft Bellman target."""
+        """One gradient step of every critic (and the encoder) towards the soft Bellman
+        target."""
         cfg = self.config
+        images, next_images = self.frames(batch.images), self.frames(batch.next_images)
         with torch.no_grad():
             alpha = self.log_alpha.exp()
-            next_action, next_log_prob = self.actor.sample(batch.next_observation, self.generator)
-            target_qs = self.qf_target(batch.next_observation, next_action)
-            subset = torch.randperm(cfg.num_critics, generator=self.generator)
+            next_features = self.encoder(batch.next_observation, next_images)
+            next_action, next_log_prob = self.actor.sample(next_features, self.generator)
+            target_qs = self.qf_target(next_features, next_action)
+            subset = torch.randperm(cfg.num_critics, generator=self.generator,
+                                    device=self.device)
             min_qf_next_target = target_qs[subset[: cfg.num_min_critics]].min(dim=0).values
             if cfg.backup_entropy:
                 min_qf_next_target = min_qf_next_target - alpha * next_log_prob
             next_q_value = batch.reward + (1.0 - batch.terminated) * cfg.gamma * min_qf_next_target
 
-        qs = self.qf(batch.observation, batch.action)
+        features = self.encoder(batch.observation, images)
+        # DrQ-v2: the actor reuses these (augmented) features, detached.
+        self._features = features.detach()
+        qs = self.qf(features, batch.action)
         qf_loss = F.mse_loss(qs, next_q_value.expand_as(qs))
         finite_step(self.q_optimizer, qf_loss, "critic")
         return {
@@ -221,12 +270,16 @@ class SAC(Algorithm):
             ):
                 target_param.lerp_(param, self.config.tau)
 
-    def update_actor_and_alpha(self, batch: Batch) -> dict[str, float]:
-        """One step of the actor (max Q + alpha * entropy) and of the temperature."""
+    def update_actor_and_alpha(self, batch: Batch, features: torch.Tensor | None = None
+                               ) -> dict[str, float]:
+        """One step of the actor (max Q + alpha * entropy) and of the temperature, on
+        ``features`` of ``batch`` (the critic step's, detached) or freshly encoded ones."""
         alpha = self.log_alpha.exp().detach()
+        if features is None:
+            features = self.encoder(batch.observation, self.frames(batch.images)).detach()
         self.qf.requires_grad_(False)  # the actor's loss needs dQ/da, not dQ/dtheta
-        action, log_prob = self.actor.sample(batch.observation, self.generator)
-        qs = self.qf(batch.observation, action)
+        action, log_prob = self.actor.sample(features, self.generator)
+        qs = self.qf(features, action)
         self.qf.requires_grad_(True)
         q = qs.min(dim=0).values if self.config.actor_q == "min" else qs.mean(dim=0)
         actor_loss = (alpha * log_prob - q).mean()
@@ -244,7 +297,7 @@ class SAC(Algorithm):
     # ------------------------------------------------------------------ weights and state
 
     def policy_weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.actor.state_dict().items()}
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.policy.state_dict().items()}
 
     def state(self) -> TrainingState:
         tensors: dict[str, torch.Tensor] = {}
@@ -284,7 +337,10 @@ class SAC(Algorithm):
         self.update_step = step
 
     def _modules(self) -> dict[str, nn.Module]:
-        return {"actor": self.actor, "qf": self.qf, "qf_target": self.qf_target}
+        modules = {"actor": self.actor, "qf": self.qf, "qf_target": self.qf_target}
+        if any(True for _ in self.encoder.parameters()):
+            modules["encoder"] = self.encoder
+        return modules
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {
@@ -292,6 +348,18 @@ class SAC(Algorithm):
             "q": self.q_optimizer,
             "alpha": self.alpha_optimizer,
         }
+
+
+def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ's augmentation: each (h, w, 3) uint8 frame of the batch moved by its own random
+    integer offset in [-pad, pad] per axis, edge pixels repeated (replicate padding)."""
+    n, h, w = frames.shape[:3]
+    device = frames.device
+    shift = torch.randint(-pad, pad + 1, (n, 2), generator=generator, device=device)
+    rows = (torch.arange(h, device=device)[None, :] + shift[:, :1]).clamp_(0, h - 1)
+    cols = (torch.arange(w, device=device)[None, :] + shift[:, 1:]).clamp_(0, w - 1)
+    return frames[torch.arange(n, device=device)[:, None, None], rows[:, :, None],
+                  cols[:, None, :]]
 
 
 def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> None:
@@ -362,3 +430,51 @@ def _load_optimizer(
             for key, value in entry.items()
         }
     optimizer.load_state_dict({"state": state, "param_groups": flat["param_groups"]})
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def config_of(spec: ExperimentSpec) -> SACConfig:
+    """The SAC/RLPD config an experiment asks for (``rlpd``: RLPD's preset). Raises
+    ``ValueError`` naming a bad hyper-parameter."""
+    overrides: dict[str, object] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in spec.algorithm.hyperparameters.items()
+    }
+    overrides.setdefault("hidden_sizes", tuple(spec.policy.hidden))
+    overrides.setdefault("seed", spec.algorithm.seed)
+    known = {f.name for f in dataclasses.fields(SACConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"algorithm.hyperparameters: {', '.join(unknown)} not SAC settings "
+                         f"(known: {', '.join(sorted(known))})")
+    try:
+        if spec.algorithm.name == "rlpd":
+            return SACConfig.rlpd(**overrides)
+        return SACConfig(**overrides)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"algorithm.hyperparameters: {exc}") from None
+
+
+def _build(ctx: registry.AlgorithmContext) -> SAC:
+    return SAC(ctx.policy_spec, config_of(ctx.experiment), ctx.policy_kind,
+               dict(ctx.policy_options))
+
+
+def _check(spec: ExperimentSpec) -> None:
+    config_of(spec)
+
+
+def _rlpd_sampler(online: replay.NumpyReplayBuffer, prior: replay.NumpyReplayBuffer | None,
+                  spec: ExperimentSpec) -> replay.TakeoverSampler:
+    """RLPD's 50/50 batches, with takeover steps routed to the demo half as HIL-SERL does
+    (Luo et al. 2024, "Precise and Dexterous Robotic Manipulation via Human-in-the-Loop
+    Reinforcement Learning"): the demo half draws from prior data and this experiment's
+    takeover steps alike; without either it is plain online sampling."""
+    return replay.TakeoverSampler(online, prior, mode="routed",
+                                  prior_fraction=spec.buffer.prior_ratio,
+                                  seed=spec.algorithm.seed)
+
+
+registry.register_algorithm("sac", _build, _check)
+registry.register_algorithm("rlpd", _build, _check, sampler=_rlpd_sampler)

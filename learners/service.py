@@ -147,7 +147,9 @@ def run(
                                max_queued=settings.queued_records)
         history = _history.read(settings.delta_root, experiments=experiments,
                                 reward_fn=spec.reward, topic=topic,
-                                partitions=live.partitions, sink_name=settings.sink_name)
+                                partitions=live.partitions, sink_name=settings.sink_name,
+                                robots=robots.by_robot(), cameras=spec.observation.cameras,
+                                image_size=spec.observation.image_size)
         started = time.perf_counter()
         taken = sum(learner.add(steps, "history")
                     for steps in history.steps(settings.history_chunk_rows))
@@ -164,7 +166,12 @@ def run(
                         "rows": history.rows, "chunk_rows": settings.history_chunk_rows,
                         "experiments": list(experiments), "reward_fn": spec.reward,
                         "topic": topic, "partitions": list(live.partitions),
-                        "sink_name": settings.sink_name}}
+                        "sink_name": settings.sink_name,
+                        # Rows left out as outside their robot's bounds, and the spec
+                        # that refused them: a replay leaves the same rows out.
+                        "refused": {r: {"rows": n, "spec": spec.model_dump(mode="json")}
+                                    for r, n in history.refused.items()
+                                    if (spec := robots.by_robot().get(r)) is not None}}}
         warm_started: dict[str, JSON] = {
             "delta_version": history.version,
             "delta_offsets": {str(p): o for p, o in history.offsets.items()}}

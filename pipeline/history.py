@@ -29,7 +29,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from pipeline import rewards, tables
 from pipeline.delta_writer import open_table
-from topics import catalog, serde
+from topics import catalog, limits, serde
 from topics import tables as contract
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
@@ -68,6 +68,8 @@ class ReplayReport:
     batches: int
     steps: int
     robots: tuple[str, ...]
+    too_large: int = 0
+    """steps not sent: one step alone is larger than the topic's ``max.message.bytes``."""
 
 
 def _partitions_of(kafka: KafkaSettings, topic: str) -> int:
@@ -93,24 +95,37 @@ def replay(kafka: KafkaSettings, root: Path | str, experiment: str, to_topic: st
     by_site = _partitions_of(kafka, to_topic) >= kafka.sites.partition_count
     own = producer is None
     out = producer or EventProducer(kafka, role="replay")
-    batches = steps = 0
+    # Batches are cut to the topic's limit as the broker has it (a refused record would
+    # fail the records produced with it).
+    limit = limits.TopicLimits(kafka).limit(to_topic, catalog.TRANSITIONS_RAW.max_message_bytes)
+    batches = steps = too_large = 0
     robots: set[str] = set()
     for batch in tables.batches_from_rows(data):
-        rec = serde.encode(catalog.TRANSITIONS_RAW, batch, sites=kafka.sites if by_site else None)
-        while True:
-            try:
-                out.send_encoded(replace(rec, topic=to_topic))
-                break
-            except BufferError:  # local queue full: let it drain
-                out.flush()
-        batches += 1
-        steps += len(batch)
+        try:
+            rec = serde.encode(catalog.TRANSITIONS_RAW, batch,
+                               sites=kafka.sites if by_site else None)
+        except serde.RecordTooLarge as exc:  # over the catalog's limit: cut below
+            rec = exc.record
+        parts, unsendable = limits.split_to_fit(replace(rec, topic=to_topic), limit)
+        too_large += len(unsendable)
+        for part in parts:
+            while True:
+                try:
+                    out.send_encoded(part)
+                    break
+                except BufferError:  # local queue full: let it drain
+                    out.flush()
+            batches += 1
+        steps += len(batch) - len(unsendable)
         robots.add(batch.robot_id)
     out.flush()
+    if too_large:
+        log.error("%d steps of %s not replayed: each alone is larger than %s's limit of %d "
+                  "bytes", too_large, experiment, to_topic, limit)
     if own:
         log.info("replayed %d batches (%d steps) of %s to %s", batches, steps, experiment,
                  to_topic)
-    return ReplayReport(to_topic, batches, steps, tuple(sorted(robots)))
+    return ReplayReport(to_topic, batches, steps, tuple(sorted(robots)), too_large)
 
 
 # -- back-fill ----------------------------------------------------------------------------
@@ -212,6 +227,31 @@ SELECT robot_id, policy_version, count(*) AS episodes,
        round(avg(CAST(success AS INTEGER)), 3) AS success_rate,
        round(avg(episode_return), 3) AS mean_return, CAST(sum(steps) AS BIGINT) AS steps
 FROM ep GROUP BY robot_id, policy_version ORDER BY robot_id, policy_version
+"""
+
+
+#: Intervention rate per robot per policy version, from ``transitions_raw`` (the executed
+#: action's flag; demo episodes — incarnations starting with ``$demo_prefix`` — left out).
+INTERVENTIONS_BY_ROBOT_AND_VERSION = """
+SELECT robot_id, policy_version, count(DISTINCT episode_id) AS episodes,
+       count(*) AS steps, CAST(sum(CAST(intervention AS INTEGER)) AS BIGINT) AS interventions,
+       round(avg(CAST(intervention AS INTEGER)), 4) AS intervention_rate
+FROM transitions_raw
+WHERE experiment_id = $experiment AND NOT starts_with(incarnation, $demo_prefix)
+GROUP BY robot_id, policy_version ORDER BY robot_id, policy_version
+"""
+
+#: The same over time: per robot, per ``$bucket_s`` seconds of ``observed_ns``.
+INTERVENTIONS_OVER_TIME = """
+WITH s AS (
+  SELECT robot_id, intervention, policy_version,
+         (observed_ns - min(observed_ns) OVER ()) // ($bucket_s * 1000000000) AS bucket
+  FROM transitions_raw
+  WHERE experiment_id = $experiment AND NOT starts_with(incarnation, $demo_prefix))
+SELECT robot_id, CAST(bucket * $bucket_s AS BIGINT) AS from_s, count(*) AS steps,
+       min(policy_version) AS first_version, max(policy_version) AS last_version,
+       round(avg(CAST(intervention AS INTEGER)), 4) AS intervention_rate
+FROM s GROUP BY robot_id, bucket ORDER BY robot_id, bucket
 """
 
 

@@ -111,6 +111,10 @@ class RejectReason(StrEnum):
     DECODER_ERROR = "decoder_error"
     #: the broker refused the record when it was produced (a permanent delivery error)
     REFUSED = "refused"
+    #: a weights manifest without a valid signature of a trusted, unexpired key
+    SIGNATURE = "signature"
+    #: a weights version at or below the one already applied (a replay)
+    REPLAYED = "replayed"
 
 
 class SchemaError(ValueError):
@@ -190,6 +194,8 @@ class HeartbeatV1(Envelope):
 
 class ExperimentState(StrEnum):
     SUBMITTED = "submitted"
+    #: Waits for compute (learner / inference hosts); ``detail`` shows its place in line.
+    QUEUED = "queued"
     SCHEDULED = "scheduled"
     RUNNING = "running"
     PAUSED = "paused"
@@ -365,6 +371,8 @@ class EpisodeEndedV1(Envelope):
     detail: str = Field("", max_length=1000, description="what ended it, for a person")
     duration_s: float = Field(ge=0)
     interventions: int = Field(0, ge=0, description="steps a human overrode")
+    takeovers: int = Field(0, ge=0, description="takeovers (a human took control, however "
+                                                "long) in this episode")
     first_policy_version: int = Field(ge=0)
     last_policy_version: int = Field(ge=0)
     success: bool | None = Field(None, description="if the robot itself can tell")
@@ -383,6 +391,17 @@ class TensorInfo(BaseModel):
     shape: tuple[int, ...]
     begin: int = Field(ge=0)
     end: int = Field(ge=0)
+
+
+class ManifestSignature(BaseModel):
+    """An Ed25519 signature over a manifest's canonical JSON (every field but this one;
+    ``topics.signing`` signs and verifies)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="SHA-256 of the public key, "
+                        "first 16 hex digits")
+    ed25519: str = Field(pattern=r"^[0-9a-f]{128}$", description="the 64-byte signature, hex")
 
 
 class WeightsManifestV1(Envelope):
@@ -414,6 +433,8 @@ class WeightsManifestV1(Envelope):
                     "run, seed, Delta warm start, the live offsets ingested before each "
                     "update since the stream's previous manifest; {} from older learners",
     )
+    signature: ManifestSignature | None = Field(
+        None, description="the learner's Ed25519 signature (issue 16); None: unsigned")
 
     @model_validator(mode="after")
     def _chunks_agree(self) -> WeightsManifestV1:
@@ -538,6 +559,120 @@ class GapDetectedV1(Envelope):
         return self.last_missing - self.first_missing + 1
 
 
+# -- compute hosts, placements and remote inference (issue 14) ----------------------------
+
+
+class GpuInfo(BaseModel):
+    """One accelerator of a compute host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0)
+    name: str = Field(max_length=256)
+    memory_mb: int = Field(ge=0)
+
+
+class HostAnnouncedV1(Envelope):
+    """A compute host came up and says what it has (like a robot's announcement)."""
+
+    schema_name: Literal["host.announced"] = "host.announced"
+    schema_version: Literal[1] = 1
+    host_id: Ident
+    site: Ident
+    cpus: int = Field(ge=1)
+    memory_mb: int = Field(ge=0)
+    gpus: tuple[GpuInfo, ...] = ()
+
+
+class HostHeartbeatV1(Envelope):
+    """A compute host is alive and runs these placements (ids), about once a second."""
+
+    schema_name: Literal["host.heartbeat"] = "host.heartbeat"
+    schema_version: Literal[1] = 1
+    host_id: Ident
+    site: Ident
+    seq: int = Field(ge=0)
+    running: tuple[Ident, ...] = Field((), description="placement ids whose process runs")
+    failed: dict[str, str] = Field(default_factory=dict,
+                                   description="placement id -> why its process ended")
+
+
+class WorkloadRole(StrEnum):
+    LEARNER = "learner"
+    INFERENCE = "inference"
+
+
+class PlacementGrantedV1(Envelope):
+    """The controller put one learner or inference replica of an experiment on a host."""
+
+    schema_name: Literal["placement.granted"] = "placement.granted"
+    schema_version: Literal[1] = 1
+    placement_id: Ident
+    experiment_id: Ident
+    host_id: Ident
+    role: WorkloadRole
+    index: int = Field(ge=0, description="which learner / replica of the experiment")
+    gpus: tuple[int, ...] = Field((), description="GPU indices on the host it may use")
+
+
+class PlacementReleaseReason(StrEnum):
+    COMPLETED = "completed"
+    HOST_LOST = "host_lost"
+    CANCELLED = "cancelled"
+
+
+class PlacementReleasedV1(Envelope):
+    """A placement ended; its host stops the process and frees the resources."""
+
+    schema_name: Literal["placement.released"] = "placement.released"
+    schema_version: Literal[1] = 1
+    placement_id: Ident
+    experiment_id: Ident
+    host_id: Ident
+    reason: PlacementReleaseReason
+
+
+class InferenceRequestV1(Envelope):
+    """A robot asks the experiment's inference service for its next action chunk.
+
+    ``step`` is the robot's control step the observation was taken at: a reply's action
+    ``i`` is for step ``step + i``.  ``sent_ns`` is the robot's own clock, echoed back, so
+    the robot alone measures the round trip.  Images are raw ``uint8`` HxWxC, base64.
+    """
+
+    schema_name: Literal["inference.request"] = "inference.request"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    request_seq: int = Field(ge=0)
+    step: int = Field(ge=0)
+    sent_ns: int = Field(ge=0)
+    instruction: str = Field("", max_length=1000)
+    observation: tuple[float, ...]
+    action_dim: int | None = Field(None, ge=1, description="the robot's action size, when "
+                                   "a multi-robot policy's actions are wider")
+    images_b64: dict[str, str] = Field(default_factory=dict)
+    image_shapes: dict[str, tuple[int, int, int]] = Field(default_factory=dict)
+
+
+class ActionChunkV1(Envelope):
+    """The inference service's answer: actions for steps ``step``, ``step + 1``, …"""
+
+    schema_name: Literal["inference.actions"] = "inference.actions"
+    schema_version: Literal[1] = 1
+    site: Ident
+    robot_id: Ident
+    experiment_id: Ident
+    request_seq: int = Field(ge=0)
+    step: int = Field(ge=0)
+    sent_ns: int = Field(ge=0)
+    actions: tuple[tuple[float, ...], ...] = Field(min_length=1)
+    policy_version: int = Field(0, ge=0)
+    replica: str = Field("", max_length=128)
+    batch_size: int = Field(1, ge=1, description="requests run in the same forward pass")
+
+
 #: Every event model of version 1, for :mod:`schemas.registry`.
 ALL_V1: tuple[type[Envelope], ...] = (
     RobotAnnouncedV1,
@@ -557,6 +692,12 @@ ALL_V1: tuple[type[Envelope], ...] = (
     LearnerMetricsV1,
     DeadLetterV1,
     GapDetectedV1,
+    HostAnnouncedV1,
+    HostHeartbeatV1,
+    PlacementGrantedV1,
+    PlacementReleasedV1,
+    InferenceRequestV1,
+    ActionChunkV1,
 )
 
 #: Version-2 models; :mod:`schemas.registry` registers each with its upcaster from V1.

@@ -32,10 +32,26 @@ class LearnerRequest(_Frozen):
 
     slots: int = Field(1, ge=0, le=64, description="learner slots (processes) to reserve")
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="where to train")
+    gpus: int | None = Field(
+        None, ge=0, le=16, description="place the learner(s) on a compute host with this many "
+        "free GPUs each (0: any host); None: not placed, run `userctl learn` yourself")
+
+
+class InferenceRequest(_Frozen):
+    """Remote inference: replicas of the policy served from compute hosts (issue 14)."""
+
+    replicas: int = Field(0, ge=0, le=64, description="inference replicas to place; 0: the "
+                          "policy runs on the robots")
+    gpus: int = Field(0, ge=0, le=16, description="GPUs each replica needs")
+    max_batch: int = Field(64, ge=1, le=4096, description="most requests run as one batch")
+    chunk: int = Field(10, ge=1, le=256, description="actions per reply (action chunk)")
 
 
 class AlgorithmSpec(_Frozen):
-    name: Literal["sac", "rlpd"] = Field("sac", description="learning algorithm")
+    name: str = Field(
+        "sac", pattern=r"^[a-z][a-z0-9_]*$",
+        description="registered algorithm (learners.registry: sac, rlpd, plug-ins); checked "
+                    "against the registry when the experiment is submitted")
     hyperparameters: dict[str, JsonValue] = Field(
         default_factory=dict, description="overrides of the algorithm's config fields"
     )
@@ -46,8 +62,47 @@ class AlgorithmSpec(_Frozen):
 
 
 class PolicySpec(_Frozen):
-    kind: str = Field("mlp_gaussian", description="registered policy kind")
+    kind: str = Field("mlp_gaussian", pattern=r"^[a-z][a-z0-9_]*$",
+                      description="registered policy kind (learners.policies); checked against "
+                                  "the registry when the experiment is submitted")
     hidden: tuple[int, ...] = Field((256, 256), description="hidden layer widths")
+    options: dict[str, JsonValue] = Field(
+        default_factory=dict, description="kind-specific options robots build the policy with "
+        "(e.g. cnn_gaussian's channels, feature_dim)")
+    shared_across_types: bool = Field(
+        False, description="one policy for all the experiment's robot types (co-training: "
+        "observations zero-padded to the longest plus a robot-type one-hot; the types must "
+        "share an action space, e.g. the manipulators' end-effector action) instead of one "
+        "policy per type")
+
+
+class ObservationSpec(_Frozen):
+    """What the policy sees of each step: which elements of the robot's flat state
+    observation and which of its cameras, at which size.
+
+    Cameras are rendered by the agents (``USER_AGENT_CAMERAS`` / ``USER_AGENT_CAMERA_SIZE``:
+    the robot announces them in its spec); the learner refuses a robot type whose announced
+    cameras lack one named here or have another size (one log line), so the mismatch is
+    found at the first step, not in a shape error deep in a network.
+    """
+
+    state_indices: tuple[int, ...] | None = Field(
+        None, description="elements of the flat state observation the policy sees (robots "
+        "do not name their state elements yet); None: all of them, (): none")
+    cameras: tuple[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ...] = Field(
+        (), description="cameras the policy sees, as the robot names them (e.g. overhead)")
+    image_size: tuple[int, int] = Field(
+        (64, 64), description="(height, width) of every camera's uint8 RGB frame")
+
+    @model_validator(mode="after")
+    def _valid(self) -> ObservationSpec:
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError("cameras: a camera is named twice")
+        if not all(1 <= d <= 1024 for d in self.image_size):
+            raise ValueError(f"image_size: {self.image_size} must lie in 1..1024 per side")
+        if self.state_indices is not None and any(i < 0 for i in self.state_indices):
+            raise ValueError("state_indices: indices are non-negative")
+        return self
 
 
 class BufferSpec(_Frozen):
@@ -77,6 +132,24 @@ class StopSpec(_Frozen):
     )
 
 
+class TakeoverSpec(_Frozen):
+    """Who may override the robots' policy (``agents.takeover``): nobody (``none``), the
+    scripted operator (the simulated human of tests and benchmarks), a terminal keyboard,
+    or a gamepad / 3-D mouse (``gamepad``, Linux evdev)."""
+
+    kind: Literal["none", "scripted", "keyboard", "gamepad"] = Field(
+        "none", description="takeover device")
+    threshold: float = Field(
+        0.5, le=10, description="scripted: take over when the proposal is this far from the "
+                                "expert's action (action units); <= 0: always drive (demos)")
+    patience: int = Field(2, ge=1, description="scripted: …for this many steps in a row")
+    min_steps: int = Field(10, ge=0, description="scripted: hold control at least this long")
+    agree_steps: int = Field(
+        3, ge=1, description="scripted: hand back after the policy agrees this many steps")
+    speed: float = Field(0.6, gt=0, le=1, description="keyboard: action per key press")
+    device: str | None = Field(None, description="gamepad: /dev/input/eventN (default: first)")
+
+
 class ExperimentSpec(_Frozen):
     """One learning run: task, robots requested, algorithm, policy, reward and limits."""
 
@@ -84,8 +157,11 @@ class ExperimentSpec(_Frozen):
     task: str = Field("reach", pattern=r"^[a-z][a-z0-9_-]*$", description="task the robots run")
     robots: tuple[RobotRequest, ...] = Field(min_length=1, description="robots requested")
     learner: LearnerRequest = Field(default_factory=LearnerRequest)
+    inference: InferenceRequest = Field(default_factory=InferenceRequest)
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    observation: ObservationSpec = Field(default_factory=ObservationSpec,
+                                         description="state elements and cameras the policy sees")
     reward: str = Field(
         "reach_dense@1",
         pattern=r"^[a-z][a-z0-9_.-]*@[A-Za-z0-9][A-Za-z0-9._+-]*$",
@@ -94,6 +170,8 @@ class ExperimentSpec(_Frozen):
     buffer: BufferSpec = Field(default_factory=BufferSpec)
     weight_sync: WeightSyncSpec = Field(default_factory=WeightSyncSpec)
     stop: StopSpec = Field(default_factory=StopSpec)
+    takeover: TakeoverSpec = Field(default_factory=TakeoverSpec,
+                                   description="takeover device the robots' agents run")
 
     @model_validator(mode="after")
     def _robot_types_once(self) -> ExperimentSpec:

@@ -27,6 +27,8 @@ class Key(StrEnum):
     EXPERIMENT_VERSION = "experiment/version"
     SOURCE_TOPIC = "source topic"
     TOPIC_PARTITION = "topic/partition"
+    HOST_ID = "host id"
+    PLACEMENT_ID = "placement id"
 
 
 class Value(StrEnum):
@@ -220,6 +222,56 @@ GAPS = TopicSpec(
     description="records a consumer expected that no longer existed (retention, deleted "
     "records): topic, partition, first and last missing offset; kept forever",
 )
+HOSTS = TopicSpec(
+    name="hosts",
+    key=Key.HOST_ID,
+    value=Value.JSON,
+    partitions=1,
+    cleanup=Cleanup.COMPACT,
+    retention_ms=FOREVER,
+    max_message_bytes=1 * MiB,
+    description="compute host announcements (CPUs, memory, GPUs), key: host id, kept forever",
+)
+HOST_HEARTBEATS = TopicSpec(
+    name="hosts.heartbeats",
+    key=Key.HOST_ID,
+    value=Value.JSON,
+    partitions=1,
+    cleanup=Cleanup.DELETE,
+    retention_ms=1 * 60 * 60 * 1000,
+    max_message_bytes=1 * MiB,
+    description="compute host liveness and the placements each runs, about once a second",
+)
+PLACEMENTS = TopicSpec(
+    name="placements",
+    key=Key.PLACEMENT_ID,
+    value=Value.JSON,
+    partitions=1,
+    cleanup=Cleanup.COMPACT,
+    retention_ms=FOREVER,
+    max_message_bytes=1 * MiB,
+    description="learners and inference replicas placed on hosts: granted and released",
+)
+INFERENCE_REQUESTS = TopicSpec(
+    name="inference.requests",
+    key=Key.SITE_ROBOT,
+    value=Value.JSON,
+    partitions=None,
+    cleanup=Cleanup.DELETE,
+    retention_ms=10 * 60 * 1000,
+    max_message_bytes=4 * MiB,
+    description="robots' observations asking a remote policy for their next action chunk",
+)
+INFERENCE_REPLIES = TopicSpec(
+    name="inference.replies",
+    key=Key.SITE_ROBOT,
+    value=Value.JSON,
+    partitions=None,
+    cleanup=Cleanup.DELETE,
+    retention_ms=10 * 60 * 1000,
+    max_message_bytes=1 * MiB,
+    description="action chunks from inference replicas, on the asking robot's site partitions",
+)
 
 #: Every topic, in the order ``userctl topics create`` makes them.
 CATALOG: tuple[TopicSpec, ...] = (
@@ -236,6 +288,11 @@ CATALOG: tuple[TopicSpec, ...] = (
     LEARNER_METRICS,
     DLQ,
     GAPS,
+    HOSTS,
+    HOST_HEARTBEATS,
+    PLACEMENTS,
+    INFERENCE_REQUESTS,
+    INFERENCE_REPLIES,
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}

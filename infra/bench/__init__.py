@@ -15,9 +15,17 @@ BENCHMARKS: dict[str, str] = {
     "codec": "infra.bench.codec",
     "weights": "infra.bench.weights",
     "ingest": "infra.bench.ingest",
+    "footprint": "infra.bench.footprint",
     "fleet": "infra.bench.fleet",
     "learner": "infra.bench.learner",
     "async-sync": "infra.bench.async_sync",
+    "manipulators": "infra.bench.manipulators",
+    "security": "infra.bench.security",
+    "pixels": "infra.bench.pixels",
+    "wan": "infra.bench.wan",
+    "imitation": "infra.bench.imitation",
+    "inference": "infra.bench.inference",
+    "sync-gpu": "infra.bench.sync_gpu",
     "all": "infra.bench.all",
 }
 

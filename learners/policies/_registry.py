@@ -7,9 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from torch import nn
 
 from learners.core import JSON, Policy
 from learners.policies import _weights
+from learners.policies._networks import TanhGaussianActor
 from schemas import spaces
 
 
@@ -60,8 +62,35 @@ class PolicySpec:
 
 #: Builds a policy of one kind from its spec and kind-specific JSON options.
 PolicyFactory = Callable[[PolicySpec, Mapping[str, JSON]], Policy]
+#: Refuses options a kind cannot build from: raises ``ValueError`` naming the option.
+OptionsCheck = Callable[[Mapping[str, JSON]], None]
+
+
+@dataclass
+class ActorParts:
+    """A policy kind's networks as an actor-critic learner trains them (DrQ's split).
+
+    ``encoder(observation, images) -> features`` (B, ``feature_dim``) is shared with the
+    critics and trained by their loss; ``head`` (a :class:`TanhGaussianActor` over
+    features) is the actor, fed detached features.  ``policy`` is the module whose
+    ``state_dict`` is exactly what robots load (:meth:`Policy.load_weights` of the kind),
+    e.g. the head alone for ``mlp_gaussian`` (its encoder has no parameters).
+    """
+
+    encoder: nn.Module
+    head: TanhGaussianActor
+    feature_dim: int
+    policy: nn.Module
+    cameras: tuple[str, ...] = ()
+    """cameras the encoder reads (empty: state only)."""
+
+
+#: Builds the trainable networks of one kind (called under the learner's seeded RNG).
+PartsFactory = Callable[[PolicySpec, Mapping[str, JSON]], ActorParts]
 
 _FACTORIES: dict[str, PolicyFactory] = {}
+_CHECKS: dict[str, OptionsCheck] = {}
+_PARTS: dict[str, PartsFactory] = {}
 
 #: Header metadata keys that make a weights blob self-describing.
 KIND_KEY = "policy_kind"
@@ -73,6 +102,44 @@ def register(kind: str, factory: PolicyFactory) -> None:
     if kind in _FACTORIES and _FACTORIES[kind] is not factory:
         raise ValueError(f"policy kind {kind!r} is already registered")
     _FACTORIES[kind] = factory
+
+
+def register_parts(kind: str, parts: PartsFactory, check: OptionsCheck | None = None) -> None:
+    """Make ``kind`` trainable by actor-critic algorithms (``learners.sac``), and give
+    the options check submit time runs (:func:`check_options`)."""
+    _PARTS[kind] = parts
+    if check is not None:
+        _CHECKS[kind] = check
+
+
+def register_check(kind: str, check: OptionsCheck) -> None:
+    """Give ``kind`` the options check submit time runs, for a kind trained by its own
+    algorithm rather than by actor-critic parts (``flow_matching``)."""
+    _CHECKS[kind] = check
+
+
+def actor_parts(kind: str, spec: PolicySpec, options: Mapping[str, JSON] | None = None
+                ) -> ActorParts:
+    """The trainable networks of ``kind``. Raises ``KeyError`` if the kind has none
+    (e.g. a generative policy trained by its own algorithm)."""
+    if kind not in _PARTS:
+        _discover()
+    try:
+        factory = _PARTS[kind]
+    except KeyError:
+        raise KeyError(f"policy kind {kind!r} has no actor-critic networks; kinds with them: "
+                       f"{', '.join(sorted(_PARTS))}") from None
+    return factory(spec, dict(options or {}))
+
+
+def check_options(kind: str, options: Mapping[str, JSON]) -> None:
+    """Raise ``ValueError`` (one line, naming the option) if ``kind`` cannot be built
+    with ``options``; kinds without a check accept anything."""
+    if kind not in _CHECKS:
+        _discover()
+    check = _CHECKS.get(kind)
+    if check is not None:
+        check(options)
 
 
 def _discover() -> None:
@@ -100,7 +167,11 @@ def build(kind: str, spec: PolicySpec, options: Mapping[str, JSON] | None = None
         factory = _FACTORIES[kind]
     except KeyError:
         raise KeyError(f"unknown policy kind {kind!r}; known: {', '.join(kinds())}") from None
-    return factory(spec, dict(options or {}))
+    options = dict(options or {})
+    from learners.policies import shared  # here: it imports this module
+    if shared.OPTION in options:  # weights trained across robot types (issue 11 §5)
+        return shared.wrap(kind, spec, options, build)
+    return factory(spec, options)
 
 
 def weights_metadata(kind: str, options: Mapping[str, JSON] | None = None) -> dict[str, str]:

@@ -62,6 +62,19 @@ def examples() -> list[events.Envelope]:
                             value_size=3),
         events.GapDetectedV1(consumer="sink", topic="transitions", partition=1,
                              first_missing=10, last_missing=19),
+        events.HostAnnouncedV1(host_id="h1", site="cloud", cpus=8, memory_mb=1024,
+                               gpus=(events.GpuInfo(index=0, name="H100", memory_mb=81920),)),
+        events.HostHeartbeatV1(host_id="h1", site="cloud", seq=0, running=("e1.learner.0",)),
+        events.PlacementGrantedV1(placement_id="e1.learner.0", experiment_id="e1",
+                                  host_id="h1", role=events.WorkloadRole.LEARNER, index=0,
+                                  gpus=(0,)),
+        events.PlacementReleasedV1(placement_id="e1.learner.0", experiment_id="e1",
+                                   host_id="h1",
+                                   reason=events.PlacementReleaseReason.HOST_LOST),
+        events.InferenceRequestV1(site="lab-a", robot_id="r1", experiment_id="e1",
+                                  request_seq=0, step=3, sent_ns=1, observation=(0.5, 1.0)),
+        events.ActionChunkV1(site="lab-a", robot_id="r1", experiment_id="e1", request_seq=0,
+                             step=3, sent_ns=1, actions=((0.1, 0.2), (0.3, 0.4))),
     ]
 
 
