@@ -11,7 +11,7 @@ STAMP     := $(VENV)/.user-setup-$(SETUP_KEY)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup jars browser test test-unit lint demo broker-start broker-stop clean help
+.PHONY: setup jars browser test test-docker test-unit lint demo broker-start broker-stop clean help
 
 help:
 	@echo "make demo   — start the broker, create the topics and run the demo"
@@ -38,6 +38,12 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The docker e2e tier (two sites + cloud on Docker networks under faults): installs and
+# starts Debian's engine, builds the images (cached), runs tests/e2e/test_docker_sites.py.
+test-docker: setup
+	bash infra/ci/docker.sh
+	$(BIN)/python -m pytest -m docker tests/e2e/test_docker_sites.py $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -28,7 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -77,6 +84,37 @@ class SinkSettings(BaseSettings):
                          "joining the group (one sink per partition set; restarts at once)")
     sites: tuple[str, ...] = Field((), description="with static: only these sites' "
                                    "partitions of site-partitioned topics")
+    rejoin_after_s: float = Field(60.0, gt=0, description="a group member that has been "
+                                  "out of its group this long while the broker answers is "
+                                  "rebuilt (a librdkafka consumer can stay out for good "
+                                  "after a broker restart)")
+
+
+class Membership:
+    """Watches that a group consumer is in its group; says when to rebuild it.
+
+    Seen with librdkafka 2.16 after a broker restart: the session times out, the revoke
+    callback runs, and the consumer never joins again (the group stays EMPTY) while
+    ``consume()`` keeps returning nothing. :meth:`stuck` turns true once the consumer has
+    had no member id for ``after_s`` seconds of which the broker answered throughout, so a
+    broker outage alone never triggers a rebuild. Times are ``time.monotonic()`` seconds.
+    """
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._out_since: float | None = None
+
+    def observe(self, in_group: bool, broker_answers: bool, now: float) -> None:
+        if in_group or not broker_answers:
+            self._out_since = None
+        elif self._out_since is None:
+            self._out_since = now
+
+    def stuck(self, now: float) -> bool:
+        return self._out_since is not None and now - self._out_since >= self.after_s
+
+    def reset(self) -> None:
+        self._out_since = None
 
 
 class _Topic:
@@ -124,12 +162,45 @@ class DeltaSink:
         self._dlq = EventProducer(kafka, role=f"{settings.name}-dlq")
         self.gaps = gaps.GapReporter(self._dlq, consumer=settings.name,
                                      topic_suffix=settings.topic_suffix)
-        self._consumer = consumer or Consumer(kafka.consumer_config(
-            settings.name, role=settings.name, from_beginning=True))
+        self._own_consumer = consumer is None
+        self._consumer = consumer or self._new_consumer()
+        self.membership = Membership(settings.rejoin_after_s)
+        self.rebuilds = 0
         self._compactor = delta_writer.Compactor(
             [t.writer.path for t in self._topics.values()],
             settings.compact_interval_s, settings.compact_min_files,
             settings.vacuum_retention_h)
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(self.kafka.consumer_config(
+            self.settings.name, role=self.settings.name, from_beginning=True))
+
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(list(self._topics), on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _watch_membership(self) -> None:
+        """Rebuild a group consumer that stays out of its group (see :class:`Membership`)."""
+        now = time.monotonic()
+        in_group = bool(self._consumer.memberid())
+        answers = True
+        if not in_group:
+            try:
+                self._consumer.list_topics(timeout=2.0)
+            except KafkaException:
+                answers = False
+        self.membership.observe(in_group, answers, now)
+        if not self.membership.stuck(now) or not self._own_consumer:
+            return
+        log.warning("sink consumer has been out of group %s for %.0f s while the broker "
+                    "answers; rebuilding it (Delta decides where each partition resumes)",
+                    self.settings.name, self.membership.after_s)
+        self._on_revoke(self._consumer, self._consumer.assignment())
+        self._consumer.close()
+        self._consumer = self._new_consumer()
+        self._subscribe()
+        self.membership.reset()
+        self.rebuilds += 1
 
     @property
     def commits(self) -> int:
@@ -272,14 +343,17 @@ class DeltaSink:
         if s.static:
             self._on_assign(self._consumer, self._static_partitions())
         else:
-            self._consumer.subscribe(list(self._topics), on_assign=self._on_assign,
-                                     on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            self._subscribe()
         self._compactor.start()
         try:
             # Delivery: exactly-once via Delta app transactions (see the module doc);
             # offsets committed to Kafka after each Delta commit are for monitoring only.
             waited = True
+            watched = time.monotonic()
             while not self._stop.is_set():
+                if not s.static and time.monotonic() - watched >= 1.0:
+                    watched = time.monotonic()
+                    self._watch_membership()
                 if self.robots is not None:
                     self.robots.poll(0.0)  # announcements since the last round
                 # consume() waits its whole timeout unless poll_records are ready: wait only

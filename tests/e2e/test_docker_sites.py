@@ -4,8 +4,9 @@ site cut off from the cloud (``docker network disconnect``), the sink SIGKILLed,
 cloud broker restarted — each ending with Delta exact: every step the sites' robots
 wrote is in the cloud's Delta table once.
 
-Images come from ``userctl docker build`` (cached); ``.ci/run`` installs and starts the
-engine first (``infra/ci/docker.sh``).
+Images come from ``userctl docker build`` (cached); ``make test-docker`` installs and
+starts the engine first (``infra/ci/docker.sh``) and runs this tier, which ``make test``
+leaves out for now (README, "Docker").
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from infra.cmd_docker import COMPOSE_FILE, compose_command
 from pipeline import sink, tables
 from topics import tables as contract
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(1500)]
 
 #: How long lab-a is cut off (the issue's 60 s).
 CUT_S = float(os.environ.get("USER_TEST_DOCKER_CUT_S", "60"))
@@ -108,6 +109,9 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
     delta.mkdir()
     topo = Topology(delta)
     try:
+        # Returns once the roles are started, and compose starts a role only after its
+        # conditions hold (infra/compose.yaml): each broker healthy (answers metadata),
+        # then its `topics create` one-shot completed successfully.
         topo.run("up", "-d", *SERVICES)
         yield topo
     finally:
