@@ -73,7 +73,8 @@ class SecurityError(BrokerError):
 
 @dataclass(frozen=True)
 class Paths:
-    """The files of ``<home>/security``."""
+    """The files of ``<home>/security``: the cluster's (``security init``) and the WAN's
+    (``infra.wan``), under one CA."""
 
     home: Path
 
@@ -116,6 +117,22 @@ class Paths:
     @property
     def admin_properties(self) -> Path:
         return self.dir / "admin.properties"
+
+    @property
+    def wan_keystore(self) -> Path:
+        """The cloud broker's WAN listeners' keystore (``infra.wan``)."""
+        return self.dir / "wan-broker.p12"
+
+    @property
+    def wan_keystore_password(self) -> Path:
+        return self.dir / "wan-broker.password"
+
+    def site_cert(self, site: str) -> Path:
+        """An edge's MirrorMaker 2 client certificate (``infra.wan``)."""
+        return self.dir / "sites" / f"{site}.pem"
+
+    def site_key(self, site: str) -> Path:
+        return self.dir / "sites" / f"{site}.key"
 
     def password_file(self, principal: str) -> Path:
         return self.dir / "users" / f"{principal}.password"

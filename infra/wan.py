@@ -7,7 +7,8 @@ each can advertise the address that edge dials (a WAN proxy, a NAT), which is wh
 fault proxy sit in front of one site only.
 
 Certificates come from :mod:`infra.pki` (the ``cryptography`` library), the same CA as
-``userctl security init`` (``<home>/security/ca.pem``): made if missing, reused if there.
+``userctl security init`` (``<home>/security/ca.pem``; every file there is named by
+:class:`infra.security.Paths`): made if missing, reused if there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from infra import pki
 from infra.broker import BrokerError
+from infra.security import Paths
 
 #: The broker's WAN certificate's subject (edges check it by host name, not by CN).
 CLOUD_CN = "user-cloud-wan"
@@ -56,35 +58,6 @@ def parse_listeners(text: str) -> list[WanListener]:
     return out
 
 
-@dataclass(frozen=True)
-class Paths:
-    """The WAN files under ``<home>/security`` (shared with ``userctl security``)."""
-
-    home: Path
-
-    @property
-    def dir(self) -> Path:
-        return self.home / "security"
-
-    @property
-    def ca(self) -> Path:
-        return self.dir / pki.CA_CERT
-
-    @property
-    def keystore(self) -> Path:
-        return self.dir / "wan-broker.p12"
-
-    @property
-    def keystore_password(self) -> Path:
-        return self.dir / "wan-broker.password"
-
-    def site_cert(self, site: str) -> Path:
-        return self.dir / "sites" / f"{site}.pem"
-
-    def site_key(self, site: str) -> Path:
-        return self.dir / "sites" / f"{site}.key"
-
-
 def make_certs(home: Path, sites: Iterable[str], hosts: Sequence[str] = ()) -> list[Path]:
     """The CA (kept if it exists), the cloud broker's WAN keystore (valid for ``hosts``,
     127.0.0.1, localhost and this host's name) and a client certificate per site; only
@@ -98,13 +71,13 @@ def make_certs(home: Path, sites: Iterable[str], hosts: Sequence[str] = ()) -> l
         ca = pki.CertificateAuthority.create("USER cluster CA")
         ca.save(paths.dir)
         made.append(paths.ca)
-    if not paths.keystore.exists():
+    if not paths.wan_keystore.exists():
         names = tuple(dict.fromkeys([*hosts, "127.0.0.1", "localhost", socket.gethostname()]))
         issued = ca.issue(CLOUD_CN, sans=names, server=True, client=True)
         password = pki.new_password()
-        pki.write_secret(paths.keystore_password, password)
-        pki.write_secret(paths.keystore, pki.pkcs12(issued, password, ca))
-        made.append(paths.keystore)
+        pki.write_secret(paths.wan_keystore_password, password)
+        pki.write_secret(paths.wan_keystore, pki.pkcs12(issued, password, ca))
+        made.append(paths.wan_keystore)
     for site in sites:
         if not paths.site_cert(site).exists():
             issued = ca.issue(site_cn(site), client=True)
@@ -127,10 +100,10 @@ def with_wan_listeners(server_properties: str, home: Path, host: str,
                        listeners: Sequence[WanListener]) -> str:
     """``server_properties`` plus one mutual-TLS listener per site."""
     paths = Paths(home)
-    if not (paths.keystore.exists() and paths.ca.exists()):
+    if not (paths.wan_keystore.exists() and paths.ca.exists()):
         raise BrokerError(f"no WAN certificates in {paths.dir}; run `userctl mirror certs "
                           "--sites lab-a,lab-b` on the cloud machine")
-    password = pki.read_secret(paths.keystore_password)
+    password = pki.read_secret(paths.wan_keystore_password)
     props = _props(server_properties)
     extra: dict[str, str] = {
         "listeners": ",".join([props["listeners"],
@@ -145,7 +118,7 @@ def with_wan_listeners(server_properties: str, home: Path, host: str,
         extra.update({
             pre + "ssl.client.auth": "required",
             pre + "ssl.keystore.type": "PKCS12",
-            pre + "ssl.keystore.location": str(paths.keystore),
+            pre + "ssl.keystore.location": str(paths.wan_keystore),
             pre + "ssl.keystore.password": password,
             pre + "ssl.key.password": password,
             pre + "ssl.truststore.type": "PEM",
