@@ -100,10 +100,10 @@ def robot_types() -> list[str]:
 
 
 def make_robot(
-    name: str, *, task: str = "reach", validate: bool = True, **options: object
+    name: str, *, task: str | None = None, validate: bool = True, **options: object
 ) -> safety.Guarded:
-    """Build a robot of type ``name`` set up for ``task``, probe it, and wrap it in the
-    safety layer.
+    """Build a robot of type ``name`` set up for ``task`` (default: the first task the type
+    declares, ``reach`` for the arms), probe it, and wrap it in the safety layer.
 
     ``options`` go to the type's factory (the simulated arms take ``seed``, ``control_hz``,
     ``cameras``, ``camera_size``, ``max_episode_steps``). With ``validate`` the robot is
@@ -116,6 +116,7 @@ def make_robot(
     if factory is None:
         raise _unknown(name)
     tasks = robot_tasks(name)
+    task = tasks[0] if task is None else task
     if task not in tasks:
         raise robot_mod.RobotError(
             f"robot type {name!r} cannot do task {task!r}; it can do: {', '.join(tasks)}")

@@ -17,16 +17,21 @@ Runs (``--runs``, comma separated):
 * ``cotrain-per-type``, ``cotrain-shared`` — 2 Pandas + 2 UR5e on reach, one policy per
   type vs one shared policy (``policy.shared_across_types``); the shared one should need
   at most 1.5× the env steps of the per-type one.
+* ``reach-fetch``, ``lift-gym-hil`` — third-party suites through the same robot interface
+  (``make suites``): gymnasium-robotics' FetchReach (4 robots, ``reach_dense@1``, 90 %
+  within 30,000) and gym-hil's Panda pick-cube (4 robots, ``lift_dense@1`` — the suite's
+  own dense reward —, 70 % within 100,000). Not in the default ``--runs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,9 @@ RUNS: dict[str, RunSpec] = {
                                 0.9, 30_000),
     "cotrain-shared": RunSpec((("panda", 2), ("ur5e", 2)), "reach", "reach_dense@1",
                               0.9, 30_000, shared=True),
+    # Third-party suites (the suites' venv: `make suites`).
+    "reach-fetch": RunSpec((("fetch", 4),), "reach", "reach_dense@1", 0.9, 30_000),
+    "lift-gym-hil": RunSpec((("gym_hil_panda", 4),), "lift", "lift_dense@1", 0.7, 100_000),
 }
 
 
@@ -82,6 +90,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cap every run at this many env steps (default: each run's budget)")
     p.add_argument("--max-wall-s", type=float, default=None, help="time bound per run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where SAC trains (robots always step on the CPU)")
+    p.add_argument("--reward", default=None,
+                   help="reward NAME@VERSION instead of each run's (e.g. push_dense@2)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="FIELD=VALUE",
+                   help="override an experiment-spec field, dotted, value as JSON "
+                        "(e.g. algorithm.utd_ratio=2, algorithm.batch_size=512); repeatable")
     p.add_argument("--json", type=Path, default=None,
                    help="also write the results (and this machine's lines) to this JSON file")
     p.add_argument("--from-json", type=Path, nargs="+", default=None,
@@ -91,17 +107,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-write", action="store_true")
 
 
-def experiment(name: str, run: RunSpec, seed: int) -> ExperimentSpec:
-    """The spec a user would submit for this run: defaults everywhere but the task."""
+def experiment(name: str, run: RunSpec, seed: int,
+               overrides: Sequence[str] = ()) -> ExperimentSpec:
+    """The spec a user would submit for this run: defaults everywhere but the task (and
+    the ``--set FIELD=VALUE`` overrides, dotted paths into the spec, values as JSON)."""
     policy: dict[str, object] = {"shared_across_types": True} if run.shared else {}
-    return ExperimentSpec.model_validate({
+    raw: dict[str, Any] = {
         "name": f"bench-{name}",
         "task": run.task,
         "robots": [{"robot_type": t, "count": n} for t, n in run.robots],
         "reward": run.reward,
         "algorithm": {"seed": seed},
         "policy": policy,
-    })
+    }
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            value: object = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *parents, leaf = path.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return ExperimentSpec.model_validate(raw)
 
 
 @dataclass
@@ -115,6 +147,8 @@ class Result:
     curve: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    variant: str = ""
+    """what differs from the defaults besides the reward (``--set``, ``--device``)."""
 
     @property
     def reached_all(self) -> int | None:
@@ -127,11 +161,13 @@ class Result:
 
 def learn(name: str, run: RunSpec, *, window: int, round_steps: int, max_steps: int | None,
           max_wall_s: float | None, seed: int,
-          on_progress: Callable[[Result], None] | None = None) -> Result:
+          on_progress: Callable[[Result], None] | None = None, device: str = "cpu",
+          overrides: Sequence[str] = ()) -> Result:
     """Run one benchmark to its target or budget; the success rate is per robot type over
-    the last ``window`` episodes (an episode succeeds if the reward said so at any step)."""
+    the last ``window`` episodes (an episode succeeds if the reward said so at any step).
+    ``device``: where SAC's networks train (``cuda``: a GPU; the robots step on the CPU)."""
     torch.manual_seed(seed)
-    spec = experiment(name, run, seed)
+    spec = experiment(name, run, seed, overrides)
     reward = rewards.lookup(run.reward)
     robots = [registry.make_robot(t, task=run.task, seed=seed + 10 * k + i)
               for k, (t, n) in enumerate(run.robots) for i in range(n)]
@@ -157,11 +193,12 @@ def learn(name: str, run: RunSpec, *, window: int, round_steps: int, max_steps: 
         for i, r in enumerate(robots)
     ]
     lease = Lease(spec.name, "bench")
-    learner = Learner(spec, policy_specs.get, publisher_for)
+    learner = Learner(spec, policy_specs.get, publisher_for, device=device)
     learner.open_known()
     outcomes = EpisodeOutcomes()
     recent: dict[str, deque[bool]] = defaultdict(lambda: deque(maxlen=window))
-    result = Result(name, run, seed=seed)
+    variant = "; ".join([*overrides, *([f"SAC on {device}"] if device != "cpu" else [])])
+    result = Result(name, run, seed=seed, variant=variant)
     budget = run.budget_steps if max_steps is None else max_steps
     started = time.monotonic()
     per_round = max(1, round_steps // len(workers))
@@ -214,28 +251,34 @@ def _curve_text(result: Result, points: int = 8) -> str:
 
 
 class _Progress:
-    """Prints a run's progress every 30 s."""
+    """Prints a run's progress every 30 s (and calls ``save`` then: partial results)."""
 
-    def __init__(self) -> None:
-        self.last = 0.0
+    def __init__(self, save: Callable[[Result], None] | None = None) -> None:
+        self.last = time.monotonic()
+        self.save = save
 
     def __call__(self, r: Result) -> None:
         if time.monotonic() - self.last > 30:
             self.last = time.monotonic()
             print(f"  {r.env_steps:,} steps, {r.curve[-1][1]}", flush=True)
+            if self.save is not None:
+                self.save(r)
 
 
 def _to_json(r: Result) -> dict[str, object]:
-    return {"name": r.name, "seed": r.seed, "env_steps": r.env_steps, "updates": r.updates,
+    return {"name": r.name, "seed": r.seed, "reward": r.run.reward, "variant": r.variant,
+            "env_steps": r.env_steps, "updates": r.updates,
             "wall_s": r.wall_s, "reached_at": r.reached_at, "final": r.final,
             "curve": [[s, rates] for s, rates in r.curve if rates]}
 
 
 def _of_json(raw: dict[str, Any]) -> Result:
-    return Result(raw["name"], RUNS[raw["name"]], raw["env_steps"], raw["updates"],
+    run = RUNS[raw["name"]]
+    run = dataclasses.replace(run, reward=raw.get("reward", run.reward))
+    return Result(raw["name"], run, raw["env_steps"], raw["updates"],
                   raw["wall_s"], dict(raw["reached_at"]),
                   [(int(s), dict(rates)) for s, rates in raw["curve"]], dict(raw["final"]),
-                  int(raw.get("seed", 0)))
+                  int(raw.get("seed", 0)), str(raw.get("variant", "")))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -252,24 +295,47 @@ def run(args: argparse.Namespace) -> int:
                            "`--from-json`")
         machine += sorted({"  " + c for c in commands})
         return _write(args, merged, machine)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("userctl bench manipulators: --device cuda, but torch sees no CUDA "
+                         "device here")
     torch.set_num_threads(1)
-    results: list[Result] = []
-    for name in args.runs.split(","):
-        spec = RUNS[name]
-        print(f"running {name} (up to {spec.budget_steps:,} env steps)…", flush=True)
-        r = learn(name, spec, window=args.window, round_steps=args.round_steps,
-                  max_steps=args.max_steps, max_wall_s=args.max_wall_s, seed=args.seed,
-                  on_progress=_Progress())
-        results.append(r)
-        print(f"{name}: target at {_fmt_steps(r.reached_all)} env steps; final "
-              f"{r.final}; {r.updates} updates in {r.wall_s:.0f} s", flush=True)
     command = ["userctl", "bench", "manipulators", "--runs", args.runs, "--seed", str(args.seed)]
     if args.max_wall_s is not None:
         command += ["--max-wall-s", f"{args.max_wall_s:g}"]
+    if args.device != "cpu":
+        command += ["--device", args.device]
+    if args.reward is not None:
+        command += ["--reward", args.reward]
+    for item in args.overrides:
+        command += ["--set", item]
     machine = report.machine_lines(command)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"machine": machine,
-                                         "results": [_to_json(r) for r in results]}))
+    if args.device == "cuda":
+        machine.append(f"- learner: SAC on {torch.cuda.get_device_name(0)} (torch "
+                       f"{torch.__version__}); robots step on the CPU")
+    results: list[Result] = []
+
+    def save(partial: Result | None = None) -> None:
+        """The results so far (a run in progress too) to ``--json``: a process stopped
+        from outside still leaves its curve."""
+        if args.json is not None:
+            done = results + ([partial] if partial is not None else [])
+            args.json.write_text(json.dumps({"machine": machine,
+                                             "results": [_to_json(r) for r in done]}))
+
+    for name in args.runs.split(","):
+        spec = RUNS[name]
+        if args.reward is not None:
+            spec = dataclasses.replace(spec, reward=args.reward)
+        print(f"running {name} (up to {spec.budget_steps:,} env steps, {spec.reward}, "
+              f"SAC on {args.device})…", flush=True)
+        r = learn(name, spec, window=args.window, round_steps=args.round_steps,
+                  max_steps=args.max_steps, max_wall_s=args.max_wall_s, seed=args.seed,
+                  on_progress=_Progress(save), device=args.device, overrides=args.overrides)
+        results.append(r)
+        print(f"{name}: target at {_fmt_steps(r.reached_all)} env steps; final "
+              f"{r.final}; {r.updates} updates in {r.wall_s:.0f} s "
+              f"({r.env_steps / max(r.wall_s, 1e-9):.0f} env steps/s)", flush=True)
+    save()
     return _write(args, results, machine)
 
 
@@ -290,7 +356,8 @@ def _write(args: argparse.Namespace, results: list[Result], machine: list[str]) 
         robots = " + ".join(f"{n}× {t}" for t, n in r.run.robots)
         final = "/".join(f"{v:.0%}" for v in r.final.values()) or "-"
         lines.append(
-            f"| {r.name} | {r.seed} | {robots} | {r.run.task}, {r.run.reward} | "
+            f"| {r.name}{f' ({r.variant})' if r.variant else ''} | {r.seed} | {robots} | "
+            f"{r.run.task}, {r.run.reward} | "
             f"{r.run.target:.0%} | {r.run.budget_steps:,} | {r.env_steps:,} ({r.wall_s:.0f} s) | "
             f"{_fmt_steps(r.reached_all)} | {final} | "
             f"{_curve_text(r)} |")

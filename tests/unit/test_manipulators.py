@@ -118,6 +118,23 @@ def test_dense_and_sparse_rewards_agree_with_the_success_rule(task: str, reward:
     assert s.reward.tolist() == [0.0, 1.0]
 
 
+def test_lift_rewards_follow_gym_hils_rule_and_end_the_episode_on_success() -> None:
+    # Rows: hand above the cube at rest; cube held 11 cm up (success); cube 11 cm up but
+    # 8 cm from the hand (thrown, not held).
+    goal = np.array([0.5, 0.0, 0.02 + task_rules.LIFT_HEIGHT])
+    info = {task_rules.EE_POS: np.array([[0.5, 0.0, 0.1], [0.5, 0.0, 0.13], [0.5, 0.0, 0.21]]),
+            task_rules.CUBE_POS: np.array([[0.5, 0.0, 0.02], [0.5, 0.0, 0.13], [0.5, 0.0, 0.13]]),
+            task_rules.GOAL_POS: np.stack([goal] * 3)}
+    assert task_rules.lift_success(info).tolist() == [False, True, False]
+    batch = InfoBatch({k: v.astype(np.float32) for k, v in info.items()})
+    dense = rewards.lookup("lift_dense@1").fn(batch)  # type: ignore[arg-type]
+    sparse = rewards.lookup("lift_sparse@1").fn(batch)  # type: ignore[arg-type]
+    assert dense.success.tolist() == sparse.success.tolist() == [False, True, False]
+    assert dense.terminated.tolist() == [False, True, False]
+    assert dense.reward[1] > dense.reward[2] > dense.reward[0]
+    assert sparse.reward.tolist() == [0.0, 1.0, 0.0]
+
+
 def _spec(task: str, *types: str) -> ExperimentSpec:
     return ExperimentSpec.model_validate({
         "name": "t", "task": task,

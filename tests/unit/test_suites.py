@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import pathlib
 import sys
+from collections.abc import Callable
 
 import pytest
 
 from agents import robot as robot_mod
-from agents.sim import metaworld
+from agents.sim import fetch, gym_hil, metaworld
 
 
 def test_metaworld_maps_users_tasks_to_its_v3_environments() -> None:
     assert metaworld.ENVS == {"reach": "reach-v3", "push": "push-v3",
-                              "pick_place": "pick-place-v3"}
-    assert metaworld.SAWYER.tasks == ("reach", "push", "pick_place")
+                              "pick_place_air": "pick-place-v3"}
+    assert metaworld.SAWYER.tasks == ("reach", "push", "pick_place_air")
 
 
 def test_a_task_metaworld_cannot_do_is_refused_in_one_line() -> None:
@@ -22,11 +24,17 @@ def test_a_task_metaworld_cannot_do_is_refused_in_one_line() -> None:
         metaworld.make(task="stack")
 
 
-def test_without_the_suite_the_type_says_what_to_install() -> None:
-    # USER's venv pins MuJoCo 4.0.0, which Meta-World 3.1.1 refuses (it pins 3.3.0).
+@pytest.mark.parametrize("make", [metaworld.make, fetch.make, gym_hil.make])
+def test_without_the_suite_the_type_says_what_to_install(
+        make: Callable[..., robot_mod.Robot], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: pathlib.Path) -> None:
+    # USER's venv pins MuJoCo 4.0.0, which Meta-World 3.1.1 refuses (it pins 3.3.0): the
+    # suites live in a venv of their own, found through USER_SUITES_PYTHON or `make suites`.
     assert importlib.util.find_spec("metaworld") is None
-    with pytest.raises(robot_mod.RobotError, match=r"pip install 'metaworld==3.1.1'"):
-        metaworld.make(task="reach")
+    monkeypatch.delenv("USER_SUITES_PYTHON", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))  # no <prefix>/suites here
+    with pytest.raises(robot_mod.RobotError, match=r"run `make suites`"):
+        make()
 
 
 def test_a_suite_python_without_the_suite_fails_in_one_line_through_the_child() -> None:
