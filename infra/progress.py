@@ -6,7 +6,8 @@ robot type, policy version and its lag, buffer size.  An episode succeeded if th
 function said ``success`` at any of its steps — the learner's rule too (its stop condition
 and the demo's agree).  :func:`write_report` turns the same numbers
 into ``runs/<experiment>/``: ``curves.png`` (success rate per robot type against
-environment steps), ``summary.json`` and ``README.md``.
+environment steps, each marked where it first met the target), ``curves.csv``,
+``summary.json`` and ``README.md``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ class TypeStats:
     @property
     def success_rate(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None
+
+    def first_reached(self, target: float, episodes: int) -> tuple[float, int, float] | None:
+        """The curve's first point (seconds since start, env steps of this type, success
+        rate) at ``target`` or more over at least ``episodes`` episodes (the stop rule's)."""
+        for i, point in enumerate(self.curve):
+            if i + 1 >= episodes and point[2] >= target:
+                return point
+        return None
 
 
 class Progress:
@@ -157,7 +166,13 @@ class Progress:
             return f"time bound of {stop.max_wall_s:.0f} s reached"
         return None
 
-    def summary(self) -> dict[str, object]:
+    def reached(self, stats: TypeStats, stop: StopSpec) -> tuple[float, int, float] | None:
+        """When ``stats``' type first met ``stop``'s target (the rule of :meth:`stop_reason`)."""
+        return stats.first_reached(stop.target_success, min(stop.success_window, self.window))
+
+    def summary(self, stop: StopSpec | None = None) -> dict[str, object]:
+        """The numbers of the report; with ``stop``, when each type first met its target
+        (``target_reached``: seconds since start and env steps of the type, or None)."""
         return {
             "experiment": self.experiment_id,
             "wall_s": round(time.time() - self.started, 1),
@@ -169,7 +184,10 @@ class Progress:
                        "success_rate": s.success_rate,
                        "interventions": s.interventions,
                        "intervention_rate_recent": s.intervention_rate(),
-                       "best_success_rate": max((c[2] for c in s.curve), default=None)}
+                       "best_success_rate": max((c[2] for c in s.curve), default=None),
+                       **({} if stop is None else {"target_reached": (
+                           None if (at := self.reached(s, stop)) is None
+                           else {"wall_s": round(at[0], 1), "env_steps": at[1]})})}
                 for name, s in sorted(self.types.items())
             },
             "learner_metrics": self.metrics,
@@ -197,10 +215,13 @@ def render(progress: Progress, fleet_rows: list[list[str]], stop: StopSpec) -> s
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in fleet_rows]
         lines.append("")
-    lines.append(f"{'ROBOT TYPE':12s} {'STEPS':>8s} {'EPISODES':>9s} {'SUCCESS':>8s}")
+    lines.append(f"{'ROBOT TYPE':12s} {'STEPS':>8s} {'EPISODES':>9s} {'SUCCESS':>8s}  "
+                 f"REACHED {stop.target_success:.0%}")
     for name, s in sorted(progress.types.items()):
         rate = "-" if s.success_rate is None else f"{s.success_rate:.0%}"
-        lines.append(f"{name:12s} {s.steps:8d} {s.episodes:9d} {rate:>8s}")
+        at = progress.reached(s, stop)
+        when = "-" if at is None else f"at {at[1]} steps, {at[0]:.0f} s"
+        lines.append(f"{name:12s} {s.steps:8d} {s.episodes:9d} {rate:>8s}  {when}")
     m = progress.metrics
     lag = metric(m, "replay/version_lag_mean")
     size = metric(m, "replay/size")
@@ -247,38 +268,61 @@ def plot_interventions(progress: Progress, path: Path) -> bool:
 
 def write_report(progress: Progress, out: Path, *, reason: str,
                  stop: StopSpec) -> Path:
-    """Write curves.png, summary.json and README.md under ``out``; returns ``out``."""
+    """Write curves.png, curves.csv, summary.json and README.md under ``out``; returns
+    ``out``. Each type's curve is marked where it first met the target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for name, s in sorted(progress.types.items()):
-        if s.curve:
-            steps = [c[1] for c in s.curve]
-            rates = [100 * c[2] for c in s.curve]
-            ax.plot(steps, rates, label=f"{name} ({s.episodes} episodes)")
-    ax.axhline(100 * stop.target_success, color="grey", linestyle="--", linewidth=1,
-               label=f"target {stop.target_success:.0%}")
-    ax.set_xlabel("environment steps of the robot type")
-    ax.set_ylabel(f"success rate, last {progress.window} episodes (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"{progress.experiment_id}: learning curves per robot type")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    # Against each type's env steps (robot time) and against wall-clock minutes (what the
+    # demo's time bound counts); each curve marked where it first met the target.
+    fig, (by_steps, by_time) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, sharey=True)
+    for i, (name, s) in enumerate(sorted(progress.types.items())):
+        if not s.curve:
+            continue
+        rates = [100 * c[2] for c in s.curve]
+        line, = by_steps.plot([c[1] for c in s.curve], rates,
+                              label=f"{name} ({s.episodes} episodes)")
+        by_time.plot([c[0] / 60 for c in s.curve], rates, color=line.get_color(), label=name)
+        if (at := progress.reached(s, stop)) is not None:
+            for ax, x, text in ((by_steps, at[1], f"{at[1]} steps"),
+                                (by_time, at[0] / 60, f"{at[0]:.0f} s")):
+                ax.plot([x], [100 * at[2]], marker="o", color=line.get_color())
+                ax.annotate(text, (x, 100 * at[2]), textcoords="offset points",
+                            xytext=(4, -12 - 10 * i), fontsize=8, color=line.get_color())
+    for ax in (by_steps, by_time):
+        ax.axhline(100 * stop.target_success, color="grey", linestyle="--", linewidth=1,
+                   label=f"target {stop.target_success:.0%}")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    if stop.max_wall_s is not None:
+        by_time.axvline(stop.max_wall_s / 60, color="black", linestyle=":", linewidth=1,
+                        label=f"time bound {stop.max_wall_s / 60:.0f} min")
+        by_time.legend(loc="upper left", fontsize=8)
+    by_steps.set_xlabel("environment steps of the robot type")
+    by_steps.set_ylabel(f"success rate, last {progress.window} episodes (%)")
+    by_time.set_xlabel("minutes since the start")
+    fig.suptitle(f"{progress.experiment_id}: learning curves per robot type")
     fig.tight_layout()
     fig.savefig(out / "curves.png")
     plt.close(fig)
     took_over = plot_interventions(progress, out / "interventions.png")
 
-    summary = {**progress.summary(), "stopped_because": reason}
+    with (out / "curves.csv").open("w") as f:
+        f.write("robot_type,wall_s,env_steps,success_rate\n")
+        for name, s in sorted(progress.types.items()):
+            f.writelines(f"{name},{t:.1f},{n},{r:.4f}\n" for t, n, r in s.curve)
+    summary = {**progress.summary(stop), "stopped_because": reason}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = []
     for name, stats in sorted(progress.types.items()):
         rate = "-" if stats.success_rate is None else f"{stats.success_rate:.0%}"
-        lines.append(f"| {name} | {stats.steps} | {stats.episodes} | {rate} |")
+        at = progress.reached(stats, stop)
+        when = "not reached" if at is None else f"{at[1]} env steps, {at[0]:.0f} s"
+        lines.append(f"| {name} | {stats.steps} | {stats.episodes} | {rate} | {when} |")
     rows = "\n".join(lines)
     (out / "README.md").write_text(
         f"# {progress.experiment_id}\n\n"
@@ -286,7 +330,8 @@ def write_report(progress: Progress, out: Path, *, reason: str,
         f"{summary['env_steps']} environment steps; policy version "
         f"{summary['policy_version']}.\n\n"
         "| robot type | env steps | episodes | success (last "
-        f"{progress.window}) |\n|---|---:|---:|---:|\n{rows}\n\n"
+        f"{progress.window}) | reached {stop.target_success:.0%} at |\n"
+        f"|---|---:|---:|---:|---:|\n{rows}\n\n"
         "![learning curves](curves.png)\n\n"
         + ("![intervention rate](interventions.png)\n\n" if took_over else "")
         + "Everything it produced stays inspectable: `userctl history`, "

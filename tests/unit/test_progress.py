@@ -99,3 +99,28 @@ def test_an_episode_succeeds_if_any_of_its_steps_did_even_in_an_earlier_batch() 
     p.on_rewarded(_rows("e1", [2, 3], [False, False], last=True), now=2.0)
     p.on_rewarded(_rows("e2", [0, 1, 2, 3], [False] * 4, last=True), now=3.0)
     assert list(p.types["reacher2d"].recent) == [True, False]
+
+
+def test_each_type_is_marked_where_it_first_met_the_target_over_a_full_window(
+        tmp_path: Path) -> None:
+    p = Progress("exp", window=4, started=0.0)
+    # 2 of 2 episodes at 10 s is 100 %, but not yet over a window of 4 episodes.
+    p.on_rewarded(rewarded("reacher2d", [True, True]), now=10.0)
+    p.on_rewarded(rewarded("reacher2d", [False, True]), now=20.0)  # 3/4 at 16 steps
+    p.on_rewarded(rewarded("reacher2d", [True]), now=30.0)  # 3/4 at 20 steps
+    p.on_rewarded(rewarded("panda", [False, False, False, False]), now=30.0)
+    stop = StopSpec(target_success=0.75, success_window=4)
+    assert p.reached(p.types["reacher2d"], stop) == (20.0, 16, 0.75)
+    assert p.reached(p.types["panda"], stop) is None
+    assert "at 16 steps, 20 s" in render(p, [], stop)
+    out = write_report(p, tmp_path / "exp", reason="time bound", stop=stop)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["robot_types"]["reacher2d"]["target_reached"] == {"wall_s": 20.0,
+                                                                    "env_steps": 16}
+    assert summary["robot_types"]["panda"]["target_reached"] is None
+    page = (out / "README.md").read_text()
+    assert "| reacher2d | 20 | 5 | 75% | 16 env steps, 20 s |" in page
+    assert "| panda | 16 | 4 | 0% | not reached |" in page
+    rows = (out / "curves.csv").read_text().splitlines()
+    assert rows[0] == "robot_type,wall_s,env_steps,success_rate"
+    assert len(rows) == 1 + 5 + 4 and "reacher2d,20.0,16,0.7500" in rows
