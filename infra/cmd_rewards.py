@@ -1,4 +1,5 @@
-"""`userctl rewards list|run NAME@VERSION` — reward functions and their stream jobs."""
+"""`userctl rewards list|run NAME@VERSION|train|label|labels` — reward functions, their
+stream jobs, learned rewards and the people's labels these can learn from."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       "it as NAME@VERSION (a learned reward)")
     s.add_argument("name", metavar="NAME")
     s.add_argument("--experiment", required=True, help="experiment whose history to learn from")
-    s.add_argument("--labels", default=None, metavar="NAME@VERSION",
+    s.add_argument("--labels", default=None, metavar="NAME@VERSION|human",
                    help="reward function whose success column labels the frames (default: "
-                        "the only one that scored the experiment)")
+                        "the only one that scored the experiment), or 'human': people's "
+                        "labels (`userctl rewards label`) over the raw steps")
     s.add_argument("--camera", default="overhead", help="camera the classifier reads")
     s.add_argument("--root", type=Path, default=None,
                    help="Delta root (default: the sink's, USER_SINK_ROOT)")
@@ -41,6 +43,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="frames read at most (every success frame, a share of the rest)")
     s.add_argument("--threshold", type=float, default=0.5, help="success when p >= this")
     s.set_defaults(func=_train)
+    s = rsub.add_parser(
+        "label", help="label an episode a success or a failure, for learned rewards (an "
+                      "event on the labels topic; an episode's latest label counts)")
+    s.add_argument("experiment")
+    s.add_argument("robot_id")
+    s.add_argument("episode_id")
+    verdict = s.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--success", action="store_true", help="the episode succeeded")
+    verdict.add_argument("--failure", action="store_true", help="the episode failed")
+    s.add_argument("--from-step", type=int, default=None, metavar="STEP",
+                   help="with --success: the first step whose frame shows success (and "
+                        "every later one); default: the last step only")
+    s.add_argument("--by", default=os.environ.get("USER") or "operator",
+                   help="who labels (default: $USER)")
+    s.add_argument("--note", default="", help="free text kept with the label")
+    s.set_defaults(func=_label)
+    s = rsub.add_parser("labels", help="an experiment's episode labels (latest per episode)")
+    s.add_argument("experiment")
+    s.set_defaults(func=_labels)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -63,7 +84,14 @@ def _train(args: argparse.Namespace) -> int:
                          "(lowercase letters, digits, ._-)")
     root = args.root or sink.SinkSettings().root
     labels = args.labels
-    if labels is None:
+    if labels == classifier.HUMAN:
+        try:
+            frames, success, robots, episodes = classifier.labelled_frames(
+                root, args.experiment, classifier.human_labels(KafkaSettings(), args.experiment),
+                args.camera, max_frames=args.max_frames)
+        except LookupError as exc:
+            raise SystemExit(f"userctl rewards train: {exc}") from None
+    elif labels is None:
         try:
             dataset = DeltaTable(str(tables.table_path(root, tables.TRANSITIONS))
                                  ).to_pyarrow_dataset()
@@ -78,11 +106,12 @@ def _train(args: argparse.Namespace) -> int:
             raise SystemExit(f"userctl rewards train: experiment {args.experiment!r} was scored "
                              f"by {names or 'nothing'}; pick the labels with --labels")
         labels = names[0]
-    try:
-        frames, success, robots, episodes = classifier.training_frames(
-            root, args.experiment, labels, args.camera, max_frames=args.max_frames)
-    except LookupError as exc:
-        raise SystemExit(f"userctl rewards train: {exc}") from None
+    if labels != classifier.HUMAN:
+        try:
+            frames, success, robots, episodes = classifier.training_frames(
+                root, args.experiment, labels, args.camera, max_frames=args.max_frames)
+        except LookupError as exc:
+            raise SystemExit(f"userctl rewards train: {exc}") from None
     heldout = classifier.heldout_episode(robots, episodes)
     net, quality = classifier.train(frames, success, heldout, epochs=args.epochs,
                                     threshold=args.threshold)
@@ -100,6 +129,44 @@ def _train(args: argparse.Namespace) -> int:
           f"{labels}; {record.train_frames} training frames, held-out {record.heldout_frames} "
           f"frames of {record.heldout_episodes} episodes: precision {record.precision:.3f}, "
           f"recall {record.recall:.3f} ({path})")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from schemas import events
+    from topics import catalog
+    from topics.producer import EventProducer
+
+    if args.failure and args.from_step is not None:
+        raise SystemExit("userctl rewards label: --from-step goes with --success only")
+    event = events.EpisodeLabeledV1(
+        experiment_id=args.experiment, robot_id=args.robot_id, episode_id=args.episode_id,
+        success=args.success, success_from_step=args.from_step, labeled_by=args.by,
+        note=args.note)
+    producer = EventProducer(KafkaSettings(), role="cli")
+    producer.send(catalog.LABELS, event)
+    producer.flush(30.0)
+    what = ("success" + (f" from step {args.from_step}" if args.from_step is not None else "")
+            if args.success else "failure")
+    print(f"labelled {args.experiment} {args.robot_id} {args.episode_id}: {what}")
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from pipeline.rewards import classifier
+
+    try:
+        labels = classifier.human_labels(KafkaSettings(), args.experiment)
+    except LookupError as exc:
+        raise SystemExit(f"userctl rewards labels: {exc}") from None
+    if not labels:
+        print(f"no labels for {args.experiment}; add one with `userctl rewards label`")
+    for (robot, episode), e in sorted(labels.items()):
+        verdict = ("success" + (f" from step {e.success_from_step}"
+                                if e.success_from_step is not None else "")
+                   if e.success else "failure")
+        print(f"{robot:24} {episode:24} {verdict:24} {e.labeled_by} "
+              f"{e.produced_at:%Y-%m-%d %H:%M} {e.note}")
     return 0
 
 

@@ -377,7 +377,7 @@ def acl_plan(sites: Iterable[str], *, client_id: str = "user",
         "learner": _topics(c.WEIGHTS, c.WEIGHTS_MANIFESTS, c.LEARNER_METRICS, c.DLQ),
         "inference": _topics(c.INFERENCE_REPLIES, c.DLQ),
         "host": _topics(c.HOSTS, c.HOST_HEARTBEATS, c.DLQ),
-        "operator": _topics(c.COMMANDS, c.EXPERIMENTS),
+        "operator": _topics(c.COMMANDS, c.EXPERIMENTS, c.LABELS),
     }
     groups: dict[str, list[str]] = {
         "sink": [sink_group], "rewards": ["rewards-"],

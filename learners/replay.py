@@ -56,6 +56,10 @@ class ReplayConfig:
     """camera name -> (height, width, 3); images are stored as uint8."""
     seed: int = 0
     """seed of the sampling RNG."""
+    image_device: str | None = None
+    """where camera frames are held: ``None``, numpy arrays, or torch tensors on this
+    torch device (``cuda``: samples are gathered there without a host copy — a GPU
+    learner's path; the budget still counts them)."""
 
     @classmethod
     def from_robot_spec(
@@ -114,6 +118,12 @@ class NumpyReplayBuffer(ReplayBuffer):
         self._arrays = {
             name: np.zeros((self.capacity, *shape), dtype=dtype)
             for name, (shape, dtype) in config.columns().items()
+            if not (name.startswith("image/") and config.image_device is not None)
+        }
+        self._device_frames = {
+            name: torch.zeros((self.capacity, *shape), dtype=torch.uint8,
+                              device=config.image_device)
+            for name, shape in config.image_shapes.items() if config.image_device is not None
         }
         self._arrays["next_slot"][:] = -1
         self._arrays["row_id"][:] = -1
@@ -128,7 +138,22 @@ class NumpyReplayBuffer(ReplayBuffer):
     @property
     def nbytes(self) -> int:
         """Bytes held by the ring's arrays (at most ``memory_budget_bytes``)."""
-        return sum(a.nbytes for a in self._arrays.values())
+        return sum(a.nbytes for a in self._arrays.values()) + sum(
+            t.numel() for t in self._device_frames.values())
+
+    def _put_frames(self, name: str, slots: np.ndarray, frames: np.ndarray) -> None:
+        held = self._device_frames.get(name)
+        if held is None:
+            self._arrays[f"image/{name}"][slots] = frames
+        else:
+            held[torch.from_numpy(slots).to(held.device)] = torch.from_numpy(
+                np.ascontiguousarray(frames)).to(held.device)
+
+    def _take_frames(self, name: str, slots: np.ndarray) -> torch.Tensor:
+        held = self._device_frames.get(name)
+        if held is None:
+            return torch.from_numpy(self._arrays[f"image/{name}"][slots])
+        return held.index_select(0, torch.from_numpy(slots).to(held.device))
 
     def __len__(self) -> int:
         return self._sampleable
@@ -188,13 +213,18 @@ class NumpyReplayBuffer(ReplayBuffer):
         a["next_slot"][step_slots] = next_slot
         a["row_id"][slots] = row_ids
         a["sampleable"][step_slots] = next_slot >= 0
+        # Frames are written through the inverse permutation: no sorted copy of a batch's
+        # frames is ever made (they are most of its bytes).
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
         for name in self.config.image_shapes:
-            a[f"image/{name}"][step_slots] = steps.images[name][order]
+            self._put_frames(name, step_slots[rank], steps.images[name])
         if n_final:
             assert steps.next_observation is not None  # needs_final is all False otherwise
             a["observation"][final_slots] = np.asarray(steps.next_observation)[order][needs_final]
+            final_rows = order[needs_final]  # original rows of the final slots, in order
             for name in self.config.image_shapes:
-                a[f"image/{name}"][final_slots] = steps.next_images[name][order][needs_final]
+                self._put_frames(name, final_slots, steps.next_images[name][final_rows])
             a["action"][final_slots] = 0.0
             a["reward"][final_slots] = 0.0
             a["terminated"][final_slots] = False
@@ -287,10 +317,8 @@ class NumpyReplayBuffer(ReplayBuffer):
             policy_version=torch.from_numpy(version),
             intervention=torch.from_numpy(a["intervention"][idx]),
             action_chunk=chunk,
-            images={n: torch.from_numpy(a[f"image/{n}"][idx]) for n in self.config.image_shapes},
-            next_images={
-                n: torch.from_numpy(a[f"image/{n}"][nxt]) for n in self.config.image_shapes
-            },
+            images={n: self._take_frames(n, idx) for n in self.config.image_shapes},
+            next_images={n: self._take_frames(n, nxt) for n in self.config.image_shapes},
             stats={
                 "replay/version_lag_mean": float(lag.mean()),
                 "replay/version_lag_max": float(lag.max()),

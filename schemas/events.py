@@ -378,6 +378,30 @@ class EpisodeEndedV1(Envelope):
     success: bool | None = Field(None, description="if the robot itself can tell")
 
 
+class EpisodeLabeledV1(Envelope):
+    """A person's verdict on an episode: did it succeed, and from which step on does a
+    camera frame show success?  Labels a learned reward trains on (``userctl rewards
+    train --labels human``); a later label of the same episode replaces an earlier one."""
+
+    schema_name: Literal["episode.labeled"] = "episode.labeled"
+    schema_version: Literal[1] = 1
+    robot_id: Ident
+    experiment_id: Ident
+    episode_id: Ident
+    success: bool
+    success_from_step: int | None = Field(
+        None, ge=0, description="with success: the first step whose frame shows it (every "
+                                "later step too); None: the episode's last step only")
+    labeled_by: str = Field(min_length=1, max_length=200, description="who labelled it")
+    note: str = Field("", max_length=1000)
+
+    @model_validator(mode="after")
+    def _from_step_only_with_success(self) -> EpisodeLabeledV1:
+        if not self.success and self.success_from_step is not None:
+            raise ValueError("success_from_step is for successful episodes only")
+        return self
+
+
 # -- weights ------------------------------------------------------------------------------
 
 
@@ -686,6 +710,7 @@ ALL_V1: tuple[type[Envelope], ...] = (
     RewardedTransitionBatchV1,
     EpisodeStartedV1,
     EpisodeEndedV1,
+    EpisodeLabeledV1,
     WeightsManifestV1,
     WeightsChunkV1,
     CommandV1,

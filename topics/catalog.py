@@ -29,6 +29,7 @@ class Key(StrEnum):
     TOPIC_PARTITION = "topic/partition"
     HOST_ID = "host id"
     PLACEMENT_ID = "placement id"
+    EPISODE = "experiment/robot/episode"
 
 
 class Value(StrEnum):
@@ -273,6 +274,18 @@ INFERENCE_REPLIES = TopicSpec(
     description="action chunks from inference replicas, on the asking robot's site partitions",
 )
 
+LABELS = TopicSpec(
+    name="labels",
+    key=Key.EPISODE,
+    value=Value.JSON,
+    partitions=1,
+    cleanup=Cleanup.COMPACT,
+    retention_ms=FOREVER,
+    max_message_bytes=1 * MiB,
+    description="people's success labels of episodes (the latest per episode is kept), "
+    "what a learned reward can train on",
+)
+
 #: Every topic, in the order ``userctl topics create`` makes them.
 CATALOG: tuple[TopicSpec, ...] = (
     ROBOTS,
@@ -293,6 +306,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     PLACEMENTS,
     INFERENCE_REQUESTS,
     INFERENCE_REPLIES,
+    LABELS,
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}

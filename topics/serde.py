@@ -86,6 +86,7 @@ TOPIC_SCHEMAS: dict[str, frozenset[str]] = {
     catalog.PLACEMENTS.name: _names(events.PlacementGrantedV1, events.PlacementReleasedV1),
     catalog.INFERENCE_REQUESTS.name: _names(events.InferenceRequestV1),
     catalog.INFERENCE_REPLIES.name: _names(events.ActionChunkV1),
+    catalog.LABELS.name: _names(events.EpisodeLabeledV1),
 }
 
 
@@ -171,6 +172,8 @@ def key_for(spec: TopicSpec, payload: Payload) -> str:
     if spec.key == Key.PLACEMENT_ID and isinstance(
             event, events.PlacementGrantedV1 | events.PlacementReleasedV1):
         return event.placement_id
+    if spec.key == Key.EPISODE and isinstance(event, events.EpisodeLabeledV1):
+        return f"{event.experiment_id}/{event.robot_id}/{event.episode_id}"
     if isinstance(event, events.DeadLetterV1):
         return event.source_topic
     if isinstance(event, events.GapDetectedV1):

@@ -2,7 +2,9 @@
 
 ``userctl rewards train NAME --experiment E`` trains it on the Delta history (frames of
 ``E``'s steps, labels from the ``success`` column a reward function already wrote, e.g.
-``reach_dense@1`` which reads ``info``), and registers it as ``NAME@VERSION``: the
+``reach_dense@1`` which reads ``info`` — or, with ``--labels human``, from people's
+``EpisodeLabeledV1`` events on the ``labels`` topic, `userctl labels add`, over the raw
+steps of the episodes they labelled), and registers it as ``NAME@VERSION``: the
 directory ``<USER_HOME>/rewards/NAME/VERSION/`` holds ``model.safetensors`` (weights, no
 pickle) and ``record.json`` (camera, frame size, threshold, where the data came from, and
 precision/recall on held-out episodes).  Every reward lookup registers what is there, so
@@ -21,7 +23,7 @@ import datetime as dt
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.rewards._registry import RewardError, Rewards, register
+from schemas import events
 from schemas.transitions import TransitionBatch
-from topics import tables
+from topics import catalog, tables
+from topics.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,7 +61,7 @@ class Record:
     threshold: float
     experiment: str
     labels: str
-    """the reward function whose ``success`` column gave the labels."""
+    """the reward function whose ``success`` column gave the labels, or ``human``."""
     train_frames: int
     heldout_frames: int
     heldout_episodes: int
@@ -174,15 +178,30 @@ def training_frames(root: Path | str, experiment: str, labels: str, camera: str,
                           f"{positives} successes: nothing to learn a success classifier from")
     keep_negative = min(1.0, max(0.0, (max_frames - positives) / max(1, n - positives)))
     rng = np.random.default_rng(seed)
+
+    def label(rb: pa.RecordBatch) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        success = np.asarray(rb.column("success").to_numpy(zero_copy_only=False), bool)
+        return success, success | (rng.random(len(success)) < keep_negative)
+
+    return _frames(dataset, where, ["success"], label, camera, experiment)
+
+
+LabelFn = Callable[[pa.RecordBatch], tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]]
+"""A record batch -> (success label, rows to take) per row."""
+
+
+def _frames(dataset: Any, where: Any, columns: list[str], label: LabelFn, camera: str,
+            experiment: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_],
+                                      npt.NDArray[Any], npt.NDArray[Any]]:
+    """``camera``'s frames of the rows ``label`` takes, streamed a record batch at a time."""
     frames, ys, robots, episodes = [], [], [], []
     shape: tuple[int, ...] | None = None
-    for rb in dataset.to_batches(columns=["robot_id", "episode_id", "success", "images",
+    for rb in dataset.to_batches(columns=["robot_id", "episode_id", *columns, "images",
                                           "layout"], filter=where, batch_size=2048):
         if shape is None and rb.num_rows:  # the frame shape the sink recorded
             cams = json.loads(rb.column("layout")[0].as_py()).get("cameras", {})
             shape = tuple(cams[camera]) if camera in cams else None
-        success = np.asarray(rb.column("success").to_numpy(zero_copy_only=False), bool)
-        take = success | (rng.random(len(success)) < keep_negative)
+        success, take = label(rb)
         images = rb.column("images")
         if camera not in {f.name for f in images.type}:
             continue
@@ -205,6 +224,90 @@ def training_frames(root: Path | str, experiment: str, labels: str, camera: str,
                           f"recorded layout {shape}")
     return (flat.reshape(-1, *shape), np.concatenate(ys), np.concatenate(robots),
             np.concatenate(episodes))
+
+
+#: ``--labels`` value that trains on people's labels instead of a reward's success column.
+HUMAN = "human"
+
+
+def human_labels(kafka: KafkaSettings, experiment: str, timeout_s: float = 30.0
+                 ) -> dict[tuple[str, str], events.EpisodeLabeledV1]:
+    """The latest label of each of ``experiment``'s labelled episodes, keyed by (robot id,
+    episode id), read from the compacted ``labels`` topic up to its end.  Raises
+    ``LookupError`` when the topic cannot be read to its end in ``timeout_s``."""
+    from topics.follow import Follower
+    from topics.validation import Accepted
+
+    follower = Follower(kafka, {catalog.LABELS: "beginning"}, role="rewards-train")
+    try:
+        items, complete = follower.read_to_end(timeout_s)
+    finally:
+        follower.close()
+    if not complete:
+        raise LookupError(f"could not read the {catalog.LABELS.name} topic to its end within "
+                          f"{timeout_s:.0f} s (is the broker up?)")
+    out: dict[tuple[str, str], events.EpisodeLabeledV1] = {}
+    for item in items:  # one partition: log order, so a later label replaces an earlier one
+        event = item.event if isinstance(item, Accepted) else None
+        if isinstance(event, events.EpisodeLabeledV1) and event.experiment_id == experiment:
+            out[(event.robot_id, event.episode_id)] = event
+    return out
+
+
+def labelled_frames(root: Path | str, experiment: str,
+                    labels: Mapping[tuple[str, str], events.EpisodeLabeledV1], camera: str,
+                    max_frames: int = 20_000, seed: int = 0
+                    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_],
+                               npt.NDArray[Any], npt.NDArray[Any]]:
+    """Frames of ``camera`` from the raw steps (``transitions_raw``) of the episodes people
+    labelled, with their labels: a successful episode's frames from ``success_from_step``
+    on (or its last step's alone) are successes, every other frame of a labelled episode
+    is not; unlabelled episodes are left out.  Every success frame and a random share of
+    the others, at most ``max_frames``.  Raises ``LookupError`` when there is nothing to
+    learn from."""
+    from deltalake import DeltaTable
+
+    if not any(e.success for e in labels.values()) or all(e.success for e in labels.values()):
+        raise LookupError(f"experiment {experiment!r} has {len(labels)} labelled episodes, "
+                          f"{sum(e.success for e in labels.values())} successful: a classifier "
+                          "needs both kinds (userctl labels add)")
+    dataset = DeltaTable(str(tables.table_path(root, tables.TRANSITIONS_RAW))
+                         ).to_pyarrow_dataset()
+    if "images" not in dataset.schema.names:
+        raise LookupError(f"the {tables.TRANSITIONS_RAW} table holds no camera frames")
+    where = pc.field(tables.PARTITION_COLUMN) == experiment
+    keys = dataset.to_table(columns=["robot_id", "episode_id", "step"], filter=where)
+    last: dict[tuple[str, str], int] = {}
+    for r, e, t in zip(*(keys.column(c).to_pylist() for c in ("robot_id", "episode_id",
+                                                             "step")), strict=True):
+        if (r, e) in labels and t > last.get((r, e), -1):
+            last[(r, e)] = t
+    first_success = {k: (e.success_from_step if e.success_from_step is not None else last[k])
+                     for k, e in labels.items() if e.success and k in last}
+    n = sum(1 for r, e in zip(keys.column("robot_id").to_pylist(),
+                              keys.column("episode_id").to_pylist(), strict=True)
+            if (r, e) in last)
+    positives = sum(last[k] - s + 1 for k, s in first_success.items() if s <= last[k])
+    if n == 0 or positives == 0:
+        raise LookupError(f"experiment {experiment!r}: none of the {len(labels)} labelled "
+                          f"episodes has a {'success frame' if n else 'step'} in "
+                          f"{tables.TRANSITIONS_RAW}")
+    keep_negative = min(1.0, max(0.0, (max_frames - positives) / max(1, n - positives)))
+    rng = np.random.default_rng(seed)
+
+    def label(rb: pa.RecordBatch) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        pairs = zip(rb.column("robot_id").to_pylist(), rb.column("episode_id").to_pylist(),
+                    strict=True)
+        step = np.asarray(rb.column("step").to_numpy(zero_copy_only=False))
+        labelled = np.zeros(rb.num_rows, bool)
+        start = np.full(rb.num_rows, np.iinfo(np.int64).max)
+        for i, key in enumerate(pairs):
+            labelled[i] = key in last
+            start[i] = first_success.get(key, start[i])
+        success = labelled & (step >= start)
+        return success, labelled & (success | (rng.random(rb.num_rows) < keep_negative))
+
+    return _frames(dataset, where, ["step"], label, camera, experiment)
 
 
 def save(net: nn.Module, record: Record, home: Path | None = None) -> Path:

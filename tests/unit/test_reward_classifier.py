@@ -15,7 +15,7 @@ from deltalake import write_deltalake
 from pipeline import reward_job, rewards
 from pipeline import tables as sink_tables
 from pipeline.rewards import classifier
-from schemas import samples, transitions
+from schemas import events, samples, transitions
 from schemas.events import DeadLetterV1
 from topics import catalog, serde, tables, validation
 
@@ -105,3 +105,56 @@ def test_the_classifier_job_dead_letters_frames_of_the_wrong_shape(
     letter = serde.decode(catalog.DLQ, out.value, out.headers)
     assert isinstance(letter, DeadLetterV1)
     assert "reads camera 'overhead' at 32x32x3" in letter.detail and "(48, 48, 3)" in letter.detail
+
+
+# ---------------------------------------------------------------------------- human labels
+
+
+def write_raw(root: Path) -> None:
+    """Raw steps (the facts table) of four 20-step episodes of exp-px, with frames whose
+    first byte is the step number in the episode (which step a frame came from)."""
+    for b in range(2):
+        raw = samples.batch(ROBOT, 40, rng=b, robot_id="r1", experiment_id="exp-px",
+                            first_step=b * 40, episode_len=20)
+        raw.images["overhead"][:, 0, 0, 0] = raw.step
+        rows = sink_tables.batch_rows(raw, sink_tables.Source("transitions.raw", 0, b))
+        write_deltalake(tables.table_path(root, tables.TRANSITIONS_RAW), rows, mode="append",
+                        schema_mode="merge", partition_by=[tables.PARTITION_COLUMN])
+
+
+def label(episode: str, success: bool, from_step: int | None = None) -> events.EpisodeLabeledV1:
+    return events.EpisodeLabeledV1(experiment_id="exp-px", robot_id="r1", episode_id=episode,
+                                   success=success, success_from_step=from_step,
+                                   labeled_by="tester")
+
+
+def test_human_labels_pick_the_success_frames_of_the_episodes_people_labelled(
+        tmp_path: Path) -> None:
+    write_raw(tmp_path)
+    episodes = samples.batch(ROBOT, 80, rng=0, robot_id="r1", experiment_id="exp-px",
+                             episode_len=20).episode_id
+    e0, e1, e2, _unlabelled = dict.fromkeys(episodes.tolist())
+    labels = {("r1", e0): label(e0, True, from_step=15),  # steps 15-19 show success
+              ("r1", e1): label(e1, True),                 # its last step (19) only
+              ("r1", e2): label(e2, False)}
+    frames, success, robots, eps = classifier.labelled_frames(tmp_path, "exp-px", labels,
+                                                              "overhead")
+    assert len(frames) == 60 and set(eps.tolist()) == {e0, e1, e2}  # the unlabelled left out
+    steps = frames[:, 0, 0, 0].astype(int)
+    assert sorted(steps[success].tolist()) == [15, 16, 17, 18, 19, 19]
+    assert steps[success & (eps == e1)].tolist() == [19]
+    assert not success[eps == e2].any() and set(robots.tolist()) == {"r1"}
+
+
+def test_human_labels_of_one_kind_only_are_refused_with_the_reason(tmp_path: Path) -> None:
+    write_raw(tmp_path)
+    with pytest.raises(LookupError, match="needs both kinds"):
+        classifier.labelled_frames(tmp_path, "exp-px", {("r1", "e"): label("e", True)},
+                                   "overhead")
+
+
+def test_a_label_event_is_keyed_by_its_episode_and_a_failure_has_no_success_step() -> None:
+    event = label("ep-7", True, from_step=3)
+    assert serde.key_for(catalog.LABELS, event) == "exp-px/r1/ep-7"
+    with pytest.raises(ValueError, match="successful episodes only"):
+        label("ep-8", False, from_step=3)

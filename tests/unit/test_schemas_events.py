@@ -47,6 +47,8 @@ def examples() -> list[events.Envelope]:
         events.EpisodeEndedV1(**where, experiment_id="e1", episode_id="ep1", steps=100,
                               reason=events.EpisodeEndReason.TIME_LIMIT, duration_s=5.0,
                               first_policy_version=0, last_policy_version=2),
+        events.EpisodeLabeledV1(robot_id="r1", experiment_id="e1", episode_id="ep1",
+                                success=True, success_from_step=40, labeled_by="ana"),
         events.WeightsManifestV1(experiment_id="e1", version=2, learner_step=1000,
                                  policy="mlp_gaussian", total_bytes=len(data), sha256=sha,
                                  chunk_bytes=1 << 20, chunk_sha256=(sha,), chunk_offsets=(17,),
