@@ -42,7 +42,7 @@ from agents import (
 )
 from agents import robot as robot_mod
 from agents.outbox import Outbox, OutboxDeadLetters
-from agents.policies import FramesPolicy, PolicyFn, RandomPolicy, scripted
+from agents.policies import PolicyFn, RandomPolicy, scripted
 from agents.worker import Lease, RobotWorker
 from schemas import events as ev
 from schemas.experiment import TakeoverSpec
@@ -87,6 +87,9 @@ class AgentSettings(BaseSettings):
                     "(agents.takeover)")
     flush_steps: int = Field(50, ge=1, description="send a batch every N steps…")
     flush_ms: int = Field(500, ge=1, description="…or every T ms, whichever first")
+    flush_stagger: bool = Field(
+        True, description="spread the robots' batch flushes over flush_ms (issue 17), so "
+        "one control period does not encode and spool every robot's batch")
     heartbeat_s: float = Field(1.0, gt=0, description="heartbeat period")
     spool_mb: int = Field(1024, ge=1, description="local disk budget for an outage")
     seed: int | None = Field(None, description="robots' random seed (None: fresh)")
@@ -200,6 +203,8 @@ class Agent:
             RobotWorker(robot, robot_id=rid, site=settings.site, sink=self.outbox,
                         policy=self._policy_for(robot, i),
                         flush_steps=settings.flush_steps, flush_s=settings.flush_ms / 1000,
+                        flush_stagger_s=(settings.flush_ms / 1000 * i / len(self.robots)
+                                         if settings.flush_stagger else None),
                         takeover=self._takeover_for(robot))
             for i, (rid, robot) in enumerate(zip(self.robot_ids, self.robots, strict=True))
         ]
@@ -244,8 +249,7 @@ class Agent:
             instruction=self.settings.instruction,
             action_dim=int(np.prod(robot.spec.action.shape)))
         self.remote.policies[rid] = served
-        fn = FramesPolicy(served)
-        return lambda: (fn, served.policy_version)
+        return lambda: (served, served.policy_version)
 
     def stop(self) -> None:
         self._stop.set()

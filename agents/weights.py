@@ -164,8 +164,11 @@ def _spec_of(text: str) -> policies.PolicySpec:
 
 
 def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
-                 spec: policies.PolicySpec) -> Policy:
-    """The policy a verified blob describes, for a robot of ``spec``.
+                 spec: policies.PolicySpec, numpy_inference: bool = True) -> Policy:
+    """The policy a verified blob describes, for a robot of ``spec``: with
+    ``numpy_inference``, the kind's torch-free twin where it has one
+    (:func:`learners.policies.load_for_inference`; torch is imported only for kinds
+    without one), else the learner's torch network.
 
     Raises :class:`WeightsRejected`: ``bad_blob`` (header or tensors unreadable, or
     another kind than the manifest names), ``spec_mismatch`` (trained for another robot),
@@ -189,12 +192,16 @@ def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
             raise WeightsRejected("spec_mismatch", f"trained for {trained_for}, this robot is "
                                   f"{spec}")
     try:
-        bad = policies.non_finite(policies.from_safetensors(blob))
+        tensors = policies.from_safetensors(blob)
     except ValueError as exc:
         raise WeightsRejected("bad_blob", str(exc)) from None
+    bad = policies.non_finite(tensors)
     if bad is not None:
         raise WeightsRejected("non_finite", bad)
     try:
+        if numpy_inference:
+            built: Policy = policies.load_for_inference(spec, blob, tensors)
+            return built
         return policies.load(spec, blob)
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsRejected("build_failed", str(exc)) from None
@@ -238,7 +245,10 @@ def _act_fn(policy: Policy, deterministic: bool) -> PolicyFn:
                           dtype=np.float32)
 
     act_chunk = getattr(policy, "act_chunk", None)
-    if act_chunk is not None:  # a chunked policy: the worker executes its chunks
+    # A chunked policy with an execution rule: the worker executes its chunks.  Without
+    # one (vla_transformer, meant for inference replicas: its act_chunk takes
+    # instructions), a robot running it itself acts step by step with its first action.
+    if act_chunk is not None and hasattr(policy, "execution"):
         def chunk(observation: npt.NDArray[np.floating],
                   images: Mapping[str, npt.NDArray[np.uint8]] | None
                   ) -> npt.NDArray[np.float32]:
@@ -315,6 +325,9 @@ class SubscriberSettings(BaseSettings):
         False, description="act with the policy's mode instead of sampling (evaluation)"
     )
     fetch_timeout_s: float = Field(120.0, gt=0, description="give up on a version after this")
+    numpy_inference: bool = Field(
+        True, description="run kinds that have a numpy twin (mlp_gaussian) without torch; "
+        "false: the learner's torch network (an inference host moving it to a GPU)")
     trusted_keys: Path | None = Field(
         None, description="trusted-keys JSON (topics.signing; `userctl security trust-key`): "
         "apply only versions a trusted, unexpired key signed; None: hashes only (unsecured)")
@@ -478,7 +491,7 @@ class WeightsSubscriber:
             blob = assemble(manifest, fetched)
             del fetched
             t2 = time.monotonic()
-            policy = build_policy(manifest, blob, self.spec)
+            policy = build_policy(manifest, blob, self.spec, self.settings.numpy_inference)
             t3 = time.monotonic()
         except Exception as exc:  # a transport failure must not end the subscriber
             if not isinstance(exc, WeightsRejected):

@@ -121,6 +121,7 @@ class RobotWorker:
         policy: Callable[[], tuple[PolicyFn, int]],
         flush_steps: int = 50,
         flush_s: float = 0.5,
+        flush_stagger_s: float | None = None,
         run_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
@@ -133,6 +134,14 @@ class RobotWorker:
         self._policy = policy
         self.flush_steps = flush_steps
         self.flush_s = flush_s
+        # With a stagger (None: none, flush by the age of the oldest row), age flushes
+        # happen on this robot's own slots (every flush_s, offset by the stagger), so the
+        # robots of one agent (started together, their episodes ending in the same
+        # period) flush in different periods, not all in one (issue 17: a period that
+        # encoded and spooled every robot's batch missed its deadline).  A row still
+        # waits at most flush_s.
+        self._flush_stagger_s = flush_stagger_s
+        self._flush_slot: float | None = None
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self._clock = clock
         self._wall_ns = wall_ns
@@ -190,9 +199,25 @@ class RobotWorker:
                     self._unstable(held.unstable)
         elif self.state is State.RUNNING and self.lease is not None:
             self._step()
-        if len(self._rows) and (len(self._rows) >= self.flush_steps
-                                or self._clock() - self._rows.started >= self.flush_s):
+        if len(self._rows) and (len(self._rows) >= self.flush_steps or self._flush_due()):
             self.flush()
+
+    def _flush_due(self) -> bool:
+        """The recorded rows are old enough to send (see ``flush_stagger_s`` in ``__init__``)."""
+        now = self._clock()
+        if self._flush_stagger_s is None:
+            return now - self._rows.started >= self.flush_s
+        if self._flush_slot is None:
+            self._flush_slot = self._rows.started + max(self.flush_s - self._flush_stagger_s,
+                                                        0.0)
+        if self._flush_slot <= self._rows.started:  # rows begun after an idle spell
+            self._flush_slot += ((self._rows.started - self._flush_slot) // self.flush_s
+                                 + 1) * self.flush_s
+        if now < self._flush_slot:
+            return False
+        missed = (now - self._flush_slot) // self.flush_s + 1
+        self._flush_slot += missed * self.flush_s
+        return True
 
     def _command(self, command: ev.CommandKind) -> None:
         if command is ev.CommandKind.ESTOP:
@@ -217,6 +242,9 @@ class RobotWorker:
         self.policy_version = version
         if self._episode is None:
             self._start_episode(version)
+            reset = getattr(policy, "reset", None)
+            if reset is not None:  # a remote policy's chunk was for the last episode
+                reset()
         episode = self._episode
         assert episode is not None
         seen = episode.step

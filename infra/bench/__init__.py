@@ -14,11 +14,13 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "codec": "infra.bench.codec",
     "weights": "infra.bench.weights",
+    "weights-lerobot": "infra.bench.weights_lerobot",
     "ingest": "infra.bench.ingest",
     "footprint": "infra.bench.footprint",
     "fleet": "infra.bench.fleet",
     "learner": "infra.bench.learner",
     "async-sync": "infra.bench.async_sync",
+    "pipeline-cost": "infra.bench.pipeline_cost",
     "manipulators": "infra.bench.manipulators",
     "security": "infra.bench.security",
     "pixels": "infra.bench.pixels",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from infra.bench import report
 
-HELP = "resident memory of the controller, sink and reward job at start (no torch)"
+HELP = "resident memory of the controller, sink, reward job and an agent at start (no torch)"
 
 #: Role -> (its `userctl` argv, what its handler imports once it runs).
 ROLES: dict[str, tuple[list[str], str]] = {
@@ -26,6 +26,54 @@ ROLES: dict[str, tuple[list[str], str]] = {
     "sink": (["sink"], "from pipeline import sink"),
     "reward job": (["rewards", "run", "reach_dense@1"],
                    "from pipeline import reward_job, rewards; rewards.lookup('reach_dense@1')"),
+    "agent, 64 robots running a learned policy": (
+        ["agent", "--robot-type", "reacher2d", "--site", "lab", "--count", "64"], """
+import numpy as np
+from agents import agent, registry, weights, weights_kafka, worker
+from learners import policies
+robots = [registry.make_robot("reacher2d", seed=i) for i in range(64)]
+spec = policies.PolicySpec.from_robot_spec(robots[0].spec)
+rng = np.random.default_rng(0)
+sizes = [spec.observation_dim, 256, 256]
+w = {}
+for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    w[f"trunk.{2 * i}.weight"] = rng.standard_normal((n_out, n_in)).astype(np.float32) * 0.1
+    w[f"trunk.{2 * i}.bias"] = np.zeros(n_out, np.float32)
+for head in ("mean", "log_std"):
+    w[f"{head}.weight"] = rng.standard_normal((spec.action_dim, 256)).astype(np.float32) * 0.1
+    w[f"{head}.bias"] = np.zeros(spec.action_dim, np.float32)
+blob = policies.to_safetensors(w, {"policy_kind": "mlp_gaussian",
+                                   "policy_options": '{"hidden_sizes": [256, 256]}'})
+policy = policies.load_for_inference(spec, blob)
+for robot in robots:
+    step = robot.reset()
+    for _ in range(20):
+        step = robot.step(policy.act(step.observation[None].astype(np.float32))[0])
+"""),
+    "agent, the same with the torch policy (before)": (
+        ["agent", "--robot-type", "reacher2d", "--site", "lab", "--count", "64"], """
+import numpy as np
+from agents import agent, registry, weights, weights_kafka, worker
+from learners import policies
+robots = [registry.make_robot("reacher2d", seed=i) for i in range(64)]
+spec = policies.PolicySpec.from_robot_spec(robots[0].spec)
+rng = np.random.default_rng(0)
+sizes = [spec.observation_dim, 256, 256]
+w = {}
+for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    w[f"trunk.{2 * i}.weight"] = rng.standard_normal((n_out, n_in)).astype(np.float32) * 0.1
+    w[f"trunk.{2 * i}.bias"] = np.zeros(n_out, np.float32)
+for head in ("mean", "log_std"):
+    w[f"{head}.weight"] = rng.standard_normal((spec.action_dim, 256)).astype(np.float32) * 0.1
+    w[f"{head}.bias"] = np.zeros(spec.action_dim, np.float32)
+blob = policies.to_safetensors(w, {"policy_kind": "mlp_gaussian",
+                                   "policy_options": '{"hidden_sizes": [256, 256]}'})
+policy = policies.load(spec, blob)
+for robot in robots:
+    step = robot.reset()
+    for _ in range(20):
+        step = robot.step(policy.act(step.observation[None].astype(np.float32))[0])
+"""),
     "every command (baseline)": ([], "pass"),
 }
 
@@ -74,7 +122,13 @@ def run(args: argparse.Namespace) -> int:
         "modules its handler runs with. The baseline row is the parser with every command "
         "registered, which every role imported before `infra.cli.ROLE_COMMANDS` (the "
         "learner's and replay's commands import torch). Buffers a running role fills come "
-        "on top; `tests/unit/test_footprint.py` keeps torch out of these roles.",
+        "on top; `tests/unit/test_footprint.py` keeps torch out of these roles. The agent "
+        "row builds 64 simulated reacher2d robots, applies a learned mlp_gaussian (256×2) "
+        "the way agents do (`learners.policies.load_for_inference`: numpy, no torch) and "
+        "runs 20 steps on each; a running agent adds its spool and Kafka client buffers "
+        "(the Fleet section's RSS column is a running agent's). The row after it is the same "
+        "agent running the learner's torch network (`learners.policies.load`), what "
+        "agents did before.",
     ])
     if not args.no_write:
         report.write_section("footprint", text, args.out)

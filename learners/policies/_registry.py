@@ -6,59 +6,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
 from learners.core import JSON, Policy
-from learners.policies import _weights
+from learners.policies import _spec, _weights
 from learners.policies._networks import TanhGaussianActor
-from schemas import spaces
 
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """What a policy needs to know about its robot: sizes and action bounds."""
-
-    observation_dim: int
-    """length of the flat state observation."""
-    action_dim: int
-    """length of the flat action."""
-    action_low: tuple[float, ...]
-    """per-element lower action bound."""
-    action_high: tuple[float, ...]
-    """per-element upper action bound."""
-
-    def __post_init__(self) -> None:
-        if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
-            raise ValueError(
-                f"action bounds have {len(self.action_low)}/{len(self.action_high)} values "
-                f"for an action of {self.action_dim}"
-            )
-        if not all(lo < hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
-            raise ValueError(
-                f"action_low {self.action_low} not below action_high {self.action_high} everywhere"
-            )
-
-    @classmethod
-    def from_robot_spec(cls, spec: spaces.RobotSpec) -> PolicySpec:
-        """Flatten a robot's observation and action specs.
-
-        Raises ``ValueError`` if the action is unbounded: squashed policies need bounds,
-        so give the robot's action spec ``low``/``high``.
-        """
-        act = spec.action
-        if act.low is None or act.high is None:
-            raise ValueError(
-                f"robot type {spec.robot_type!r} has an unbounded action; set low/high on "
-                "its action spec"
-            )
-
-        def flat(bound: float | tuple[float, ...]) -> tuple[float, ...]:
-            values = np.broadcast_to(np.asarray(bound, dtype=np.float64), (act.size,))
-            return tuple(float(v) for v in values)
-
-        return cls(spec.observation.size, act.size, flat(act.low), flat(act.high))
-
+#: Moved to ``_spec`` (torch-free, for agents); the kinds import it from here too.
+PolicySpec = _spec.PolicySpec
 
 #: Builds a policy of one kind from its spec and kind-specific JSON options.
 PolicyFactory = Callable[[PolicySpec, Mapping[str, JSON]], Policy]
@@ -92,9 +47,9 @@ _FACTORIES: dict[str, PolicyFactory] = {}
 _CHECKS: dict[str, OptionsCheck] = {}
 _PARTS: dict[str, PartsFactory] = {}
 
-#: Header metadata keys that make a weights blob self-describing.
-KIND_KEY = "policy_kind"
-OPTIONS_KEY = "policy_options"
+#: Header metadata keys that make a weights blob self-describing (home: ``_spec``).
+KIND_KEY = _spec.KIND_KEY
+OPTIONS_KEY = _spec.OPTIONS_KEY
 
 
 def register(kind: str, factory: PolicyFactory) -> None:
@@ -146,8 +101,10 @@ def _discover() -> None:
     """Import the ``user.policies`` plug-in modules (their import registers their kinds).
 
     Imported here, not at module level: ``import learners.policies`` stays free of other
-    layers for the agents' inference path.
+    layers for the agents' inference path.  The built-in kinds register on the same
+    first use (:mod:`learners.policies._builtin`; their networks import torch).
     """
+    from learners.policies import _builtin  # noqa: F401  (registers on import)
     from topics import plugins
 
     plugins.load("user.policies")

@@ -1,16 +1,29 @@
-"""Weights as bytes in the safetensors layout: typed, shaped, no code execution on load."""
+"""Weights as bytes in the safetensors layout: typed, shaped, no code execution on load.
+
+Torch-free until a torch tensor is handed in: agents parse and check weights with numpy.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
+import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.numpy
-import safetensors.torch
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _is_tensor(value: Any) -> bool:
+    """``value`` is a torch tensor (without importing torch: if it is not loaded, no
+    value can be one)."""
+    torch_mod = sys.modules.get("torch")
+    return torch_mod is not None and isinstance(value, torch_mod.Tensor)
 
 
 def to_safetensors(
@@ -22,8 +35,8 @@ def to_safetensors(
     """
     arrays = {
         name: (
-            value.detach().cpu().contiguous().numpy()
-            if isinstance(value, torch.Tensor)
+            value.detach().cpu().contiguous().numpy()  # type: ignore[union-attr]
+            if _is_tensor(value)
             else np.ascontiguousarray(value)
         )
         for name, value in weights.items()
@@ -56,12 +69,16 @@ def state_dict_to_bytes(
     state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> bytes:
     """Serialise a torch state dict (tensors only) to safetensors bytes."""
+    import safetensors.torch
+
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
     return safetensors.torch.save(tensors, metadata=dict(metadata) if metadata else None)
 
 
 def bytes_to_state_dict(data: bytes) -> dict[str, torch.Tensor]:
     """Parse bytes from :func:`state_dict_to_bytes`. Raises ``ValueError`` if malformed."""
+    import safetensors.torch
+
     try:
         return safetensors.torch.load(data)
     except Exception as exc:
@@ -97,10 +114,11 @@ def non_finite(tensors: Mapping[str, np.ndarray | torch.Tensor]) -> str | None:
     checkpoints, an agent before it swaps a version in.
     """
     for name, value in tensors.items():
-        if isinstance(value, torch.Tensor):
-            if not value.is_floating_point():
+        if _is_tensor(value):
+            tensor: torch.Tensor = value  # type: ignore[assignment]
+            if not tensor.is_floating_point():
                 continue
-            bad = int((~torch.isfinite(value.detach())).sum().item())
+            bad = int((~tensor.detach().isfinite()).sum().item())
         else:
             arr = np.asarray(value)
             if not np.issubdtype(arr.dtype, np.floating):

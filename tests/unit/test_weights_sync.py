@@ -183,14 +183,21 @@ def test_a_manifest_whose_chunk_count_contradicts_its_size_is_refused() -> None:
     assert err.value.reason == "bad_manifest"
 
 
-def test_verified_weights_build_a_policy_acting_exactly_like_the_learners() -> None:
+def test_verified_weights_build_a_policy_acting_like_the_learners() -> None:
     snap = snapshot(1)
     manifest, fetched, _ = published(snap)
-    policy = weights.build_policy(manifest, weights.assemble(manifest, fetched), SPEC)
+    blob = weights.assemble(manifest, fetched)
     source = policies.build("mlp_gaussian", SPEC, OPTIONS)
     source.load_weights(snap.tensors)
-    np.testing.assert_array_equal(policy.act(OBS, deterministic=True),
+    # The learner's torch network: bit for bit; the agents' numpy twin (no torch in the
+    # agent, issue 17): to float32 rounding.
+    exact = weights.build_policy(manifest, blob, SPEC, numpy_inference=False)
+    np.testing.assert_array_equal(exact.act(OBS, deterministic=True),
                                   source.act(OBS, deterministic=True))
+    policy = weights.build_policy(manifest, blob, SPEC)
+    assert isinstance(policy, policies.NumpyMlpGaussianPolicy)
+    np.testing.assert_allclose(policy.act(OBS, deterministic=True),
+                               source.act(OBS, deterministic=True), rtol=0, atol=1e-6)
 
 
 def test_weights_trained_for_another_robot_are_refused() -> None:
@@ -433,8 +440,10 @@ def test_subscriber_swaps_in_verified_versions_and_keeps_the_last_good_one() -> 
         expected.load_weights(snap.tensors)
         applied = sub.current(EXP)
         assert applied is not None
-        np.testing.assert_array_equal(applied.policy.act(OBS, deterministic=True),
-                                      expected.act(OBS, deterministic=True))
+        # agents act with numpy (learners.policies.load_for_inference): the
+        # learner's torch actions to float32 rounding, not bit for bit.
+        np.testing.assert_allclose(applied.policy.act(OBS, deterministic=True),
+                                   expected.act(OBS, deterministic=True), rtol=0, atol=1e-6)
         assert act(OBS[0]).shape == (2,)
 
         # A v2 manifest that points at v1's chunks is refused; v1 stays.

@@ -297,3 +297,41 @@ def test_an_unstable_simulator_ends_the_episode_truncated_with_sim_unstable(
 def _wire(batch: TransitionBatch) -> tuple[bytes, list[tuple[str, bytes]]]:
     record = serde.encode(catalog.TRANSITIONS_RAW, batch)
     return record.value, record.headers
+
+
+def test_staggered_robots_flush_in_different_periods_even_after_episodes_end_together() -> None:
+    """Issue 17: robots of one agent start together and their time-limited episodes end in
+    the same period; with a stagger their age flushes (the Arrow encode + spool write of
+    a batch) still fall in different periods, and no row waits longer than flush_s."""
+    now = [0.0]
+    period, flush_s, k = 0.0625, 0.5, 4  # exact in binary: slots fall on whole periods
+    workers = []
+    for i in range(k):
+        robot = registry.make_robot("reacher2d", seed=i)
+        policy = RandomPolicy(robot.spec.action, seed=i)
+        workers.append(RobotWorker(
+            robot, robot_id=f"r{i}", site="lab-a", sink=MemoryOutbox(),
+            policy=lambda p=policy: (p, 0), flush_steps=1000, flush_s=flush_s,
+            flush_stagger_s=flush_s * i / k, clock=lambda: now[0]))
+    n = workers[0].robot.spec.max_episode_steps
+    flushed_in: list[set[int]] = [set() for _ in workers]
+    waits: list[float] = []
+    for tick in range(3 * n):  # three episodes, ending together
+        for i, w in enumerate(workers):
+            before = len(sent(w, TransitionBatch))
+            started = w._rows.started if len(w._rows) else now[0]
+            w.tick(LEASE, [])
+            if len(sent(w, TransitionBatch)) > before:
+                flushed_in[i].add(tick)
+                waits.append(now[0] - started)
+        now[0] += period
+    ends = {e * n - 1 for e in range(1, 4)}  # the periods episodes ended in flush all
+    own = [ticks - ends for ticks in flushed_in]
+    for i in range(k):
+        for j in range(i + 1, k):
+            assert not own[i] & own[j], (i, j, sorted(own[i] & own[j])[:5])
+    assert max(waits) <= flush_s + 1e-9
+    # Every step was sent, in order, none twice.
+    for w in workers:
+        w.flush()
+        assert [s for _, s in steps_of(w)] == [t % n for t in range(3 * n)]
