@@ -8,8 +8,10 @@ robots into action-chunk replies with one forward pass per group of like request
   ``inference-<experiment>``, so the experiment's replicas share the robots' partitions
   and a replica's death hands its partitions to the others (after the group's session
   timeout; the robots hold meanwhile and ask again);
-* each poll takes what has arrived, up to ``max_batch`` requests, and answers them all
-  from one batch; requests older than ``max_age_s`` are skipped (their robot asked again);
+* each round waits for one request, then takes whatever else has arrived (without
+  waiting: a batch is what queued up while the previous one ran, so a lone robot is not
+  held up to fill a batch), up to ``max_batch`` requests, and answers them all from one
+  batch; requests older than ``max_age_s`` are skipped (their robot asked again);
 * replies go to ``inference.replies`` on the asking robot's site partitions.
 * weights stream to the replica (the agents' verified weights subscriber), not to robots;
   until a learner publishes, the experiment's policy kind runs freshly initialised.
@@ -99,10 +101,18 @@ class InferenceCore:
 
 @dataclass
 class ServiceStats:
+    """What a replica did, and where its time went (read by ``userctl bench inference``)."""
+
     batches: int = 0
     requests: int = 0
     skipped_old: int = 0
     max_batch_seen: int = 0
+    decode_s: float = 0.0
+    """seconds spent decoding and validating requests."""
+    forward_s: float = 0.0
+    """seconds spent in :meth:`InferenceCore.answer` (the model's forward passes)."""
+    encode_s: float = 0.0
+    """seconds spent encoding and queueing replies."""
 
 
 class InferenceService:
@@ -139,15 +149,28 @@ class InferenceService:
                      self.core.replica, self.experiment_id, self.group, self.max_batch)
             while not self._stop.is_set():
                 try:
-                    msgs = consumer.consume(self.max_batch, 0.05)
+                    # consume(n, t) would wait all of t unless n arrive: wait for the
+                    # first request only, then take what is already there.
+                    first = consumer.poll(0.05)
+                    if first is None:
+                        continue
+                    msgs = [first, *consumer.consume(self.max_batch - 1, 0)] \
+                        if self.max_batch > 1 else [first]
                 except KafkaException as exc:
                     log.warning("inference: %s", exc)
                     continue
+                t0 = time.perf_counter()
                 batch = self._requests(msgs)
                 if not batch:
                     continue
-                for reply in self.core.answer(batch):
+                t1 = time.perf_counter()
+                replies = self.core.answer(batch)
+                t2 = time.perf_counter()
+                for reply in replies:
                     producer.send(catalog.INFERENCE_REPLIES, reply)
+                self.stats.decode_s += t1 - t0
+                self.stats.forward_s += t2 - t1
+                self.stats.encode_s += time.perf_counter() - t2
                 self.stats.batches += 1
                 self.stats.requests += len(batch)
                 self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))

@@ -15,7 +15,11 @@ with the current observation:
 * when no action is due (no reply yet, a replica gone) it raises
   :class:`~agents.policies.NoActionDue`: the worker holds the robot and records nothing, and
   this logs once per spell that the robot holds and why.  An unanswered request is asked
-  again after ``retry_s``, so a replaced replica picks the robot up again.
+  again after ``retry_s``, so a replaced replica picks the robot up again;
+* at an episode start the worker calls :meth:`RemotePolicy.reset`: the chunk in use and any
+  reply still in flight were planned for the last episode's states, so they are dropped and
+  the first chunk is asked for the new state (the robot waits one round trip, which is not
+  logged as a hold unless it outlasts ``retry_s``).
 
 Usage::
 
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from agents.policies import NoActionDue
+from agents.policies import FramesPolicy, NoActionDue
 from schemas import events as ev
 
 log = logging.getLogger(__name__)
@@ -59,14 +63,16 @@ class RemoteStats:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-class RemotePolicy:
-    """One robot's remotely served policy (module docstring)."""
+class RemotePolicy(FramesPolicy):
+    """One robot's remotely served policy (module docstring); a :class:`FramesPolicy`, so
+    the worker hands it the step's camera frames."""
 
     def __init__(self, *, robot_id: str, site: str, experiment_id: Callable[[], str | None],
                  send: Callable[[ev.InferenceRequestV1], None], control_hz: float,
                  instruction: str = "", action_dim: int | None = None,
-                 margin_periods: int = 2, retry_s: float = 1.0,
+                 margin_periods: int = 2, retry_s: float = 1.0, lead_quantile: float = 0.99,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        # No super().__init__: FramesPolicy's per-step callable is this class's __call__.
         self.robot_id, self.site = robot_id, site
         self._experiment_id = experiment_id
         self._send = send
@@ -74,6 +80,7 @@ class RemotePolicy:
         self.instruction = instruction
         self.action_dim = action_dim
         self.margin_periods = margin_periods
+        self.lead_quantile = lead_quantile
         self.retry_ns = int(retry_s * 1e9)
         self._clock_ns = clock_ns
         self._inbox: deque[ev.ActionChunkV1] = deque()
@@ -84,7 +91,17 @@ class RemotePolicy:
         self._pending: tuple[int, int] | None = None  # (request seq, sent ns)
         self._recent_rtt: deque[float] = deque(maxlen=50)
         self._holding = False
+        self._fresh_from = 0  # replies to requests before this were for an older episode
+        self._reset_ns: int | None = None  # when the episode started, until its first chunk
         self.stats = RemoteStats()
+
+    def reset(self) -> None:
+        """A new episode: drop the chunk in use and replies still in flight (module
+        docstring); the next call asks for a chunk for the new state."""
+        self._chunk = None
+        self._pending = None
+        self._fresh_from = self._seq
+        self._reset_ns = self._clock_ns()
 
     # -- replies (any thread) ---------------------------------------------------------------
 
@@ -107,8 +124,8 @@ class RemotePolicy:
         if not self._recent_rtt:
             return self.margin_periods
         rtts = sorted(self._recent_rtt)
-        p90 = rtts[min(len(rtts) - 1, math.ceil(0.9 * len(rtts)) - 1)]
-        return math.ceil(p90 / self.period_s) + self.margin_periods
+        high = rtts[min(len(rtts) - 1, math.ceil(self.lead_quantile * len(rtts)) - 1)]
+        return math.ceil(high / self.period_s) + self.margin_periods
 
     def __call__(self, observation: npt.NDArray[np.floating],
                  images: Mapping[str, npt.NDArray[np.uint8]] | None = None
@@ -129,11 +146,13 @@ class RemotePolicy:
             self._request(observation, images or {}, step, now)
         if action is None:
             self.stats.held += 1
-            if not self._holding:
+            starting = self._reset_ns is not None and now - self._reset_ns <= self.retry_ns
+            if not self._holding and not starting:  # an episode's first round trip: no news
                 self._holding = True
                 log.warning("%s holds: no action due from the remote policy (%s)",
                             self.robot_id, "no reply yet" if self._pending else "no chunk")
             raise NoActionDue(f"{self.robot_id}: no remote action for step {step}")
+        self._reset_ns = None
         if self._holding:
             self._holding = False
             log.info("%s resumes: the remote policy answers again", self.robot_id)
@@ -150,8 +169,9 @@ class RemotePolicy:
             self.stats.replies += 1
             self.stats.round_trips_s.append(rtt)
             self.stats.batch_sizes.append(reply.batch_size)
-            if self._chunk is not None and reply.request_seq <= self._chunk.request_seq:
-                self.stats.stale_dropped += 1  # older than the chunk in use
+            if reply.request_seq < self._fresh_from or (
+                    self._chunk is not None and reply.request_seq <= self._chunk.request_seq):
+                self.stats.stale_dropped += 1  # older than the chunk in use, or its episode
                 continue
             if reply.step + len(reply.actions) <= step:
                 self.stats.late_dropped += 1  # none of its actions is still due

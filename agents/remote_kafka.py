@@ -68,7 +68,12 @@ class RemoteLink:
             consumer.assign(parts)
             self.ready.set()
             while not self._stop.is_set():
-                for msg in consumer.consume(500, 0.05):
+                # Hand each reply on as soon as it is here: consume(n, t) would sit out
+                # all of t unless n replies came.
+                first = consumer.poll(0.05)
+                if first is None:
+                    continue
+                for msg in (first, *consumer.consume(500, 0)):
                     if msg.error() is not None:
                         continue
                     item = validate(record_of(msg))

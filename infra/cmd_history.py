@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="per robot per --bucket-s seconds instead of per policy version")
     s.add_argument("--bucket-s", type=int, default=60, metavar="S")
     s.add_argument("--plot", type=Path, metavar="PNG", help="also plot the rate over time")
+    s.add_argument("--by-version", action="store_true",
+                   help="per policy version, all robots together, with episode success "
+                        "(--reward's) and autonomous success (no takeover): the HG-DAgger "
+                        "report")
+    s.add_argument("--reward", default="reach_dense@1", metavar="NAME@VERSION",
+                   help="whose success --by-version counts")
     s.set_defaults(func=_interventions)
     s = hsub.add_parser("gaps", help="records the sink or a learner expected that no longer "
                                      "existed (from the gaps topic)")
@@ -125,6 +131,8 @@ def _interventions(args: argparse.Namespace) -> int:
                             history.INTERVENTIONS_OVER_TIME,
                             {**params, "bucket_s": max(1, args.bucket_s)})
         _plot_interventions(table, args.plot, args.experiment)
+    if args.by_version:
+        return _query(args, history.BY_VERSION, {**params, "reward_fn": args.reward})
     if args.over_time:
         params["bucket_s"] = max(1, args.bucket_s)
         return _query(args, history.INTERVENTIONS_OVER_TIME, params)

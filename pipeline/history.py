@@ -241,6 +241,50 @@ WHERE experiment_id = $experiment AND NOT starts_with(incarnation, $demo_prefix)
 GROUP BY robot_id, policy_version ORDER BY robot_id, policy_version
 """
 
+#: Per policy version, all robots together (the HG-DAgger report: does each version need
+#: the operator less and succeed more?): steps and interventions from ``transitions_raw``
+#: (demos left out); episodes, success rate (``$reward_fn``'s success on any step) and
+#: autonomous success rate (a success no human touched) from ``transitions``.  An episode
+#: counts for the version that chose most of its steps (versions change mid-episode when
+#: the learner publishes); success is NULL for a version that led no episode.
+BY_VERSION = """
+WITH raw AS (
+  SELECT robot_id, episode_id, policy_version, intervention FROM transitions_raw
+  WHERE experiment_id = $experiment AND NOT starts_with(incarnation, $demo_prefix)),
+steps AS (
+  SELECT policy_version, count(*) AS steps,
+         CAST(sum(CAST(intervention AS INTEGER)) AS BIGINT) AS interventions
+  FROM raw GROUP BY policy_version),
+ep_version AS (
+  SELECT robot_id, episode_id, policy_version,
+         row_number() OVER (PARTITION BY robot_id, episode_id
+                            ORDER BY count(*) DESC, policy_version) AS rank
+  FROM raw GROUP BY robot_id, episode_id, policy_version),
+ep AS (
+  SELECT v.robot_id, v.episode_id, v.policy_version, t.taken
+  FROM ep_version v JOIN (SELECT robot_id, episode_id, bool_or(intervention) AS taken
+                          FROM raw GROUP BY robot_id, episode_id) t
+       USING (robot_id, episode_id)
+  WHERE v.rank = 1),
+won AS (
+  SELECT robot_id, episode_id, bool_or(success) AS success FROM transitions
+  WHERE experiment_id = $experiment AND reward_fn = $reward_fn
+  GROUP BY robot_id, episode_id),
+per AS (
+  SELECT ep.policy_version, count(*) AS episodes,
+         avg(CAST(coalesce(won.success, false) AS INTEGER)) AS success_rate,
+         avg(CAST(coalesce(won.success, false) AND NOT ep.taken AS INTEGER))
+           AS autonomous_success_rate,
+         avg(CAST(ep.taken AS INTEGER)) AS taken_over_rate
+  FROM ep LEFT JOIN won USING (robot_id, episode_id) GROUP BY ep.policy_version)
+SELECT s.policy_version, coalesce(p.episodes, 0) AS episodes, s.steps, s.interventions,
+       round(s.interventions / s.steps, 4) AS intervention_rate,
+       round(p.taken_over_rate, 3) AS episodes_taken_over,
+       round(p.success_rate, 3) AS success_rate,
+       round(p.autonomous_success_rate, 3) AS autonomous_success_rate
+FROM steps s LEFT JOIN per p USING (policy_version) ORDER BY s.policy_version
+"""
+
 #: The same over time: per robot, per ``$bucket_s`` seconds of ``observed_ns``.
 INTERVENTIONS_OVER_TIME = """
 WITH s AS (

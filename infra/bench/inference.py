@@ -53,12 +53,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="small (CPU-friendly) or large (the ~22 M default)")
     p.add_argument("--cameras", type=int, default=0, help="camera images per request")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads of the replica on CPU (1: on a shared "
+                        "machine more threads stall each other — measured in BENCHMARKS.md)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="no broker: time the replica's answer to a batch of N requests "
+                        "(decode, forward pass, replies) for each N of --robots; its own "
+                        "section, inference-forward (for a GPU machine without Kafka)")
     p.add_argument("--out", type=Path, default=report.DEFAULT_PATH)
     p.add_argument("--no-write", action="store_true", help="print only")
 
 
 def _one(kafka: KafkaSettings, policy: policies.VlaTransformerPolicy, robots: int,
          args: argparse.Namespace) -> dict[str, float]:
+    load_before = os.getloadavg()[0]
     experiment = f"bench-inference-{uuid.uuid4().hex[:8]}"
     service = InferenceService(kafka, experiment, lambda: (policy, 1), replica="0",
                                max_batch=max(64, robots), group_suffix=f"-{robots}")
@@ -133,13 +141,78 @@ def _one(kafka: KafkaSettings, policy: policies.VlaTransformerPolicy, robots: in
         "held": sum(held_after) / max(sum(periods_after), 1),
         "never_served": sum(s is None for s in started_at),
         "late": sum(r.stats.late_dropped for r in remotes),
+        # Where the replica's time went, per batch it ran (warm-up included).
+        "decode_ms": 1e3 * service.stats.decode_s / max(service.stats.batches, 1),
+        "forward_ms": 1e3 * service.stats.forward_s / max(service.stats.batches, 1),
+        "encode_ms": 1e3 * service.stats.encode_s / max(service.stats.batches, 1),
+        "lead": float(np.mean([r.lead_periods for r in remotes])),
+        "load": (load_before + os.getloadavg()[0]) / 2,
     }
 
 
+def _forward_only(policy: policies.VlaTransformerPolicy, device: str, params: int,
+                  args: argparse.Namespace) -> int:
+    import base64
+
+    from agents.inference import InferenceCore
+    from schemas import events as ev
+
+    core = InferenceCore(lambda: (policy, 1))
+    rng = np.random.default_rng(0)
+
+    def sync() -> None:  # a GPU batch is timed to its end, not to its launch
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    for n in (int(x) for x in args.robots.split(",")):
+        cams = {f"cam{c}": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+                for c in range(args.cameras)}
+        requests = [ev.InferenceRequestV1(
+            site="lab-a", robot_id=f"r{i}", experiment_id="bench", request_seq=0, step=0,
+            sent_ns=0, instruction="reach the target", action_dim=2,
+            observation=tuple(float(x) for x in rng.uniform(-1, 1, 11)),
+            images_b64={k: base64.b64encode(v.tobytes()).decode() for k, v in cams.items()},
+            image_shapes={k: (64, 64, 3) for k in cams}) for i in range(n)]
+        for _ in range(3):
+            core.answer(requests)
+        times: list[float] = []
+        deadline = time.monotonic() + args.seconds
+        while len(times) < 5 or (time.monotonic() < deadline and len(times) < 200):
+            sync()
+            t0 = time.perf_counter()
+            core.answer(requests)
+            sync()
+            times.append(time.perf_counter() - t0)
+        ms = np.array(times) * 1e3
+        rows.append((n, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),
+                     n / float(np.percentile(ms, 50)) * 1e3))
+        print(f"{n:4d} requests: answer p50 {rows[-1][1]:.2f} ms, p99 {rows[-1][2]:.2f} ms, "
+              f"{rows[-1][3]:.0f} requests/s", flush=True)
+    name = torch.cuda.get_device_name() if device == "cuda" else report.cpu_model()
+    lines = ["## Remote inference: the replica's answer alone (`userctl bench inference "
+             "--forward-only`)", ""]
+    lines += report.machine_lines()
+    lines += [
+        f"- model: `vla_transformer` {args.model}, {params / 1e6:.1f} M parameters, on "
+        f"{device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU "
+        f"thread(s); {args.cameras} camera(s) of 64x64; chunks of {args.chunk}",
+        "- one batch of N requests through `InferenceCore.answer`: decode (images from "
+        "base64), one forward pass, replies built; no broker",
+        "",
+        "| requests per batch | answer p50 | p99 | requests/s at p50 |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {p50:.2f} ms | {p99:.2f} ms | {rps:.0f} |" for n, p50, p99, rps in rows]
+    text = "\n".join(lines)
+    if not args.no_write:
+        report.write_section(f"inference-forward-{device}", text, args.out)
+    print(text)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, min(4, report.usable_cores())))
-    kafka = KafkaSettings()
-    admin.ensure_topics(kafka)
+    torch.set_num_threads(max(1, args.threads))
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
                       for c in range(args.cameras)} or None)
     print(f"vla_transformer ({args.model}): {params / 1e6:.1f} M parameters on {device}; "
           f"{args.hz:g} Hz, chunks of {args.chunk}, {args.cameras} camera(s)")
+    if args.forward_only:
+        return _forward_only(policy, device, params, args)
+    kafka = KafkaSettings()
+    admin.ensure_topics(kafka)
     results = []
     for n in (int(x) for x in args.robots.split(",")):
         r = _one(kafka, policy, n, args)
@@ -164,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{n:3d} robots: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
               f"{r['replies_s']:.0f} replies/s, batch mean {r['batch_mean']:.1f} "
               f"max {r['batch_max']}, held {r['held'] * 100:.2f} % of periods, "
-              f"late replies dropped {r['late']}")
+              f"late replies dropped {r['late']}; replica per batch: decode "
+              f"{r['decode_ms']:.2f} ms, forward {r['forward_ms']:.2f} ms, encode "
+              f"{r['encode_ms']:.2f} ms; asks {r['lead']:.1f} periods ahead")
     lines = ["## Remote inference (`userctl bench inference`)", ""]
     lines += report.machine_lines()
     lines += [
@@ -172,20 +251,24 @@ def run(args: argparse.Namespace) -> int:
         f"(+ the frozen 22.7 M-parameter sentence encoder, run once per instruction), on "
         f"{device}; {args.cameras} camera(s); proprio 11-d, actions 2-d",
         f"- control: {args.hz:g} Hz, chunks of {args.chunk}; next chunk asked for a measured "
-        "round trip (p90) + 2 periods before the current one runs out",
+        "round trip (p99 of its last 50) + 2 periods before the current one runs out",
+        f"- replica: torch {torch.get_num_threads()} intra-op thread(s); a batch is what "
+        "queued while the last one ran (no batching window)",
         f"- each count measured for {args.seconds:g} s after every robot's first chunk; "
-        "broker, replica and robots in one process on this machine; load average at the "
-        f"end {os.getloadavg()[0]:.1f} (other work on the machine counts)",
+        "broker on this machine, replica and robots in one process; the load average "
+        "(1 min, mean of its start and end) is per count: other work on the machine counts",
         "",
         "| robots | round trip p50 | p99 | replies/s | actions/s | batch mean / max | "
-        "periods without an action | late replies dropped |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "periods without an action | late replies dropped | replica ms per batch: "
+        "decode / forward / encode | asked ahead (periods) | load average |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(f"| {r['robots']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
                      f"{r['replies_s']:.0f} | {r['actions_s']:.0f} | "
                      f"{r['batch_mean']:.1f} / {r['batch_max']} | {r['held'] * 100:.2f} % | "
-                     f"{r['late']} |")
+                     f"{r['late']} | {r['decode_ms']:.2f} / {r['forward_ms']:.2f} / "
+                     f"{r['encode_ms']:.2f} | {r['lead']:.1f} | {r['load']:.1f} |")
     text = "\n".join(lines)
     if not args.no_write:
         report.write_section("inference", text, args.out)

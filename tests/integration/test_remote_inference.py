@@ -23,12 +23,16 @@ import yaml
 
 from schemas import events as ev
 from tests.conftest import Processes, make_broker
+from tests.data import INSTRUCTION_EMBEDDINGS
 from tests.integration.test_fleet import Watch
 from topics import admin, catalog
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings, SiteMap
 
-TINY_VLA = {"d_model": 64, "layers": 2, "heads": 4, "ff": 128, "chunk": 10}
+#: The smallest model that is still the policy kind (its instruction is the robots', so the
+#: replica's warm-up embeds what they will ask with).
+TINY_VLA = {"d_model": 32, "layers": 1, "heads": 2, "ff": 64, "chunk": 10,
+            "instruction": "reach the target"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +73,10 @@ def test_robots_at_two_sites_run_a_remotely_served_policy_and_hold_while_it_is_g
         "USER_HOST_RESTART_BACKOFF_S": "1",
         "USER_AGENT_POLICY": "remote",
         "USER_AGENT_INSTRUCTION": "reach the target",
+        # The replica (started twice) reads the instruction's embedding instead of loading
+        # the sentence encoder (tens of seconds under load); test_vla_policy checks the
+        # file is still the encoder's.
+        "USER_TEXT_EMBEDDINGS": str(INSTRUCTION_EMBEDDINGS),
         "OMP_NUM_THREADS": "1",
     }
     watch = Watch(kafka, (catalog.PLACEMENTS, catalog.EXPERIMENTS, catalog.INFERENCE_REPLIES,

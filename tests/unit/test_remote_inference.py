@@ -198,3 +198,54 @@ def test_a_worker_holds_the_robot_while_no_action_is_due_and_records_nothing() -
     for _ in range(3):  # actions again: a fresh episode runs
         worker.tick(lease, [])
     assert worker.steps_total == 3
+
+
+def test_a_chunk_never_crosses_into_the_next_episode(caplog: pytest.LogCaptureFixture) -> None:
+    clock, sent = Clock(), []
+    remote = robot(None, clock, sent, retry_s=0.5)
+    with pytest.raises(policies.NoActionDue):
+        step(remote, clock)
+    remote.deliver(chunk(sent[-1], [1.0] * 10))
+    assert step(remote, clock) is not None
+    in_flight = len(sent)
+    for _ in range(8):  # runs its chunk and asks for the next one (not answered yet)
+        step(remote, clock)
+    assert len(sent) > in_flight
+    asked_before_reset = sent[-1]
+
+    caplog.clear()
+    remote.reset()  # the worker starts a new episode
+    with caplog.at_level("WARNING"), pytest.raises(policies.NoActionDue):
+        step(remote, clock)  # no chunk for the new state yet: waits, asks at once
+    fresh = sent[-1]
+    assert fresh.request_seq > asked_before_reset.request_seq
+    remote.deliver(chunk(asked_before_reset, [7.0] * 10))  # planned for the old episode
+    with caplog.at_level("WARNING"), pytest.raises(policies.NoActionDue):
+        step(remote, clock)
+    assert remote.stats.stale_dropped == 1
+    assert "holds" not in caplog.text  # one round trip at an episode start is no news
+    remote.deliver(chunk(fresh, [2.0] * 10))
+    action = step(remote, clock)
+    assert action is not None and action[0] == 2.0
+
+
+def test_the_worker_resets_a_stateful_policy_at_each_episode_start() -> None:
+    from agents import registry
+    from agents.outbox import MemoryOutbox
+    from agents.worker import Lease, RobotWorker
+
+    class Counting:
+        resets = 0
+
+        def __call__(self, observation: np.ndarray) -> np.ndarray:
+            return np.zeros(2, np.float32)
+
+        def reset(self) -> None:
+            self.resets += 1
+
+    robot, policy = registry.make_robot("reacher2d", seed=3), Counting()
+    worker = RobotWorker(robot, robot_id="r1", site="lab-a", sink=MemoryOutbox(),
+                         policy=lambda: (policy, 0), flush_steps=1000, flush_s=1000.0)
+    for _ in range(2 * robot.spec.max_episode_steps + 1):  # two episodes and a step
+        worker.tick(Lease("e1", "l1"), [])
+    assert policy.resets == 3

@@ -8,6 +8,7 @@ import torch
 
 from learners import policies
 from learners.policies import _text
+from tests.data import INSTRUCTION_EMBEDDINGS
 
 SPEC = policies.PolicySpec(observation_dim=6, action_dim=3, action_low=(-1.0,) * 3,
                            action_high=(1.0,) * 3)
@@ -40,6 +41,10 @@ def test_instruction_embeddings_come_from_the_pretrained_encoder_offline() -> No
     assert a.shape == (_text.DIM,)
     # A pretrained encoder: paraphrases are closer than unrelated instructions.
     assert float(a @ b) > float(a @ c) + 0.1
+    # The embeddings other tests read instead of loading the encoder are still its own.
+    with np.load(INSTRUCTION_EMBEDDINGS, allow_pickle=False) as saved:
+        for text, vector in zip(saved["instructions"], saved["vectors"], strict=True):
+            np.testing.assert_allclose(vector, _text.embed([str(text)])[0], atol=1e-5)
 
 
 def test_one_policy_overfits_a_tiny_multi_task_dataset_told_apart_by_instruction() -> None:
