@@ -2,6 +2,7 @@
 # both set up what they need first, idempotently.
 
 PYTHON ?= python3
+PYTHON312 ?= python3.12
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Re-install only when pyproject.toml (or the checkout's path, for the editable
@@ -11,7 +12,7 @@ STAMP     := $(VENV)/.user-setup-$(SETUP_KEY)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup jars browser test test-docker test-unit lint demo broker-start broker-stop clean help
+.PHONY: setup jars browser docker test test-docker test-unit lint demo broker-start broker-stop clean help suites
 
 help:
 	@echo "make demo   — start the broker, create the topics and run the demo"
@@ -36,13 +37,30 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# Third-party task suites (Meta-World, gymnasium-robotics, gym-hil) pin an older MuJoCo than
+# USER's, so they get a Python 3.12 venv of their own inside USER's (cached with it by CI);
+# the robot adapters find it there (agents/sim/suites.py).
+SUITES := $(VENV)/suites
+SUITES_STAMP := $(SUITES)/.user-suites
+suites: $(SUITES_STAMP)
+
+$(SUITES_STAMP): infra/suites/requirements.txt | $(STAMP)
+	@test -x $(SUITES)/bin/python || PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep '^3\.12' | tail -1) \
+	  $(PYTHON312) -m venv $(SUITES)
+	$(SUITES)/bin/python -m pip install --quiet --progress-bar off -r infra/suites/requirements.txt
+	@touch $@
+
+# The docker e2e tier (tests/e2e/test_docker_sites.py) needs Debian's Docker engine:
+# installed and started like chromium above (infra/ci/docker.sh, idempotent).
+docker:
+	bash infra/ci/docker.sh
+
+test: setup browser suites docker
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The docker e2e tier (two sites + cloud on Docker networks under faults): installs and
-# starts Debian's engine, builds the images (cached), runs tests/e2e/test_docker_sites.py.
-test-docker: setup
-	bash infra/ci/docker.sh
+# Only the docker e2e tier (two sites + cloud on Docker networks under faults; images
+# built by the test, cached by content).
+test-docker: setup docker
 	$(BIN)/python -m pytest -m docker tests/e2e/test_docker_sites.py $(PYTEST_ARGS)
 
 test-unit: setup

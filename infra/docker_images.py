@@ -1,11 +1,13 @@
 """Docker images built without a registry (DESIGN §9), for ``infra/compose.yaml``.
 
-* ``user-base:bookworm`` — Debian bookworm made by ``debootstrap`` (Java 17 for Kafka and
-  MirrorMaker, the GL libraries MuJoCo renders with) and ``docker import``-ed; the root
-  file system is cached as ``<home>/docker/base-bookworm.tar``.
+* ``user-base:bookworm-<hash>`` — Debian bookworm made by ``debootstrap`` (Java 17 for
+  Kafka and MirrorMaker, the GL libraries MuJoCo renders with) and ``docker import``-ed;
+  the hash covers the suite, packages and mirror, and the root file system is cached as
+  ``base-bookworm-<hash>.tar`` in ``USER_DOCKER_CACHE`` (default ``<home>/docker``; CI
+  keeps it outside the clone, next to its virtualenv cache).
 * ``user-runtime:<hash>`` — that base plus the Kafka and MirrorMaker 2 jars from the
   host's Maven resolution (``<home>/kafka/<version>/{libs,mirror-libs}``); the tag is a hash
-  of what went in, so an unchanged build is not redone.
+  of what went in (base tag included), so an unchanged build is not redone.
 
 Python and the project are not copied in: the containers mount the host's interpreter,
 virtualenv and checkout read-only at their own paths (``compose.yaml``), so the image does
@@ -25,7 +27,6 @@ from pathlib import Path
 from infra import mirror
 from infra.broker import Broker, BrokerError, BrokerSettings
 
-BASE = "user-base:bookworm"
 SUITE = "bookworm"
 #: Java for Kafka and MirrorMaker; the shared libraries the host's CPython links against
 #: (ssl, ffi, sqlite, bz2, expat, readline, gdbm); GL for MuJoCo.
@@ -42,6 +43,22 @@ ENV USER_KAFKA_LIBS=/opt/kafka/libs USER_HOME=/var/lib/user MUJOCO_GL=egl \\
 """
 
 Say = Callable[[str], None]
+
+
+def _base_digest() -> str:
+    what = "\n".join([SUITE, MIRROR_URL, *PACKAGES])
+    return hashlib.sha256(what.encode()).hexdigest()[:12]
+
+
+def base_tag() -> str:
+    """The base image's tag: a new package list or suite is a new base."""
+    return f"user-base:{SUITE}-{_base_digest()}"
+
+
+def base_cache(home: Path) -> Path:
+    """Where the debootstrapped root file system is kept (``USER_DOCKER_CACHE``)."""
+    cache = os.environ.get("USER_DOCKER_CACHE")
+    return (Path(cache) if cache else home / "docker") / f"base-{SUITE}-{_base_digest()}.tar"
 
 
 def _quiet(_: str) -> None:
@@ -63,10 +80,11 @@ def image_exists(tag: str) -> bool:
 
 
 def ensure_base(home: Path, say: Say = _quiet) -> str:
-    """``user-base:bookworm``, made once with debootstrap + docker import."""
-    if image_exists(BASE):
-        return BASE
-    tar = home / "docker" / f"base-{SUITE}.tar"
+    """The base image (:func:`base_tag`), made once with debootstrap + docker import."""
+    base = base_tag()
+    if image_exists(base):
+        return base
+    tar = base_cache(home)
     if not tar.exists():
         if shutil.which("debootstrap") is None:
             raise BrokerError("debootstrap is not installed (apt-get install debootstrap)")
@@ -86,13 +104,13 @@ def ensure_base(home: Path, say: Say = _quiet) -> str:
             subprocess.run(["tar", "-C", str(rootfs), "-cf", str(part), "."], check=True,
                            timeout=1800)
             part.rename(tar)
-    say(f"docker import {tar} {BASE}")
-    _docker("import", str(tar), BASE)
-    return BASE
+    say(f"docker import {tar} {base}")
+    _docker("import", str(tar), base)
+    return base
 
 
 def runtime_tag(libs: Path, mirror_libs: Path) -> str:
-    digest = hashlib.sha256(RUNTIME_DOCKERFILE.encode())
+    digest = hashlib.sha256(RUNTIME_DOCKERFILE.format(base=base_tag()).encode())
     for d in (libs, mirror_libs):
         for jar in sorted(d.glob("*.jar")):
             digest.update(f"{d.name}/{jar.name}:{jar.stat().st_size}\n".encode())

@@ -86,9 +86,9 @@ class MirrorSettings(BaseSettings):
     def with_tls(self, home: Path) -> MirrorSettings:
         """These settings dialling the cloud with mutual TLS, with the site's certificate
         from ``<home>/security`` (``userctl mirror certs``) where none is given."""
-        from infra import wan
+        from infra import security
 
-        paths = wan.Paths(home)
+        paths = security.Paths(home)
         return self.model_copy(update={
             "cloud_security_protocol": "SSL", "ssl_ca": self.ssl_ca or paths.ca,
             "ssl_cert": self.ssl_cert or paths.site_cert(self.site),

@@ -20,6 +20,7 @@ past it, so it is dead-lettered at least once and written never.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import signal
 import threading
@@ -36,12 +37,13 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import delta_writer, tables
 from pipeline.delta_writer import DeltaWriter, FlushPolicy, compact, open_table
-from topics import catalog, gaps, robots, serde, validation
+from topics import admin, catalog, gaps, robots, serde, validation
 from topics import tables as shared_tables
 from topics.catalog import TopicSpec
 from topics.consumer import record_of
@@ -93,11 +95,15 @@ class SinkSettings(BaseSettings):
 class Membership:
     """Watches that a group consumer is in its group; says when to rebuild it.
 
-    Seen with librdkafka 2.16 after a broker restart: the session times out, the revoke
-    callback runs, and the consumer never joins again (the group stays EMPTY) while
-    ``consume()`` keeps returning nothing. :meth:`stuck` turns true once the consumer has
-    had no member id for ``after_s`` seconds of which the broker answered throughout, so a
-    broker outage alone never triggers a rebuild. Times are ``time.monotonic()`` seconds.
+    Seen with librdkafka 2.16 when the group coordinator restarts: the session times out,
+    the partitions are revoked, and the client's coordinator connection never comes back:
+    its JoinGroup requests wait in the "GroupCoordinator" out-queue and time out every
+    ``socket.timeout.ms``, forever, while ``consume()`` returns nothing and ``memberid()``
+    still reports the old id.  So "in the group" is what the *broker* says (the group's
+    member list holds this member id) or, without asking, an assignment in hand.
+    :meth:`stuck` turns true once the consumer has been out for ``after_s`` seconds of
+    which the broker answered throughout, so a broker outage alone never triggers a
+    rebuild. Times are ``time.monotonic()`` seconds.
     """
 
     def __init__(self, after_s: float) -> None:
@@ -165,6 +171,7 @@ class DeltaSink:
         self._own_consumer = consumer is None
         self._consumer = consumer or self._new_consumer()
         self.membership = Membership(settings.rejoin_after_s)
+        self._admin: AdminClient | None = None  # asks the broker about the group
         self.rebuilds = 0
         self._compactor = delta_writer.Compactor(
             [t.writer.path for t in self._topics.values()],
@@ -179,28 +186,46 @@ class DeltaSink:
         self._consumer.subscribe(list(self._topics), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
+    def _listed_in_group(self) -> tuple[bool, bool]:
+        """(in the group, broker answered): whether the group coordinator lists this
+        consumer's member id among its group's members."""
+        if self._admin is None:
+            self._admin = admin.admin_client(self.kafka)
+        member = self._consumer.memberid()
+        try:
+            found = self._admin.describe_consumer_groups(
+                [self.settings.name], request_timeout=5)[self.settings.name]
+            group = found.result(timeout=10)
+        except (KafkaException, concurrent.futures.TimeoutError):
+            return False, False
+        return bool(member) and any(m.member_id == member for m in group.members), True
+
     def _watch_membership(self) -> None:
         """Rebuild a group consumer that stays out of its group (see :class:`Membership`)."""
         now = time.monotonic()
-        in_group = bool(self._consumer.memberid())
-        answers = True
-        if not in_group:
-            try:
-                self._consumer.list_topics(timeout=2.0)
-            except KafkaException:
-                answers = False
+        # Holding partitions is being in the group (fetches go to partition leaders, so
+        # such a consumer makes progress even without its coordinator); only a consumer
+        # with nothing assigned asks the broker.
+        if self._consumer.assignment():
+            in_group, answers = True, True
+        else:
+            in_group, answers = self._listed_in_group()
         self.membership.observe(in_group, answers, now)
         if not self.membership.stuck(now) or not self._own_consumer:
             return
         log.warning("sink consumer has been out of group %s for %.0f s while the broker "
                     "answers; rebuilding it (Delta decides where each partition resumes)",
                     self.settings.name, self.membership.after_s)
-        self._on_revoke(self._consumer, self._consumer.assignment())
-        self._consumer.close()
+        old = self._consumer
+        self._release(old.assignment())
         self._consumer = self._new_consumer()
         self._subscribe()
         self.membership.reset()
         self.rebuilds += 1
+        # The stuck client may take its request timeouts to close; it holds no partition
+        # and its rebalance callbacks ignore it now (see _on_assign), so it closes aside.
+        threading.Thread(target=_close_retired, args=(old,), name="sink-retired-consumer",
+                         daemon=True).start()
 
     @property
     def commits(self) -> int:
@@ -213,6 +238,9 @@ class DeltaSink:
     # -- assignment: the seek from Delta ------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:  # a retired consumer, closing aside
+            consumer.assign([])
+            return
         for tp in partitions:
             start = self._topics[tp.topic].writer.assign([tp.partition])[tp.partition]
             tp.offset = OFFSET_BEGINNING if start is None else start
@@ -222,6 +250,11 @@ class DeltaSink:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is self._consumer:
+            self._release(partitions)
+        consumer.unassign()
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
         # Buffered rows of a lost partition are not written: its next owner re-reads them
         # from the Delta transaction version.
         for tp in partitions:
@@ -229,7 +262,6 @@ class DeltaSink:
             if topic is not None:
                 topic.writer.release([tp.partition])
             self._seeked.pop((tp.topic, tp.partition), None)
-        consumer.unassign()
 
     def _reseek(self, topic: _Topic, moved: dict[int, int | None]) -> None:
         """Read ``moved`` partitions again from where the writer says."""
@@ -377,3 +409,10 @@ class DeltaSink:
             if self.robots is not None:
                 self.robots.close()
             self._dlq.flush()
+
+
+def _close_retired(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.info("closing the retired sink consumer: %s", exc)

@@ -4,9 +4,9 @@ site cut off from the cloud (``docker network disconnect``), the sink SIGKILLed,
 cloud broker restarted — each ending with Delta exact: every step the sites' robots
 wrote is in the cloud's Delta table once.
 
-Images come from ``userctl docker build`` (cached); ``make test-docker`` installs and
-starts the engine first (``infra/ci/docker.sh``) and runs this tier, which ``make test``
-leaves out for now (README, "Docker").
+Images come from ``userctl docker build`` (cached by content); ``make test`` installs and
+starts the engine first (``infra/ci/docker.sh``) and runs this tier with the rest;
+``make test-docker`` runs it alone.
 """
 
 from __future__ import annotations
@@ -115,6 +115,10 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
         topo.run("up", "-d", *SERVICES)
         yield topo
     finally:
+        # Every role's log stays with the test's tmp_path (pytest keeps the last runs).
+        logs = subprocess.run([*topo.compose, "logs", "--no-color", "-t"], env=topo.env,
+                              capture_output=True, text=True, timeout=300)
+        (tmp_path / "compose.log").write_text(logs.stdout + logs.stderr)
         subprocess.run([*topo.compose, "down", "-v", "-t", "20"], env=topo.env,
                        capture_output=True, timeout=600)
 
