@@ -244,6 +244,7 @@ class _TypeLearner:
         publisher_for: PublisherFactory,
         budget_bytes: int,
         clock: Callable[[], float],
+        device: str = "cpu",
     ) -> None:
         self.robot_type = robot_type
         self.stream = weights_stream(spec.name, robot_type)
@@ -251,7 +252,8 @@ class _TypeLearner:
         self.policy_kind = spec.policy.kind
         self.policy_options: dict[str, JSON] = registry.policy_options(spec)
         self.algorithm = registry.build_algorithm(registry.AlgorithmContext(
-            spec, robot_type, policy_spec, self.policy_kind, self.policy_options))
+            spec, robot_type, policy_spec, self.policy_kind, self.policy_options,
+            device=device))
         self.batch_rows = spec.algorithm.batch_size * self.algorithm.minibatches
         self.utd_ratio = spec.algorithm.utd_ratio
         self.warmup_steps = spec.algorithm.warmup_steps
@@ -264,12 +266,15 @@ class _TypeLearner:
         hyper_seed = spec.algorithm.hyperparameters.get("seed", seed)
         self.seed = hyper_seed if isinstance(hyper_seed, int) else seed
         """the algorithm's seed (the mixing sampler's too)."""
+        # A GPU learner keeps its frames on the GPU: no host copy per sample, and the
+        # process's RSS stays clear of them.
+        frames_on = None if device == "cpu" else device
         self.online = NumpyReplayBuffer(ReplayConfig(
             *shapes, memory_budget_bytes=int(budget_bytes * (1 - prior_share)),
-            image_shapes=images, seed=seed))
+            image_shapes=images, seed=seed, image_device=frames_on))
         self.prior = (NumpyReplayBuffer(ReplayConfig(
             *shapes, memory_budget_bytes=int(budget_bytes * prior_share), image_shapes=images,
-            seed=seed + 1)) if prior_share else None)
+            seed=seed + 1, image_device=frames_on)) if prior_share else None)
         self.prior_ratio = spec.buffer.prior_ratio
         self._mixing: Sampler | None = None
         self._custom = registry.sampler_factory(spec.algorithm.name)
@@ -501,6 +506,7 @@ class Learner:
         publisher_for: PublisherFactory,
         *,
         clock: Callable[[], float] = time.monotonic,
+        device: str = "cpu",
     ) -> None:
         problems = registry.problems(spec)  # fail at start, not at the first step
         if problems:
@@ -515,6 +521,8 @@ class Learner:
         self._resolve = resolve
         self._publisher_for = publisher_for
         self._clock = clock
+        self.device = device
+        """where the algorithms train (``cuda``: the GPU benchmarks; the service: cpu)."""
         self.types: dict[str, _TypeLearner] = {}
         self._taken = tables.HighWater()
         self._waiting: dict[str, list[tuple[Steps, Origin]]] = {}
@@ -605,7 +613,7 @@ class Learner:
                 return _FanOut.open(self.spec.name, self.robot_types, self._resolve,
                                     self._publisher_for)
         learner = _TypeLearner(self.spec, robot_type, policy_spec, publisher_for,
-                               self._budget, self._clock)
+                               self._budget, self._clock, self.device)
         learner.recorder = self.lineage
         self.types[robot_type] = learner
         log.info("learning %s: %s, observation %d, action %d, buffer %d steps",

@@ -61,6 +61,9 @@ class AlgorithmContext:
     """``experiment.policy.kind``: what robots run (``learners.policies.build``)."""
     policy_options: Mapping[str, core.JSON] = field(default_factory=dict)
     """the kind's options robots build it with (:func:`policy_options`)."""
+    device: str = "cpu"
+    """where the algorithm trains (``cpu``, ``cuda``); algorithms that only run on the CPU
+    may ignore it."""
 
 
 #: Builds one robot type's algorithm. Raises ``ValueError`` naming a bad setting.
