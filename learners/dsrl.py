@@ -18,6 +18,12 @@ destroy the imitation policy, only choose among the behaviours it already repres
 The flow is first fitted by BC on demonstration/takeover rows (``pretrain_updates``, the
 flow-matching loss), so one experiment can import demos and fine-tune; with a flow already
 fitted elsewhere set ``pretrain_updates: 0`` and ``init_weights`` to its safetensors file.
+As in the paper, RL starts from the base policy: the steering actor starts answering zero
+noise — the flow's deterministic mode, the behaviour BC was evaluated at
+(``_flow_matching.start_at_the_flow_mode``) — and stays there for
+``critic_warmup_updates`` while the critics learn, so early steering follows a critic that
+has seen data rather than its initialisation.  The observation normaliser belongs to the
+flow: it is measured during pre-training and frozen with it.
 Chunks: the critic scores the first action of a chunk (the robot executes a receding
 horizon with temporal ensembling, ``learners.policies._chunking``).
 
@@ -71,6 +77,9 @@ class DSRLConfig:
     """LayerNorm in the critics (RLPD's stabiliser)."""
     pretrain_updates: int = 2000
     """flow-matching updates on demonstration/takeover rows before RL starts."""
+    critic_warmup_updates: int = 1000
+    """after pre-training, updates of the critics alone before the steering actor moves
+    (it answers zero noise, the flow's mode, until the critics have something to say)."""
     init_weights: str = ""
     """a flow_matching safetensors file to start the flow from (empty: none)."""
     noise_samples: int = 1
@@ -116,8 +125,11 @@ class DSRL(Algorithm):
 
 
     def update(self, batch: Batch) -> dict[str, float]:
-        if self.update_step < self.config.pretrain_updates:
+        rl_step = self.update_step - self.config.pretrain_updates
+        if rl_step < 0:
             stats = self.update_flow(batch)
+        elif rl_step < self.config.critic_warmup_updates:
+            stats = self.update_critics(batch)
         else:
             stats = self.update_critics(batch) | self.update_steering(batch)
         self.update_step += 1
@@ -130,6 +142,8 @@ class DSRL(Algorithm):
             batch.intervention.any()) else torch.ones(len(batch), dtype=torch.bool)
         chunk = batch.action_chunk if batch.action_chunk is not None \
             else batch.action[:, None].expand(-1, self.horizon, -1)
+        if self.actor.normaliser is not None:
+            self.actor.normaliser.observe(batch.observation[rows])
         features = self.actor.features(batch.observation[rows])
         loss = self.actor.flow_loss(features, chunk[rows], self.generator).mean()
         _step(self.flow_optimizer, loss, "flow")

@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, Transaction, write_deltalake
 
-from pipeline import history, lerobot, rewards, tables
-from pipeline.delta_writer import open_table
+from pipeline import lerobot, rewards, tables
 from schemas import events as ev
 from schemas.transitions import TransitionBatch
 
@@ -120,6 +118,12 @@ def import_episodes(root: Path | str, dataset: lerobot.Dataset, *, experiment: s
                     site: str = "demos", reward: str | None = None) -> ImportReport:
     """Write ``dataset`` into ``experiment``'s history (module docstring).  Idempotent per
     ``source``: a second import of it writes nothing (``already``)."""
+    # Delta only here: to_batches runs where deltalake is not installed (device benches).
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    from pipeline import history
+    from pipeline.delta_writer import open_table
+
     incarnation = demo_incarnation(f"{experiment}\n{source}")
     robot_id = robot_id or f"demo-{robot_type}"
     raw_path = tables.table_path(root, tables.TRANSITIONS_RAW)
@@ -156,6 +160,8 @@ def export_episodes(root: Path | str, experiment: str, *, reward: str | None = N
     """``experiment``'s episodes (robot type, episodes in step order).  With ``reward``,
     each frame carries that function's reward and success.  Raises
     ``history.HistoryError`` when there is nothing to export."""
+    from pipeline import history
+
     raw = history.experiment_rows(root, tables.TRANSITIONS_RAW, experiment)
     if demos_only and raw.num_rows:
         raw = raw.filter(pa.array([str(x).startswith(DEMO_PREFIX) for x in
@@ -205,6 +211,8 @@ def export_episodes(root: Path | str, experiment: str, *, reward: str | None = N
 
 
 def _episode_tasks(root: Path | str, experiment: str) -> dict[str, str]:
+    from pipeline.delta_writer import open_table
+
     dt = open_table(tables.table_path(root, tables.EPISODES))
     if dt is None:
         return {}

@@ -13,21 +13,34 @@ scripted operator, reward functions and chunk executor the distributed system ru
 * ``flow_rl`` — DSRL fine-tuning (``learners.dsrl``) of a flow policy BC-trained on few
   demos (starting near 50 %), online on ``push``; target >= 85 %.
 * ``rlpd_takeovers`` — RLPD on ``pick_place`` with vs without the scripted operator's
-  takeovers (routed to the demo half): env steps to 80 %.
+  takeovers (routed to the demo half): env steps to 80 % (``--variants`` runs one side,
+  ``--demos`` gives both sides the same prior data).
+
+``--time-limit S`` bounds the whole command: each run gets an equal share, training stops
+while there is still time to evaluate (the report says where it stopped), so a run on a
+lent machine ends by itself.  ``--json PATH`` also writes the outcomes as JSON; ``--out``
+names the markdown file whose ``imitation`` section gets the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from infra.bench import report
+
+if TYPE_CHECKING:
+    from learners.replay import NumpyReplayBuffer
 
 HELP = "imitation: HG-DAgger, flow-matching BC, DSRL, RLPD with takeovers on the arms"
 
@@ -50,8 +63,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=2,
                    help="scripted operator: steps of straying before it takes over")
     p.add_argument("--max-steps", type=int, default=60_000, help="rlpd env step budget")
+    p.add_argument("--kind", default="flow_matching", choices=("flow_matching", "mlp_gaussian"),
+                   help="hg_dagger's policy kind")
+    p.add_argument("--hidden", default="256,256", help="hidden layer widths, e.g. 512,512,512")
+    p.add_argument("--horizon", type=int, default=4, help="flow_matching chunk length H")
+    p.add_argument("--flow-steps", type=int, default=10, help="flow_matching Euler steps")
+    p.add_argument("--execute", default="ensemble", choices=("ensemble", "chunk"),
+                   help="how robots execute chunks (chunk = receding horizon of 1 step)")
+    p.add_argument("--lr", type=float, default=1e-3, help="imitation learning rate")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="imitation: robots get an EMA of the weights with this decay (0: off)")
+    p.add_argument("--lr-decay", type=int, default=0,
+                   help="imitation: cosine learning-rate decay over this many updates (0: off)")
+    p.add_argument("--no-normalise", action="store_true",
+                   help="flow_matching without observation normalisation")
+    p.add_argument("--critic-warmup", type=int, default=1000,
+                   help="flow_rl: critic-only updates before the steering actor moves")
+    p.add_argument("--steer-std", type=float, default=0.3,
+                   help="flow_rl: the steering actor's initial spread around zero noise")
+    p.add_argument("--noise-bound", type=float, default=2.0,
+                   help="flow_rl: the steered noise lies in +-this")
+    p.add_argument("--variants", default="with,without",
+                   help="rlpd_takeovers: which of with,without to run")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="wall-clock seconds for the whole command (0: none); training stops "
+                        "early enough to evaluate and report within it")
     p.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
-    p.add_argument("--out", type=Path, default=report.DEFAULT_PATH)
+    p.add_argument("--out", type=Path, default=report.DEFAULT_PATH,
+                   help="markdown file whose 'imitation' section gets the result")
+    p.add_argument("--json", type=Path, default=None, help="also write the outcomes as JSON here")
 
 
 # ---------------------------------------------------------------------------- episodes
@@ -187,6 +228,75 @@ class Outcome:
     rows: list[str] = field(default_factory=list)
 
 
+class Clock:
+    """The command's wall-clock bound (``--time-limit``): training loops ask
+    :meth:`training` before each step and stop while there is still time to evaluate."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.start = time.monotonic()
+        self.deadline = self.start + limit_s if limit_s > 0 else float("inf")
+        self.episode_s = 1.0  # measured on the first episodes
+        self.stopped = ""
+
+    def measure_episodes(self, seconds: float, episodes: int) -> None:
+        self.episode_s = max(self.episode_s if episodes == 0 else seconds / episodes, 0.05)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def training(self, eval_episodes: int, what: str) -> bool:
+        """True while training may go on; records the first stop in :attr:`stopped`."""
+        reserve = 1.5 * eval_episodes * self.episode_s + 10.0
+        if self.left() > reserve:
+            return True
+        if not self.stopped:
+            self.stopped = f"stopped by the time limit during {what}"
+            print(f"time limit: {self.stopped}", flush=True)
+        return False
+
+
+CLOCK = Clock(0.0)
+
+
+def _describe(args: argparse.Namespace, flow: bool) -> str:
+    """The policy setting in a few words."""
+    if not flow:
+        return f"hidden {args.hidden}"
+    return (f"H={args.horizon}, {args.flow_steps} Euler steps, "
+            f"{'temporal ensembling' if args.execute == 'ensemble' else 'receding horizon 1'}"
+            f", hidden {args.hidden}"
+            f"{', raw observations' if args.no_normalise else ', normalised observations'}")
+
+
+def _schedule(args: argparse.Namespace) -> str:
+    return ((f", cosine decay over {args.lr_decay}" if args.lr_decay else "")
+            + (f", EMA {args.ema:g}" if args.ema else ""))
+
+
+def _stopped() -> str:
+    return f"; {CLOCK.stopped}" if CLOCK.stopped else ""
+
+
+def _hidden(args: argparse.Namespace) -> list[int]:
+    return [int(w) for w in str(args.hidden).split(",") if w.strip()]
+
+
+def _flow_options(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = {"hidden_sizes": _hidden(args), "horizon": args.horizon,
+                                  "steps": args.flow_steps, "execute": args.execute,
+                                  "normalise": not args.no_normalise}
+    if args.execute == "chunk":
+        options["execute_steps"] = 1
+    return options
+
+
+def _timed_demos(arm: Arm, n: int, seed: int) -> list[Episode]:
+    t0 = time.monotonic()
+    eps = _demos(arm, n, seed)
+    CLOCK.measure_episodes(2.0 * (time.monotonic() - t0), n)  # a policy acts slower
+    return eps
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -197,19 +307,30 @@ def hg_dagger(args: argparse.Namespace) -> Outcome:
 
     arm = Arm(args.robot_type, "push", args.seed)
     n_demos = args.demos if args.demos is not None else 10
-    options: dict[str, object] = {"hidden_sizes": [256, 256]}
-    algo = bc.BC(arm.spec, bc.BCConfig(seed=args.seed), "mlp_gaussian", dict(options),  # type: ignore[arg-type]
-                 takeovers_only=True)
+    kind = args.kind
+    flow = kind == "flow_matching"
+    options: dict[str, object] = (_flow_options(args) if flow
+                                  else {"hidden_sizes": _hidden(args)})
+    horizon = args.horizon if flow else 1
+    algo = bc.BC(arm.spec, bc.BCConfig(seed=args.seed, hidden_sizes=tuple(_hidden(args)),
+                                       lr=args.lr if flow else 3e-4, ema=args.ema,
+                                       lr_decay_updates=args.lr_decay),
+                 kind, dict(options), takeovers_only=True)  # type: ignore[arg-type]
     buffer = _buffer(arm)
-    for s in _steps_of(arm, _demos(arm, n_demos, 10_000), "push_dense@1", 0):
+    for s in _steps_of(arm, _timed_demos(arm, n_demos, 10_000), "push_dense@1", 0):
         buffer.add(s)
-    sampler = TakeoverSampler(buffer, mode="takeovers", seed=args.seed)
+    sampler = TakeoverSampler(buffer, mode="takeovers", horizon=horizon, seed=args.seed)
     for _ in range(args.updates):
-        algo.update(sampler.sample(256))
+        if not CLOCK.training(args.eval_episodes, "the demo updates"):
+            break
+        algo.update(sampler.sample(args.batch_size))
     rows = []
     index = n_demos
     for r in range(args.rounds):
-        act, reset = _acting("mlp_gaussian", arm, options, algo.policy_weights())
+        if not CLOCK.training(args.eval_episodes + args.episodes_per_round,
+                              f"round {r + 1}"):
+            break
+        act, reset = _acting(kind, arm, options, algo.policy_weights())
         operator = takeover.ScriptedOperator(arm.expert, threshold=args.threshold,
                                              patience=args.patience, min_steps=10,
                                              agree_steps=3)
@@ -221,72 +342,104 @@ def hg_dagger(args: argparse.Namespace) -> Outcome:
             buffer.add(s)
         index += len(eps)
         for _ in range(args.round_updates):
-            algo.update(sampler.sample(256))
+            if not CLOCK.training(args.eval_episodes, f"round {r + 1}'s updates"):
+                break
+            algo.update(sampler.sample(args.batch_size))
         rows.append(f"| {r + 1} | {success:.0%} | {took:.1%} | {buffer.interventions:,} |")
         print(f"hg_dagger round {r + 1}: success {success:.0%} (with takeovers), "
               f"intervention rate {took:.1%}", flush=True)
-    act, reset = _acting("mlp_gaussian", arm, options, algo.policy_weights())
+    act, reset = _acting(kind, arm, options, algo.policy_weights())
     final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
     last_rate = rows[-1].split("|")[3].strip() if rows else "-"
-    return Outcome("hg_dagger (push, mlp_gaussian)", ">= 90 % success, < 10 % interventions",
+    return Outcome(f"hg_dagger (push, {kind} {_describe(args, flow)})",
+                   ">= 90 % success, < 10 % interventions",
                    f"{final:.0%} success without the operator; last round's intervention "
                    f"rate {last_rate}",
-                   f"{n_demos} demos, {args.rounds} rounds x {args.episodes_per_round} "
-                   f"episodes, {args.updates} + {args.round_updates}/round updates; operator "
-                   f"threshold {args.threshold}, patience {args.patience}",
+                   f"{n_demos} demos, {len(rows)} rounds x {args.episodes_per_round} "
+                   f"episodes, {algo.update_step} updates ({args.updates} + "
+                   f"{args.round_updates}/round asked{_schedule(args)}); operator threshold "
+                   f"{args.threshold}, "
+                   f"patience {args.patience}{_stopped()}",
                    ["| round | success (with takeovers) | intervention rate | takeover "
                     "steps held |", "|---:|---:|---:|---:|", *rows])
 
 
+@dataclass
+class FlowBC:
+    """flow_bc's outcome and what flow_rl goes on from."""
+
+    outcome: Outcome
+    success: float
+    algo: object
+    arm: Arm
+    options: dict[str, object]
+    buffer: NumpyReplayBuffer
+
+
 def flow_bc(args: argparse.Namespace, n_demos: int | None = None, quiet: bool = False
-            ) -> tuple[Outcome, object, Arm, dict[str, object]]:
+            ) -> FlowBC:
     from learners import bc
     from learners.replay import TakeoverSampler
 
     arm = Arm(args.robot_type, "push", args.seed)
     n = n_demos if n_demos is not None else (args.demos if args.demos is not None else 50)
-    options: dict[str, object] = {"hidden_sizes": [256, 256], "horizon": 4, "steps": 10,
-                                  "execute": "ensemble"}
-    algo = bc.BC(arm.spec, bc.BCConfig(seed=args.seed, lr=1e-3), "flow_matching",
-                 dict(options))  # type: ignore[arg-type]
+    options = _flow_options(args)
+    algo = bc.BC(arm.spec, bc.BCConfig(seed=args.seed, lr=args.lr, ema=args.ema,
+                                       lr_decay_updates=args.lr_decay,
+                                       hidden_sizes=tuple(_hidden(args))),
+                 "flow_matching", dict(options))  # type: ignore[arg-type]
     buffer = _buffer(arm)
-    for s in _steps_of(arm, _demos(arm, n, 10_000), "push_dense@1", 0):
+    for s in _steps_of(arm, _timed_demos(arm, n, 10_000), "push_dense@1", 0):
         buffer.add(s)
-    sampler = TakeoverSampler(buffer, mode="all", horizon=4, seed=args.seed)
+    sampler = TakeoverSampler(buffer, mode="all", horizon=args.horizon, seed=args.seed)
     t0 = time.monotonic()
+    # flow_rl evaluates the base and the fine-tuned policy: twice the reserve.
+    reserve = args.eval_episodes * (1 if n_demos is None else 2) + (
+        0 if n_demos is None else args.episodes_per_round * args.rounds)
     for i in range(args.updates):
-        stats = algo.update(sampler.sample(256))
+        if not CLOCK.training(reserve, "the BC updates"):
+            break
+        stats = algo.update(sampler.sample(args.batch_size))
         if not quiet and i % 500 == 0:
             print(f"flow_bc update {i}: flow loss {stats['losses/flow']:.4f}", flush=True)
     train_s = time.monotonic() - t0
     act, reset = _acting("flow_matching", arm, options, algo.policy_weights())
     success = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
     print(f"flow_bc from {n} demos: {success:.0%} success", flush=True)
-    return (Outcome("flow_bc (push, flow_matching H=4, 10 Euler steps, ensembling)",
-                    ">= 80 % success from 50 demos", f"{success:.0%} success",
-                    f"{n} demos, {args.updates} updates (batch 256) in {train_s:.0f} s, "
-                    f"{args.eval_episodes} evaluation episodes"), algo, arm, options)
+    return FlowBC(Outcome(f"flow_bc (push, flow_matching {_describe(args, True)})",
+                          ">= 80 % success from 50 demos", f"{success:.0%} success",
+                          f"{n} demos, {algo.update_step} updates (batch {args.batch_size}, "
+                          f"lr {args.lr:g}{_schedule(args)}) in {train_s:.0f} s, "
+                          f"{args.eval_episodes} evaluation episodes{_stopped()}"),
+                  success, algo, arm, options, buffer)
 
 
 def flow_rl(args: argparse.Namespace) -> Outcome:
     from learners import dsrl
 
     n = args.demos if args.demos is not None else 10
-    _, base, arm, options = flow_bc(args, n_demos=n, quiet=True)
-    act, reset = _acting("flow_matching", arm, options, base.policy_weights())  # type: ignore[attr-defined]
-    start = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
-    steer = {**options, "steer": True}
+    fitted = flow_bc(args, n_demos=n, quiet=True)
+    base, arm, options, start = fitted.algo, fitted.arm, fitted.options, fitted.success
+    steer = {**options, "steer": True, "steer_std": args.steer_std,
+             "noise_bound": args.noise_bound}
     algo = dsrl.DSRL(arm.spec, dsrl.DSRLConfig(seed=args.seed, pretrain_updates=0,
-                                               init_alpha=0.05), dict(steer))  # type: ignore[arg-type]
+                                               critic_warmup_updates=args.critic_warmup,
+                                               hidden_sizes=tuple(_hidden(args)),
+                                               init_alpha=0.05), dict(steer))
     own = algo.actor.state_dict()
     algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v) for k, v in
                                           base.policy_weights().items()}})  # type: ignore[attr-defined]
     from learners.replay import TakeoverSampler
 
-    buffer = _buffer(arm)
-    sampler = TakeoverSampler(buffer, mode="all", horizon=4, seed=args.seed)
-    rows, index = [], 0
+    # The critics learn from every executed step: the demos BC learned from, then the
+    # fine-tuning's own episodes (DSRL-NA's noise aliasing needs no policy's noise).
+    buffer = fitted.buffer
+    sampler = TakeoverSampler(buffer, mode="all", horizon=args.horizon, seed=args.seed)
+    rows, index = [], n
+    demo_steps = arm.steps  # BC demos and evaluations: not the fine-tuning's steps
     for r in range(args.rounds):
+        if not CLOCK.training(args.eval_episodes + args.episodes_per_round, f"round {r + 1}"):
+            break
         act, reset = _acting("flow_matching", arm, steer, algo.policy_weights())
         eps = [arm.run(act, seed=30_000 + r * 100 + i, reset_policy=reset)
                for i in range(args.episodes_per_round)]
@@ -294,16 +447,21 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
             buffer.add(s)
         index += len(eps)
         for _ in range(args.round_updates):
-            algo.update(sampler.sample(256))
+            if not CLOCK.training(args.eval_episodes, f"round {r + 1}'s updates"):
+                break
+            algo.update(sampler.sample(args.batch_size))
         rate = float(np.mean([e.success for e in eps]))
-        rows.append(f"| {r + 1} | {arm.steps:,} | {rate:.0%} |")
+        rows.append(f"| {r + 1} | {arm.steps - demo_steps:,} | {rate:.0%} |")
         print(f"flow_rl round {r + 1}: {rate:.0%} success (steered, stochastic)", flush=True)
     act, reset = _acting("flow_matching", arm, steer, algo.policy_weights())
     final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
-    return Outcome("flow_rl (push, DSRL-NA on flow_matching)", "~50 % -> >= 85 %",
-                   f"{start:.0%} -> {final:.0%}",
-                   f"flow BC from {n} demos, {args.rounds} rounds x "
-                   f"{args.episodes_per_round} episodes, {args.round_updates} updates/round",
+    return Outcome(f"flow_rl (push, DSRL-NA on flow_matching {_describe(args, True)})",
+                   "~50 % -> >= 85 %", f"{start:.0%} -> {final:.0%}",
+                   f"flow BC from {n} demos ({base.update_step} updates), {len(rows)} rounds x "  # type: ignore[attr-defined]
+                   f"{args.episodes_per_round} episodes, {args.round_updates} updates/round, "
+                   f"critic warm-up {args.critic_warmup}, steering std {args.steer_std}, "
+                   f"noise bound {args.noise_bound:g}"
+                   f"{_stopped()}",
                    ["| round | env steps | success (exploring) |", "|---:|---:|---:|", *rows])
 
 
@@ -313,41 +471,63 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
     from learners.replay import TakeoverSampler
 
     results = []
-    for with_takeovers in (True, False):
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - {"with", "without"})
+    if unknown:
+        raise SystemExit(f"--variants: {', '.join(unknown)}; use with and/or without")
+    budget = CLOCK.left()
+    for with_takeovers in (v == "with" for v in variants):
+        # Each variant gets its share of the time that is left.
+        share = Clock(min(budget / len(variants), CLOCK.left()) if budget < float("inf")
+                      else 0.0)
         arm = Arm(args.robot_type, "pick_place", args.seed)
         algo = sac.SAC(arm.spec, sac.SACConfig.rlpd(seed=args.seed, utd_ratio=4))
         buffer = _buffer(arm)
+        n_demos = args.demos or 0
+        demo_steps = 0
+        if n_demos:  # RLPD's prior data, in both variants: the demo half of each batch
+            for s in _steps_of(arm, _demos(arm, n_demos, 10_000), "pick_place_dense@1",
+                               1_000_000):
+                buffer.add(s)
+            demo_steps = arm.steps  # env steps count the learner's own episodes only
         sampler = TakeoverSampler(buffer, mode="routed", prior_fraction=0.5, seed=args.seed)
         operator = takeover.ScriptedOperator(arm.expert, threshold=0.8, patience=3,
                                              min_steps=15, agree_steps=3) \
             if with_takeovers else None
         recent: list[bool] = []
         reached, index = None, 0
-        while arm.steps < args.max_steps and reached is None:
-            act, reset = _acting("mlp_gaussian", arm, {"hidden_sizes": [256, 256]},
+        while (arm.steps - demo_steps) < args.max_steps and reached is None and share.training(
+                0, f"{'with' if with_takeovers else 'without'} takeovers"):
+            act, reset = _acting("mlp_gaussian", arm, {"hidden_sizes": _hidden(args)},
                                  algo.policy_weights())
             ep = arm.run(act, seed=40_000 + index, operator=operator, reset_policy=reset)
             for s in _steps_of(arm, [ep], "pick_place_dense@1", index):
                 buffer.add(s)
             index += 1
             recent = [*recent, ep.success][-20:]
-            if arm.steps > 1000:
+            if arm.steps - demo_steps > 1000:
                 for _ in range(len(ep.action) // 4):
+                    if not share.training(0, "updates"):
+                        break
                     algo.update(sampler.sample(256 * 4))
             if len(recent) == 20 and np.mean(recent) >= 0.8:
-                reached = arm.steps
+                reached = arm.steps - demo_steps
         last = float(np.mean(recent)) if recent else 0.0
-        results.append((with_takeovers, reached, arm.steps, last))
+        results.append((with_takeovers, reached, arm.steps - demo_steps, last))
         print(f"rlpd takeovers={with_takeovers}: reached 80 % at {reached} "
-              f"({arm.steps} steps, last 20: {results[-1][3]:.0%})", flush=True)
+              f"({(arm.steps - demo_steps)} steps, last 20: {results[-1][3]:.0%})", flush=True)
     text = "; ".join(f"{'with' if w else 'without'} takeovers: "
                      f"{f'{r:,} steps' if r else f'not within {s:,} steps (last 20: {last:.0%})'}"
                      for w, r, s, last in results)
     return Outcome("rlpd_takeovers (pick_place)", "env steps to 80 %", text,
-                   "RLPD preset (10 critics, LayerNorm), UTD 4, routed sampler")
+                   f"RLPD preset (10 critics, LayerNorm), UTD 4, routed sampler, "
+                   f"{args.demos or 0} demos as prior data; budget {args.max_steps:,} env "
+                   f"steps" + (f", {budget / len(variants):.0f} s per variant"
+                               if budget < float("inf") else ""))
 
 
 def run(args: argparse.Namespace) -> int:
+    global CLOCK
     torch.set_num_threads(1)
     runs = args.runs.split(",")
     unknown = sorted(set(runs) - set(RUNS))
@@ -356,9 +536,12 @@ def run(args: argparse.Namespace) -> int:
                          f"known: {', '.join(RUNS)}")
     outcomes = []
     t0 = time.monotonic()
-    for name in runs:
+    for i, name in enumerate(runs):
+        # Each run gets an equal share of the time still left.
+        left = args.time_limit - (time.monotonic() - t0)
+        CLOCK = Clock(left / (len(runs) - i) if args.time_limit > 0 else 0.0)
         if name == "flow_bc":
-            outcomes.append(flow_bc(args)[0])
+            outcomes.append(flow_bc(args).outcome)
         else:
             outcomes.append(globals()[name](args))
     lines = ["## Imitation and flow policies (`userctl bench imitation`)", ""]
@@ -373,6 +556,12 @@ def run(args: argparse.Namespace) -> int:
             lines += ["", f"{o.run}:", "", *o.rows]
     text = "\n".join(lines)
     print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": sys.argv, "wall_s": round(time.monotonic() - t0, 1),
+            "outcomes": [dataclasses.asdict(o) for o in outcomes]}, indent=1))
     if not args.no_write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         report.write_section("imitation", text, args.out)
     return 0

@@ -18,6 +18,9 @@ N(0, I); the flow network itself is left as the imitation learner made it.
 Options: ``horizon`` (default 4), ``steps`` (integration steps, default 10),
 ``hidden_sizes``, ``execute`` (``ensemble`` | ``chunk``), ``execute_steps``,
 ``ensemble_decay``, ``steer``, ``noise_bound`` (steered noise lies in ±this, default 2),
+``steer_std`` (the new steering actor's pre-squash spread around zero noise, default 0.3),
+``normalise`` (observation normalisation measured by the learner and shipped in the
+weights, ``learners.policies._normalise``; default true),
 ``cameras``/``image_size``/``state_indices``/``channels``/``feature_dim``, ``seed``.
 """
 
@@ -33,7 +36,8 @@ from torch import nn
 from learners.core import JSON, Policy, Weights
 from learners.policies._chunking import ChunkExecution
 from learners.policies._mlp_gaussian import hidden_sizes_option
-from learners.policies._networks import TanhGaussianActor, mlp
+from learners.policies._networks import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, mlp
+from learners.policies._normalise import ObservationNormaliser
 from learners.policies._registry import PolicySpec
 
 KIND = "flow_matching"
@@ -70,6 +74,9 @@ def check(options: Mapping[str, JSON]) -> None:
     _int(options, "steps", 10)
     execution_of(options)
     _float(options, "noise_bound", 2.0)
+    _float(options, "steer_std", 0.3)
+    if not isinstance(options.get("normalise", True), bool):
+        raise ValueError(f"normalise must be true or false, got {options.get('normalise')!r}")
     if options.get("cameras"):
         from learners.policies import _cnn_gaussian
 
@@ -99,6 +106,20 @@ def time_features(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+def start_at_the_flow_mode(steer: TanhGaussianActor, std: float) -> None:
+    """Make a new steering actor answer zero noise (its mode) with pre-squash spread
+    ``std`` for every state: the steered policy then starts as the imitation policy's own
+    deterministic behaviour (what it was evaluated at), and RL moves it from there
+    (DSRL starts from the base policy; an untrained actor's random noise does not)."""
+    with torch.no_grad():
+        steer.mean.weight.zero_()
+        steer.mean.bias.zero_()
+        steer.log_std.weight.zero_()
+        # distribution(): log_std = MIN + (MAX - MIN) * (tanh(b) + 1) / 2 = log(std).
+        scaled = 2.0 * (math.log(max(std, 1e-6)) - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN)
+        steer.log_std.bias.fill_(math.atanh(min(max(scaled - 1.0, -0.999), 0.999)))
+
+
 class FlowActor(nn.Module):
     """Encoder, velocity network and (optionally) the steering actor: what robots load."""
 
@@ -115,6 +136,9 @@ class FlowActor(nn.Module):
         self.noise_bound = _float(options, "noise_bound", 2.0)
         hidden = hidden_sizes_option(options)
         indices = options.get("state_indices")
+        self.normaliser: ObservationNormaliser | None = (
+            ObservationNormaliser(spec.observation_dim) if options.get("normalise", True)
+            else None)
         self.encoder: nn.Module
         if options.get("cameras"):
             from learners.policies import _cnn_gaussian
@@ -137,6 +161,7 @@ class FlowActor(nn.Module):
             bound = torch.full((self.chunk_dim,), self.noise_bound)
             self.steer = TanhGaussianActor(feature_dim, self.chunk_dim, -bound, bound,
                                            hidden)
+            start_at_the_flow_mode(self.steer, _float(options, "steer_std", 0.3))
         low = torch.tensor(spec.action_low, dtype=torch.float32)
         high = torch.tensor(spec.action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2.0, persistent=False)
@@ -144,6 +169,8 @@ class FlowActor(nn.Module):
 
     def features(self, observation: torch.Tensor,
                  images: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if self.normaliser is not None:
+            observation = self.normaliser(observation)
         out: torch.Tensor = self.encoder(observation, images or {})
         return out
 

@@ -238,3 +238,105 @@ def test_a_flow_policy_conditions_on_camera_frames() -> None:
     assert chunk.shape == (2, 2, 2)
     with pytest.raises(ValueError, match="cameras"):
         policy.act(np.zeros((1, 3), np.float32))
+
+
+def test_observation_statistics_are_measured_from_the_data_and_travel_with_the_weights(
+        ) -> None:
+    rng = np.random.default_rng(3)
+    # Metres around a workspace centre: raw spreads differ by 100x between elements.
+    scale, centre = np.array([0.01, 1.0, 0.1], np.float32), np.array([0.5, -2.0, 0.0], np.float32)
+    algo = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(16,), seed=0), "flow_matching",
+                 {"horizon": 2, "steps": 2})
+    normaliser = algo.flow.normaliser  # type: ignore[union-attr]
+    assert normaliser is not None
+    normaliser.limit = 96
+    seen = []
+    for _ in range(4):  # the 4th batch comes after the limit: the statistics stay frozen
+        obs = (centre + scale * rng.normal(size=(32, 3))).astype(np.float32)
+        algo.update(_batch(obs, rng.uniform(-1, 1, size=(32, 2))))
+        seen.append(obs)
+    rows = np.concatenate(seen[:3]).astype(np.float64)
+    np.testing.assert_allclose(normaliser.mean.numpy(), rows.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(normaliser.var.sqrt().numpy(), rows.std(0), rtol=1e-4)
+    assert float(normaliser.count[0]) == 96
+    weights = algo.policy_weights()
+    assert {"normaliser.mean", "normaliser.var", "normaliser.count"} <= set(weights)
+    robot = build("flow_matching", SPEC, {"horizon": 2, "steps": 2, "hidden_sizes": [16]})
+    robot.load_weights(weights)
+    obs = seen[-1][:4]
+    with torch.no_grad():
+        features = algo.flow.features(torch.as_tensor(obs))  # type: ignore[union-attr]
+        learner_chunk = algo.flow.decode(features, torch.zeros(4, 4))  # type: ignore[union-attr]
+    np.testing.assert_allclose(robot.act_chunk(obs, True),  # type: ignore[attr-defined]
+                               learner_chunk.numpy(), atol=1e-6)
+    # The network sees unit-scale inputs, not metres.
+    assert float(features.abs().max()) < 4.0
+
+
+def test_dsrl_starts_at_the_flow_policys_mode_and_warms_its_critics_before_steering(
+        ) -> None:
+    rng = np.random.default_rng(0)
+    options = {"horizon": 2, "steps": 4}
+    base = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(32, 32)), "flow_matching", dict(options))
+    for _ in range(20):
+        base.update(_batch(*_bimodal(rng, 32)))
+    algo = dsrl.DSRL(SPEC, dsrl.DSRLConfig(hidden_sizes=(32, 32), pretrain_updates=0,
+                                           critic_warmup_updates=3), dict(options))
+    own = algo.actor.state_dict()
+    algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v)
+                                          for k, v in base.policy_weights().items()}})
+    steered = {**options, "steer": True, "hidden_sizes": [32, 32]}
+    plain = build("flow_matching", SPEC, {**options, "hidden_sizes": [32, 32]})
+    plain.load_weights(base.policy_weights())
+    obs = rng.normal(size=(16, 3)).astype(np.float32)
+
+    def robot_chunk() -> np.ndarray:
+        robot = build("flow_matching", SPEC, steered)
+        robot.load_weights(algo.policy_weights())
+        return robot.act_chunk(obs, True)  # type: ignore[attr-defined,no-any-return]
+
+    steer_before = {k: v.clone() for k, v in algo.steer.state_dict().items()}
+    for _ in range(3):  # critic warm-up: the steering actor does not move
+        o, a = _bimodal(rng, 32)
+        stats = algo.update(Batch(**{**_batch(o, a).__dict__,
+                                     "reward": torch.as_tensor(a[:, 0])}))
+        assert "losses/critic" in stats and "losses/actor" not in stats
+    assert all(torch.equal(v, algo.steer.state_dict()[k]) for k, v in steer_before.items())
+    # Zero noise: the steered policy acts as the BC policy's deterministic mode.
+    np.testing.assert_allclose(robot_chunk(), plain.act_chunk(obs, True),  # type: ignore[attr-defined]
+                               atol=1e-6)
+    o, a = _bimodal(rng, 32)
+    stats = algo.update(Batch(**{**_batch(o, a).__dict__, "reward": torch.as_tensor(a[:, 0])}))
+    assert "losses/actor" in stats
+    assert not all(torch.equal(v, algo.steer.state_dict()[k]) for k, v in steer_before.items())
+
+
+def test_robots_get_the_moving_average_of_the_weights_and_the_learning_rate_decays(
+        ) -> None:
+    rng = np.random.default_rng(4)
+    config = bc.BCConfig(hidden_sizes=(16,), lr=1e-3, ema=0.9, lr_decay_updates=4, seed=0)
+    algo = bc.BC(SPEC, config, "flow_matching", {"horizon": 2, "steps": 2})
+    lrs = [algo.update(_batch(*_bimodal(rng, 16)))["charts/lr"] for _ in range(6)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[4:] == pytest.approx([1e-4, 1e-4])
+    assert lrs == sorted(lrs, reverse=True)
+    live = {k: v.numpy() for k, v in algo.policy.state_dict().items()}
+    sent = algo.policy_weights()
+    assert set(sent) == set(live)
+    assert not np.allclose(sent["velocity.0.weight"], live["velocity.0.weight"])
+    np.testing.assert_array_equal(sent["normaliser.mean"], live["normaliser.mean"])
+    resumed = bc.BC(SPEC, config, "flow_matching", {"horizon": 2, "steps": 2})
+    resumed.load_state(algo.state())
+    for k, v in resumed.policy_weights().items():
+        np.testing.assert_array_equal(v, sent[k])
+    assert resumed.learning_rate() == pytest.approx(1e-4)
+
+
+def test_a_time_limited_bench_stops_training_while_it_can_still_evaluate() -> None:
+    from infra.bench import imitation
+
+    clock = imitation.Clock(100.0)
+    clock.measure_episodes(10.0, 20)  # 0.5 s an episode
+    assert clock.training(50, "updates")  # 1.5 * 50 * 0.5 + 10 = 47.5 s reserve < 100 s
+    assert not clock.training(200, "round 3")  # 160 s reserve > what is left
+    assert clock.stopped == "stopped by the time limit during round 3"
+    assert imitation.Clock(0.0).training(10**6, "anything")  # 0: no limit

@@ -1,0 +1,105 @@
+"""HG-DAgger and flow-matching experiments end to end, on the shared broker: a real MuJoCo
+arm (panda, ``reach``) driven by the learner's latest published policy, the scripted
+operator taking over when it strays → the worker's batches through Kafka
+(``transitions.raw`` and the rewarded ``transitions``) → the real Delta sink → the learner
+(``hg_dagger``, fed from the Delta history) → weights published and verified as an agent
+verifies them → the robot's next round.  The run's report
+(``pipeline.history.BY_VERSION``, what ``userctl history interventions --by-version``
+prints) shows the intervention rate falling as the policy versions go up — the issue's
+"done when" for HG-DAgger, and for a ``flow_matching`` policy whose chunks the worker
+executes."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents import registry, takeover, weights
+from agents.outbox import MemoryOutbox
+from agents.policies import RandomPolicy, scripted
+from agents.worker import Lease, RobotWorker
+from learners import _history, policies
+from pipeline import demos
+from pipeline import history as delta_history
+from schemas.transitions import TransitionBatch
+from tests.integration.test_step_identity import (  # noqa: F401 - fixtures
+    Space,
+    publishers,
+    space,
+)
+from tests.unit.test_learn_loop import REWARD, Publishers, experiment, make, train_until_capped
+from topics import catalog
+
+ROUNDS = 4
+EPISODES_PER_ROUND = 4
+
+
+def _robot_policy(published: Publishers, stream: str, spec: object
+                  ) -> tuple[weights.PolicyFn, int]:
+    """The newest published weights as an agent installs them: chunks joined and checked
+    against the manifest, the policy built from the blob, deterministic actions."""
+    for p in published.publishers:
+        p.flush(10.0)
+    sink = published.sinks[stream]
+    manifest = sink.manifests[-1]
+    blob = weights.assemble(manifest, [weights.FetchedChunk(o, sink.chunks[o])
+                                       for o in manifest.chunk_offsets])
+    policy = weights.build_policy(manifest, blob, spec)  # type: ignore[arg-type]
+    return weights._act_fn(policy, deterministic=True), manifest.version
+
+
+@pytest.mark.parametrize("policy", [
+    {"kind": "mlp_gaussian", "hidden": [64, 64]},
+    {"kind": "flow_matching", "hidden": [64, 64],
+     "options": {"horizon": 2, "steps": 4, "execute": "ensemble"}},
+], ids=["mlp_gaussian", "flow_matching"])
+def test_an_hg_dagger_experiment_hands_control_from_the_operator_to_its_policy(
+        space: Space, publishers: Publishers, policy: dict[str, object]  # noqa: F811
+) -> None:
+    robot = registry.make_robot("panda", task="reach", seed=5, validate=False)
+    operator = takeover.ScriptedOperator(scripted(robot), threshold=0.5, patience=2,
+                                         min_steps=5, agree_steps=2)
+    spec = experiment(algorithm={"name": "hg_dagger", "batch_size": 64, "utd_ratio": 4.0,
+                                 "hyperparameters": {"lr": 1e-3}},
+                      robots=[{"robot_type": "panda", "count": 1}],
+                      policy=policy, weight_sync={"every_updates": 50})
+    learner = make(spec, publishers, known={"panda": robot.spec})
+    stream = policies.weights_stream(spec.name, "panda")
+    # Version 0: no learned weights yet — the agent's fallback, a random policy.
+    random = RandomPolicy(robot.spec.action, seed=5)
+    acting: tuple[weights.PolicyFn, int] = (random, 0)
+    worker = RobotWorker(robot, robot_id="r1", site="lab-a", sink=MemoryOutbox(),
+                         policy=lambda: acting, flush_steps=25, flush_s=600.0,
+                         takeover=operator)
+    versions = []
+    for r in range(ROUNDS):
+        outbox = MemoryOutbox()
+        worker.sink = outbox
+        lease = Lease(spec.name, f"lease-{r}")
+        for _ in range(EPISODES_PER_ROUND * robot.spec.max_episode_steps):
+            worker.tick(lease, [])
+        worker.tick(None, [])  # the lease ends: the last batch is flushed
+        for raw in outbox.sent:
+            if isinstance(raw[1], TransitionBatch):
+                space.send(raw[1])
+        space.sink()
+        history = _history.read(space.root, experiments=(spec.name,), reward_fn=REWARD,
+                                topic=space.topic(catalog.TRANSITIONS),
+                                partitions=[0, 1, 2, 3], sink_name=space.sink_name)
+        assert sum(learner.add(s, "history") for s in history.steps()) > 0
+        assert train_until_capped(learner) > 0
+        learner.types["panda"].publish({})
+        acting = _robot_policy(publishers, stream, learner.types["panda"].policy_spec)
+        versions.append(acting[1])
+    assert versions == sorted(set(versions)), "each round acts with newer weights"
+
+    report = delta_history.sql(space.root, delta_history.BY_VERSION,
+                               {"experiment": spec.name, "demo_prefix": demos.DEMO_PREFIX,
+                                "reward_fn": REWARD}).to_pylist()
+    rates = [r["intervention_rate"] for r in report]
+    print(f"{policy['kind']}: intervention rate per policy version {rates}")  # pytest -s
+    assert [r["policy_version"] for r in report] == [0, *versions[:-1]]
+    assert sum(r["steps"] for r in report) == (ROUNDS * EPISODES_PER_ROUND
+                                               * robot.spec.max_episode_steps)
+    # Falling: the operator drives most of the random policy's steps, few of the last's.
+    assert rates[0] > 0.5, rates
+    assert rates[-1] < 0.5 * rates[0], rates
