@@ -43,7 +43,7 @@ CONTROL_HZ = 20.0
 MAX_EPISODE_STEPS = 50
 
 
-class FetchArm(robot_mod.Robot):
+class FetchArm(suites.SuiteRobot):
     """One Fetch task environment as a USER robot."""
 
     def __init__(self, task: str = "reach", seed: int | None = None,
@@ -57,13 +57,9 @@ class FetchArm(robot_mod.Robot):
                 "fetch: the gymnasium-robotics suite is not installed: run `make suites` or "
                 "set USER_SUITES_PYTHON to the python of a venv with 'gymnasium-robotics'")
         self._task = task
-        self._env: suites.ChildEnv | None = suites.ChildEnv(
-            "fetch", python, "gymnasium", ENVS[task], seed, max_episode_steps)
-        self._rng = np.random.default_rng(seed)
-        size = _OBS[task] + 3
-        self._spec = spaces.RobotSpec(
+        spec = spaces.RobotSpec(
             robot_type="fetch",
-            observation=spaces.ArraySpec(shape=(size,), dtype="float32"),
+            observation=spaces.ArraySpec(shape=(_OBS[task] + 3,), dtype="float32"),
             action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
             info={k: spaces.ArraySpec(shape=(3,), dtype="float32")
                   for k in rules.INFO_KEYS[task]},
@@ -71,19 +67,8 @@ class FetchArm(robot_mod.Robot):
             max_episode_steps=max_episode_steps,
             task=task,
         )
-        self._obs = np.zeros(size, np.float32)
-        self._info: dict[str, npt.NDArray[np.float32]] = {}
-        self._index = 0
-        self._done = True
-
-    @property
-    def spec(self) -> spaces.RobotSpec:
-        return self._spec
-
-    def _live(self) -> suites.ChildEnv:
-        if self._env is None:
-            raise robot_mod.RobotError("fetch: the robot is closed")
-        return self._env
+        env = suites.ChildEnv("fetch", python, "gymnasium", ENVS[task], seed, max_episode_steps)
+        super().__init__("fetch", env, spec, seed)
 
     def _step(self, reply: suites.Reply, *, truncated: bool = False) -> robot_mod.Step:
         obs = reply.obs
@@ -99,27 +84,19 @@ class FetchArm(robot_mod.Robot):
                               truncated=truncated)
 
     def reset(self, seed: int | None = None) -> robot_mod.Step:
-        draw = int(self._rng.integers(2**31)) if seed is None else seed
-        reply = self._live().reset(seed=draw)
+        reply = self._live().reset(seed=self._draw(seed))
         self._index, self._done = 0, False
         return self._step(reply)
 
     def step(self, action: npt.NDArray[np.floating]) -> robot_mod.Step:
-        if self._done:
-            raise robot_mod.RobotError("fetch: step after the episode ended; reset first")
-        a = np.clip(np.asarray(action, np.float64).reshape(4), -1.0, 1.0)
-        reply = self._live().step(a)
-        self._index += 1
+        reply = self._step_child(np.clip(np.asarray(action, np.float64).reshape(4), -1.0, 1.0))
         truncated = reply.truncated or self._index >= self._spec.max_episode_steps
         self._done = truncated
         return self._step(reply, truncated=truncated)
 
     def hold(self) -> robot_mod.Step:
         # Zero end-effector motion, the gripper left as it is (Fetch's mocap holds).
-        if self._done:
-            return robot_mod.Step(self._obs.copy(), dict(self._info), self._index,
-                                  truncated=True)
-        return self.step(np.zeros(4))
+        return self._last() if self._done else self.step(np.zeros(4))
 
     def scripted_policy(self) -> Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]]:
         """A proportional reach to the goal (``reach`` only): the action's position part is
@@ -135,11 +112,6 @@ class FetchArm(robot_mod.Robot):
             return out
 
         return act
-
-    def close(self) -> None:
-        env, self._env = self._env, None
-        if env is not None:
-            env.close()
 
 
 def make(**options: Any) -> FetchArm:

@@ -52,7 +52,7 @@ _GRIP = 14
 GRIPPER_MAX = 255.0
 
 
-class GymHilPanda(robot_mod.Robot):
+class GymHilPanda(suites.SuiteRobot):
     """gym-hil's Panda pick-cube environment as a USER robot."""
 
     def __init__(self, task: str = "lift", seed: int | None = None,
@@ -66,11 +66,7 @@ class GymHilPanda(robot_mod.Robot):
             raise robot_mod.RobotError(
                 "gym_hil: the gym-hil suite is not installed: run `make suites` or set "
                 "USER_SUITES_PYTHON to the python of a venv with 'gym-hil' (mujoco < 3.9)")
-        self._env: suites.ChildEnv | None = suites.ChildEnv(
-            "gym_hil", python, "gymnasium", ENVS[task], seed, max_episode_steps,
-            {"random_block_position": bool(random_block)})
-        self._rng = np.random.default_rng(seed)
-        self._spec = spaces.RobotSpec(
+        spec = spaces.RobotSpec(
             robot_type="gym_hil_panda",
             observation=spaces.ArraySpec(shape=(_AGENT + _CUBE,), dtype="float32"),
             action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
@@ -80,20 +76,10 @@ class GymHilPanda(robot_mod.Robot):
             max_episode_steps=max_episode_steps,
             task=task,
         )
-        self._obs = np.zeros(_AGENT + _CUBE, np.float32)
+        env = suites.ChildEnv("gym_hil", python, "gymnasium", ENVS[task], seed,
+                              max_episode_steps, {"random_block_position": bool(random_block)})
+        super().__init__("gym_hil", env, spec, seed)
         self._goal = np.zeros(3, np.float32)
-        self._info: dict[str, npt.NDArray[np.float32]] = {}
-        self._index = 0
-        self._done = True
-
-    @property
-    def spec(self) -> spaces.RobotSpec:
-        return self._spec
-
-    def _live(self) -> suites.ChildEnv:
-        if self._env is None:
-            raise robot_mod.RobotError("gym_hil: the robot is closed")
-        return self._env
 
     def _step(self, reply: suites.Reply, *, terminated: bool = False,
               truncated: bool = False) -> robot_mod.Step:
@@ -107,8 +93,7 @@ class GymHilPanda(robot_mod.Robot):
                               terminated=terminated, truncated=truncated)
 
     def reset(self, seed: int | None = None) -> robot_mod.Step:
-        draw = int(self._rng.integers(2**31)) if seed is None else seed
-        reply = self._live().reset(seed=draw)
+        reply = self._live().reset(seed=self._draw(seed))
         assert isinstance(reply.obs, dict)
         self._goal = (reply.obs["environment_state"]
                       + np.array([0.0, 0.0, rules.LIFT_HEIGHT])).astype(np.float32)
@@ -116,14 +101,11 @@ class GymHilPanda(robot_mod.Robot):
         return self._step(reply)
 
     def step(self, action: npt.NDArray[np.floating]) -> robot_mod.Step:
-        if self._done:
-            raise robot_mod.RobotError("gym_hil: step after the episode ended; reset first")
         a = np.clip(np.asarray(action, np.float64).reshape(4), -1.0, 1.0)
         suite_action = np.zeros(7)
         suite_action[:3] = a[:3] * STEP_M
         suite_action[6] = a[3]
-        reply = self._live().step(suite_action)
-        self._index += 1
+        reply = self._step_child(suite_action)
         truncated = (reply.truncated or self._index >= self._spec.max_episode_steps) \
             and not reply.terminated
         self._done = reply.terminated or truncated
@@ -131,10 +113,7 @@ class GymHilPanda(robot_mod.Robot):
 
     def hold(self) -> robot_mod.Step:
         # No end-effector motion and no change to the grasp.
-        if self._done:
-            return robot_mod.Step(self._obs.copy(), dict(self._info), self._index,
-                                  truncated=True)
-        return self.step(np.zeros(4))
+        return self._last() if self._done else self.step(np.zeros(4))
 
     def scripted_policy(self) -> Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]]:
         """Hover over the cube, descend open, close, lift (a proportional controller on the
@@ -159,11 +138,6 @@ class GymHilPanda(robot_mod.Robot):
             return out
 
         return act
-
-    def close(self) -> None:
-        env, self._env = self._env, None
-        if env is not None:
-            env.close()
 
 
 def make(**options: Any) -> GymHilPanda:

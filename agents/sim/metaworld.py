@@ -42,7 +42,7 @@ CONTROL_HZ = 20.0
 MAX_EPISODE_STEPS = 500
 
 
-class MetaWorldSawyer(robot_mod.Robot):
+class MetaWorldSawyer(suites.SuiteRobot):
     """One Meta-World v3 task environment (a Sawyer arm) as a USER robot."""
 
     def __init__(self, task: str = "reach", seed: int | None = None,
@@ -57,12 +57,8 @@ class MetaWorldSawyer(robot_mod.Robot):
                 "metaworld: the Meta-World suite is not installed: run `make suites` (a Python "
                 "3.12 venv with 'metaworld==3.1.1', which pins mujoco==3.3.0) or set "
                 "USER_SUITES_PYTHON to the python of a venv that has it")
-        self._task = task
-        self._env = suites.ChildEnv("metaworld", python, "metaworld", ENVS[task], seed,
-                                    max_episode_steps)
-        self._rng = np.random.default_rng(seed)
         keys = rules.INFO_KEYS["reach"] if task == "reach" else rules.INFO_KEYS["push"]
-        self._spec = spaces.RobotSpec(
+        spec = spaces.RobotSpec(
             robot_type="metaworld_sawyer",
             observation=spaces.ArraySpec(shape=(_OBS,), dtype="float32"),
             action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
@@ -71,33 +67,25 @@ class MetaWorldSawyer(robot_mod.Robot):
             max_episode_steps=max_episode_steps,
             task=task,
         )
-        self._obs = np.zeros(_OBS, np.float32)
-        self._index = 0
-        self._done = True
-
-    @property
-    def spec(self) -> spaces.RobotSpec:
-        return self._spec
+        env = suites.ChildEnv("metaworld", python, "metaworld", ENVS[task], seed,
+                              max_episode_steps)
+        super().__init__("metaworld", env, spec, seed)
 
     def _step(self, obs: npt.NDArray[np.floating], *, truncated: bool = False) -> robot_mod.Step:
         self._obs = np.asarray(obs, np.float32)
         info = {rules.EE_POS: self._obs[_HAND].copy(), rules.GOAL_POS: self._obs[_GOAL].copy()}
         if rules.CUBE_POS in self._spec.info:
             info[rules.CUBE_POS] = self._obs[_OBJ].copy()
-        return robot_mod.Step(self._obs.copy(), info, self._index, truncated=truncated)
+        self._info = info
+        return robot_mod.Step(self._obs.copy(), dict(info), self._index, truncated=truncated)
 
     def reset(self, seed: int | None = None) -> robot_mod.Step:
-        draw = int(self._rng.integers(2**31)) if seed is None else seed
-        reply = self._env.reset(seed=draw)
+        reply = self._live().reset(seed=self._draw(seed))
         self._index, self._done = 0, False
         return self._step(np.asarray(reply.obs, np.float32))
 
     def step(self, action: npt.NDArray[np.floating]) -> robot_mod.Step:
-        if self._done:
-            raise robot_mod.RobotError("metaworld: step after the episode ended; reset first")
-        a = np.clip(np.asarray(action, np.float64).reshape(4), -1.0, 1.0)
-        reply = self._env.step(a)
-        self._index += 1
+        reply = self._step_child(np.clip(np.asarray(action, np.float64).reshape(4), -1.0, 1.0))
         truncated = reply.truncated or self._index >= self._spec.max_episode_steps
         self._done = truncated
         return self._step(np.asarray(reply.obs, np.float32), truncated=truncated)
@@ -105,7 +93,7 @@ class MetaWorldSawyer(robot_mod.Robot):
     def hold(self) -> robot_mod.Step:
         # Zero end-effector motion with the gripper command unchanged.
         if self._done:
-            return self._step(self._obs, truncated=True)
+            return self._last()
         held = np.zeros(4)
         held[3] = float(self._obs[3] * 2.0 - 1.0)
         return self.step(held)
@@ -113,17 +101,12 @@ class MetaWorldSawyer(robot_mod.Robot):
     def scripted_policy(self) -> Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]]:
         """Meta-World's own scripted policy for the task (``metaworld.policies``, run in the
         suite's process on its current observation; the argument is ignored)."""
-        env = self._env
+        env = self._live()
 
         def act(_obs: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
             return np.clip(env.expert(), -1.0, 1.0).astype(np.float32)
 
         return act
-
-    def close(self) -> None:
-        env, self._env = self._env, None
-        if env is not None:
-            env.close()
 
 
 def make(**options: Any) -> MetaWorldSawyer:

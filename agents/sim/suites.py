@@ -22,8 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from agents import robot as robot_mod
+from schemas import spaces
 
-__all__ = ["ChildEnv", "Reply", "suite_python"]
+__all__ = ["ChildEnv", "Reply", "SuiteRobot", "suite_python"]
 
 #: ``obs`` as the server sends it: a flat float vector, or named vectors.
 Obs = npt.NDArray[np.float32] | dict[str, npt.NDArray[np.float32]]
@@ -126,3 +127,51 @@ class ChildEnv:
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
+
+
+class SuiteRobot(robot_mod.Robot):
+    """What the suite adapters share: the child environment, the announced spec, the
+    per-episode seed draw, the episode counters and ``close``. Subclasses build the spec and
+    map the suite's observation in ``reset``/``step``."""
+
+    def __init__(self, name: str, env: ChildEnv, spec: spaces.RobotSpec,
+                 seed: int | None) -> None:
+        self._name = name
+        self._env: ChildEnv | None = env
+        self._spec = spec
+        self._rng = np.random.default_rng(seed)
+        self._obs = np.zeros(spec.observation.shape, np.float32)
+        self._info: dict[str, npt.NDArray[np.float32]] = {}
+        self._index = 0
+        self._done = True
+
+    @property
+    def spec(self) -> spaces.RobotSpec:
+        return self._spec
+
+    def _live(self) -> ChildEnv:
+        if self._env is None:
+            raise robot_mod.RobotError(f"{self._name}: the robot is closed")
+        return self._env
+
+    def _draw(self, seed: int | None) -> int:
+        """The seed an episode resets with: ``seed``, else the next of this robot's own."""
+        return int(self._rng.integers(2**31)) if seed is None else seed
+
+    def _step_child(self, action: npt.NDArray[np.floating]) -> Reply:
+        """One suite step; ``RobotError`` after the episode ended."""
+        if self._done:
+            raise robot_mod.RobotError(f"{self._name}: step after the episode ended; reset "
+                                       "first")
+        reply = self._live().step(action)
+        self._index += 1
+        return reply
+
+    def _last(self) -> robot_mod.Step:
+        """The last state again, as the end of its episode (``hold`` after it ended)."""
+        return robot_mod.Step(self._obs.copy(), dict(self._info), self._index, truncated=True)
+
+    def close(self) -> None:
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
