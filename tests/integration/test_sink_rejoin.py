@@ -34,6 +34,18 @@ def test_a_consumer_left_out_of_its_group_is_rebuilt_and_delta_stays_exact(
         topic_suffix=ns.suffix, flush_rows=40, flush_interval_s=0.3, compact_interval_s=0,
         rejoin_after_s=3.0)
     delta_sink = sink.DeltaSink(ns.kafka, settings)
+    # The consumer leaves its group on the sink's own thread (a librdkafka consumer is not
+    # to be driven from two threads: unsubscribe() beside the sink's consume() can block).
+    leave = threading.Event()
+    watch = delta_sink._watch_membership
+
+    def leave_then_watch() -> None:
+        if leave.is_set():
+            leave.clear()
+            delta_sink._consumer.unsubscribe()
+        watch()
+
+    delta_sink._watch_membership = leave_then_watch  # type: ignore[method-assign]
     runner = threading.Thread(target=delta_sink.run, name="sink", daemon=True)
     runner.start()
     try:
@@ -43,7 +55,7 @@ def test_a_consumer_left_out_of_its_group_is_rebuilt_and_delta_stays_exact(
 
         # Out of the group, and librdkafka will not join again by itself.
         stuck = delta_sink._consumer
-        stuck.unsubscribe()
+        leave.set()
         wait_for(lambda: delta_sink.rebuilds == 1, 60, "the sink to rebuild its consumer")
         assert delta_sink._consumer is not stuck
 
