@@ -102,8 +102,8 @@ def robot_types() -> list[str]:
 def make_robot(
     name: str, *, task: str | None = None, validate: bool = True, **options: object
 ) -> safety.Guarded:
-    """Build a robot of type ``name`` set up for ``task`` (default: the first task the type
-    declares, ``reach`` for the arms), probe it, and wrap it in the safety layer.
+    """Build a robot of type ``name`` set up for ``task`` (default: ``reach`` where the type
+    can reach, else the first task it declares), probe it, and wrap it in the safety layer.
 
     ``options`` go to the type's factory (the simulated arms take ``seed``, ``control_hz``,
     ``cameras``, ``camera_size``, ``max_episode_steps``). With ``validate`` the robot is
@@ -116,7 +116,8 @@ def make_robot(
     if factory is None:
         raise _unknown(name)
     tasks = robot_tasks(name)
-    task = tasks[0] if task is None else task
+    if task is None:
+        task = "reach" if "reach" in tasks else tasks[0]
     if task not in tasks:
         raise robot_mod.RobotError(
             f"robot type {name!r} cannot do task {task!r}; it can do: {', '.join(tasks)}")
