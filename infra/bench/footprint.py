@@ -20,6 +20,32 @@ from infra.bench import report
 
 HELP = "resident memory of the controller, sink, reward job and an agent at start (no torch)"
 
+#: An agent's 64 robots stepping under a learned mlp_gaussian policy, built by
+#: ``policies.LOAD`` (the numpy twin agents use, or the torch module they used before).
+_AGENT_ARGV = ["agent", "--robot-type", "reacher2d", "--site", "lab", "--count", "64"]
+_AGENT_RUNNING = """import numpy as np
+from agents import agent, registry, weights, weights_kafka, worker
+from learners import policies
+robots = [registry.make_robot("reacher2d", seed=i) for i in range(64)]
+spec = policies.PolicySpec.from_robot_spec(robots[0].spec)
+rng = np.random.default_rng(0)
+sizes = [spec.observation_dim, 256, 256]
+w = {}
+for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    w[f"trunk.{2 * i}.weight"] = rng.standard_normal((n_out, n_in)).astype(np.float32) * 0.1
+    w[f"trunk.{2 * i}.bias"] = np.zeros(n_out, np.float32)
+for head in ("mean", "log_std"):
+    w[f"{head}.weight"] = rng.standard_normal((spec.action_dim, 256)).astype(np.float32) * 0.1
+    w[f"{head}.bias"] = np.zeros(spec.action_dim, np.float32)
+blob = policies.to_safetensors(w, {"policy_kind": "mlp_gaussian",
+                                   "policy_options": '{"hidden_sizes": [256, 256]}'})
+policy = policies.LOAD(spec, blob)
+for robot in robots:
+    step = robot.reset()
+    for _ in range(20):
+        step = robot.step(policy.act(step.observation[None].astype(np.float32))[0])
+"""
+
 #: Role -> (its `userctl` argv, what its handler imports once it runs).
 ROLES: dict[str, tuple[list[str], str]] = {
     "controller": (["controller"], "from pipeline import controller"),
@@ -27,53 +53,9 @@ ROLES: dict[str, tuple[list[str], str]] = {
     "reward job": (["rewards", "run", "reach_dense@1"],
                    "from pipeline import reward_job, rewards; rewards.lookup('reach_dense@1')"),
     "agent, 64 robots running a learned policy": (
-        ["agent", "--robot-type", "reacher2d", "--site", "lab", "--count", "64"], """
-import numpy as np
-from agents import agent, registry, weights, weights_kafka, worker
-from learners import policies
-robots = [registry.make_robot("reacher2d", seed=i) for i in range(64)]
-spec = policies.PolicySpec.from_robot_spec(robots[0].spec)
-rng = np.random.default_rng(0)
-sizes = [spec.observation_dim, 256, 256]
-w = {}
-for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-    w[f"trunk.{2 * i}.weight"] = rng.standard_normal((n_out, n_in)).astype(np.float32) * 0.1
-    w[f"trunk.{2 * i}.bias"] = np.zeros(n_out, np.float32)
-for head in ("mean", "log_std"):
-    w[f"{head}.weight"] = rng.standard_normal((spec.action_dim, 256)).astype(np.float32) * 0.1
-    w[f"{head}.bias"] = np.zeros(spec.action_dim, np.float32)
-blob = policies.to_safetensors(w, {"policy_kind": "mlp_gaussian",
-                                   "policy_options": '{"hidden_sizes": [256, 256]}'})
-policy = policies.load_for_inference(spec, blob)
-for robot in robots:
-    step = robot.reset()
-    for _ in range(20):
-        step = robot.step(policy.act(step.observation[None].astype(np.float32))[0])
-"""),
+        _AGENT_ARGV, _AGENT_RUNNING.replace("LOAD", "load_for_inference")),
     "agent, the same with the torch policy (before)": (
-        ["agent", "--robot-type", "reacher2d", "--site", "lab", "--count", "64"], """
-import numpy as np
-from agents import agent, registry, weights, weights_kafka, worker
-from learners import policies
-robots = [registry.make_robot("reacher2d", seed=i) for i in range(64)]
-spec = policies.PolicySpec.from_robot_spec(robots[0].spec)
-rng = np.random.default_rng(0)
-sizes = [spec.observation_dim, 256, 256]
-w = {}
-for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-    w[f"trunk.{2 * i}.weight"] = rng.standard_normal((n_out, n_in)).astype(np.float32) * 0.1
-    w[f"trunk.{2 * i}.bias"] = np.zeros(n_out, np.float32)
-for head in ("mean", "log_std"):
-    w[f"{head}.weight"] = rng.standard_normal((spec.action_dim, 256)).astype(np.float32) * 0.1
-    w[f"{head}.bias"] = np.zeros(spec.action_dim, np.float32)
-blob = policies.to_safetensors(w, {"policy_kind": "mlp_gaussian",
-                                   "policy_options": '{"hidden_sizes": [256, 256]}'})
-policy = policies.load(spec, blob)
-for robot in robots:
-    step = robot.reset()
-    for _ in range(20):
-        step = robot.step(policy.act(step.observation[None].astype(np.float32))[0])
-"""),
+        _AGENT_ARGV, _AGENT_RUNNING.replace("LOAD", "load")),
     "every command (baseline)": ([], "pass"),
 }
 
