@@ -101,6 +101,9 @@ def _demo(args: argparse.Namespace) -> int:
     admin.ensure_topics(kafka)
 
     home = Path(os.environ["USER_HOME"])
+    # The learner role writes TensorBoard files under the same runs directory as the
+    # report (unless USER_TENSORBOARD_RUNS says otherwise), not under its working directory.
+    os.environ.setdefault("USER_TENSORBOARD_RUNS", str(args.runs.resolve()))
     sup = supervisor.Supervisor(run_topo, home)
     sup_thread = threading.Thread(target=sup.run, name="supervisor", daemon=True)
     interrupted = threading.Event()
@@ -120,7 +123,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"submitted experiment {name} ({args.experiment})")
     print(f"starting {len(run_topo.roles)} roles: {', '.join(run_topo.roles)} "
           f"(logs in {home / 'logs' / run_topo.name})")
-    print(f"watch it: `userctl dashboard` (a web page), `userctl tensorboard {name}`")
+    print(f"watch it: `userctl dashboard` (a web page), `userctl tensorboard {name} "
+          f"--runs {os.environ['USER_TENSORBOARD_RUNS']}`")
     sup_thread.start()
     reason = "interrupted (Ctrl-C)"
     progress = Progress(name, window=stop_spec.success_window)

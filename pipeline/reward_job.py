@@ -24,6 +24,7 @@ module's doc).  Rewarded batches are cut to the broker's limit of ``transitions`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -154,8 +155,13 @@ def build_app(kafka: KafkaSettings, fn: rewards.Registered, *, topic_suffix: str
         # (up to TAKE_RECORDS, or what came within TAKE_WITHIN_S); take_events acks the
         # taken records only after this body has handed every rewarded batch of them to
         # the producer, and faust flushes the producer before it commits those offsets.
+        loop = asyncio.get_running_loop()
         async for events in stream.take_events(TAKE_RECORDS, within=TAKE_WITHIN_S):
             specs.poll(0.0)
+            # The limits come from the broker (cached for minutes, a lookup can take up to
+            # its timeout): asked off the event loop, so faust's heartbeats and fetches go on.
+            limit_of = {topic: await loop.run_in_executor(None, topic_limits.limit, topic)
+                        for topic in (out_topic, dlq_topic)}
             for event in events:
                 msg = event.message
                 record = validation.Record(
@@ -165,8 +171,8 @@ def build_app(kafka: KafkaSettings, fn: rewards.Registered, *, topic_suffix: str
                     timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None)
                 out = score(fn, record, out_topic=out_topic, dlq_topic=dlq_topic,
                             consumer=name, validate=specs.validate)
-                for part in fit(out, topic_limits.limit(out.topic), dlq_topic=dlq_topic,
-                                consumer=name):
+                limit = limit_of.get(out.topic) or topic_limits.limit(out.topic)
+                for part in fit(out, limit, dlq_topic=dlq_topic, consumer=name):
                     await app.producer.send(part.topic, part.key, part.value,
                                             part.partition, None, list(part.headers))
 
