@@ -1,4 +1,6 @@
-"""`userctl mirror run|config|lag` — MirrorMaker 2 at an edge (infra/mirror.py)."""
+"""`userctl mirror run|config|lag|certs|proxy|cut|heal` — MirrorMaker 2 at an edge
+(infra/mirror.py), its WAN certificates (infra/wan.py) and the WAN fault proxy in front of
+the cloud's WAN listeners (infra/wan_proxy.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ import argparse
 import os
 import sys
 
-from infra import mirror, wan
-from infra.broker import BrokerSettings
+from infra import mirror, wan, wan_proxy
+from infra.broker import BrokerSettings, default_home
 from topics.settings import KafkaSettings
 
 
@@ -33,6 +35,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--host", action="append", default=[],
                    help="a name or address edges dial the cloud by (repeatable)")
     s.set_defaults(func=_certs)
+    s = msub.add_parser("proxy", help="run the WAN fault proxy (Toxiproxy) in the foreground: "
+                        "one proxy per site in front of the cloud's WAN listener")
+    s.add_argument("--api-port", type=int, default=wan_proxy.API_PORT,
+                   help=f"its HTTP API on 127.0.0.1 (default {wan_proxy.API_PORT})")
+    s.add_argument("--proxy", action="append", required=True, metavar="SITE=LISTEN,UPSTREAM",
+                   help="a site's proxy: listen host:port, upstream host:port (repeatable)")
+    s.set_defaults(func=_proxy)
+    for name, func, text in (("cut", _cut, "cut a site's WAN link at the proxy (connections "
+                              "drop, new ones are refused)"),
+                             ("heal", _heal, "heal a site's WAN link cut by `mirror cut`")):
+        s = msub.add_parser(name, help=text)
+        s.add_argument("--site", required=True)
+        s.add_argument("--api-port", type=int, default=wan_proxy.API_PORT)
+        s.set_defaults(func=func)
 
 
 def _settings(args: argparse.Namespace) -> mirror.MirrorSettings:
@@ -97,4 +113,37 @@ def _lag(args: argparse.Namespace) -> int:
     s = _settings(args)
     for line in lag_lines(site_lag(s.site, s.edge_bootstrap, s.cloud_bootstrap)):
         print(line)
+    return 0
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    proxies: dict[str, tuple[str, str]] = {}
+    for item in args.proxy:
+        site, _, ends = item.partition("=")
+        listen, _, upstream = ends.partition(",")
+        if not (site and listen and upstream):
+            print(f"userctl: --proxy {item!r}: expected SITE=LISTEN,UPSTREAM "
+                  "(e.g. lab-a=127.0.0.1:19096,127.0.0.1:19094)", file=sys.stderr)
+            return 2
+        proxies[site] = (listen, upstream)
+    # The binary is shared by every home of this checkout (built once by `go install`).
+    binary = wan_proxy.ensure_server(default_home())
+    config = wan_proxy.write_config(BrokerSettings().home / "wan-proxy.json", proxies)
+    print(f"WAN proxy (toxiproxy {wan_proxy.VERSION}) API 127.0.0.1:{args.api_port}: "
+          + ", ".join(f"{s} {a} -> {b}" for s, (a, b) in proxies.items()), flush=True)
+    argv = [str(binary), "-host", "127.0.0.1", "-port", str(args.api_port),
+            "-config", str(config)]
+    os.execv(argv[0], argv)  # the supervisor's signals reach the server itself
+    return 0  # pragma: no cover
+
+
+def _cut(args: argparse.Namespace) -> int:
+    wan_proxy.ToxiproxyApi(args.api_port).cut(args.site)
+    print(f"{args.site}: WAN link cut")
+    return 0
+
+
+def _heal(args: argparse.Namespace) -> int:
+    wan_proxy.ToxiproxyApi(args.api_port).heal(args.site)
+    print(f"{args.site}: WAN link healed")
     return 0

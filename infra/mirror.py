@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,18 +319,24 @@ def flow_lag(source_bootstrap: str, target_bootstrap: str, source: str, site: st
     conf["log_level"] = 0
     consumer = Consumer(conf)
     try:
-        tp = TopicPartition(offsets_topic(source), 0)
+        # Connect spreads its offset records over the topic's partitions by key hash:
+        # read every partition up to the end it had when we looked (not "until idle":
+        # MM2 commits every flush interval, so the topic is never idle for long).
+        topic = offsets_topic(source)
         try:
-            _, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                      timeout=timeout_s)
+                    for p in (meta.partitions if meta is not None and meta.error is None
+                              else ())}
         except KafkaException:
-            high = 0
-        if high > 0:
-            consumer.assign([TopicPartition(tp.topic, p, 0) for p in range(25)])
-            while True:
-                msgs = consumer.consume(500, 1.0)
-                if not msgs:
-                    break
-                for m in msgs:
+            ends = {}
+        todo = {p: high for p, (low, high) in ends.items() if high > low}
+        if todo:
+            consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+            deadline = time.monotonic() + 6 * timeout_s
+            while todo and time.monotonic() < deadline:
+                for m in consumer.consume(500, 0.5):
                     raw_key, raw_value = m.key(), m.value()
                     if m.error() is not None or raw_key is None:
                         continue
@@ -341,6 +348,9 @@ def flow_lag(source_bootstrap: str, target_bootstrap: str, source: str, site: st
                     if part.get("cluster") == source and value is not None:
                         copied[(str(part["topic"]), int(part["partition"]))] = int(
                             value["offset"]) + 1
+                for tp in consumer.position([TopicPartition(topic, p) for p in list(todo)]):
+                    if tp.offset >= todo[tp.partition]:
+                        del todo[tp.partition]
     finally:
         consumer.close()
     src = Consumer({**KafkaSettings(bootstrap=source_bootstrap).consumer_config(

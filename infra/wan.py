@@ -21,7 +21,7 @@ from pathlib import Path
 
 from infra import pki
 from infra.broker import BrokerError
-from infra.security import Paths
+from infra.security import Paths as Paths  # re-exported: the WAN certificates live there
 
 #: The broker's WAN certificate's subject (edges check it by host name, not by CN).
 CLOUD_CN = "user-cloud-wan"

@@ -7,7 +7,9 @@ edge's MirrorMaker makes — bootstrap and after — crosses it.  Faults are Tox
 "toxics" (latency, bandwidth) and disabling a proxy (a cut: connections drop, new ones are
 refused) until it is enabled again (healed).
 
-The server is built from the Go module proxy once (``go install``, pinned by
+A process topology runs the server as a role (``userctl mirror proxy``, proxies from a
+``-config`` file, :func:`write_config`) and ``userctl mirror cut|heal`` drive it through
+:class:`ToxiproxyApi`.  The server is built from the Go module proxy once (``go install``, pinned by
 :data:`VERSION`) into ``<home>/bin``; later calls find it there or on ``PATH``.
 """
 
@@ -29,6 +31,8 @@ from infra.broker import BrokerError
 VERSION = "v2.5.0"
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 BINARY = "toxiproxy-server"
+#: Toxiproxy's own default API port.
+API_PORT = 8474
 
 
 def ensure_server(home: Path) -> Path:
@@ -58,28 +62,23 @@ def ensure_server(home: Path) -> Path:
     return target
 
 
-class Toxiproxy:
-    """A running ``toxiproxy-server`` and its HTTP API (127.0.0.1 only)."""
+def write_config(path: Path, proxies: dict[str, tuple[str, str]]) -> Path:
+    """A ``toxiproxy-server -config`` file: proxy name -> (listen, upstream), both
+    host:port; the server creates them enabled at start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"name": name, "listen": listen, "upstream": upstream,
+                                 "enabled": True}
+                                for name, (listen, upstream) in proxies.items()], indent=2))
+    return path
 
-    def __init__(self, binary: Path, port: int, log: Path) -> None:
+
+class ToxiproxyApi:
+    """The HTTP API of a running ``toxiproxy-server`` on 127.0.0.1:``port`` (started here
+    by :class:`Toxiproxy`, or by a topology's ``userctl mirror proxy`` role)."""
+
+    def __init__(self, port: int) -> None:
         self.port = port
         self.api = f"http://127.0.0.1:{port}"
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(binary), "-host", "127.0.0.1", "-port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self._call("GET", "/proxies")
-                return
-            except (OSError, ValueError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise BrokerError(f"toxiproxy-server did not answer on {self.api}; "
-                                      f"see {log}") from None
-                time.sleep(0.1)
 
     def _call(self, method: str, path: str, body: object = None) -> object:
         data = None if body is None else json.dumps(body).encode()
@@ -113,6 +112,35 @@ class Toxiproxy:
         toxics = self._call("GET", f"/proxies/{name}/toxics")
         for t in toxics if isinstance(toxics, list) else []:
             self._call("DELETE", f"/proxies/{name}/toxics/{t['name']}")
+
+    def proxies(self) -> dict[str, bool]:
+        """Proxy name -> enabled."""
+        got = self._call("GET", "/proxies")
+        return {str(k): bool(v.get("enabled")) for k, v in got.items()} \
+            if isinstance(got, dict) else {}
+
+
+class Toxiproxy(ToxiproxyApi):
+    """A ``toxiproxy-server`` started (and stopped) by this process, and its API."""
+
+    def __init__(self, binary: Path, port: int, log: Path) -> None:
+        super().__init__(port)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(binary), "-host", "127.0.0.1", "-port", str(port)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._call("GET", "/proxies")
+                return
+            except (OSError, ValueError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise BrokerError(f"toxiproxy-server did not answer on {self.api}; "
+                                      f"see {log}") from None
+                time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "imitation": "infra.bench.imitation",
     "inference": "infra.bench.inference",
     "sync-gpu": "infra.bench.sync_gpu",
+    "sites": "infra.bench.sites",
     "all": "infra.bench.all",
 }
 

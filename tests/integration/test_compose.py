@@ -24,6 +24,8 @@ def test_compose_runs_the_process_topologys_roles_with_the_same_commands() -> No
     services = _compose()["services"]
     for name, role in _topology()["roles"].items():
         args = role["userctl"]
+        if name == "wan-proxy":  # Docker cuts a site by `docker network disconnect`
+            continue
         if name.startswith(("broker-", "topics-", "mirror-")) or name == "certs":
             kind = {"broker": "kafka", "topics": "topics", "mirror": "mm2"}.get(
                 name.split("-")[0], name)
