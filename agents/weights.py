@@ -4,9 +4,18 @@ DESIGN §5 / issue 6 item 3.  A :class:`WeightsSubscriber` runs one background t
 per agent process.  It follows the manifests of every experiment (from the beginning,
 so a robot that joins late goes straight to the newest version), and for each
 experiment a robot here is leased to it fetches the newest version's chunks, checks
-them (:func:`assemble`: every chunk present, at its offset, of its size and SHA-256; the
-whole blob's size and SHA-256), builds the policy through ``learners.policies`` and
-swaps a complete :class:`Applied` ``(policy, version)`` in under a lock.
+them (:class:`Assembly`: every chunk present, at its offset, of its size and SHA-256),
+builds the policy through ``learners.policies`` and swaps a complete :class:`Applied`
+``(policy, version)`` in under a lock.
+
+Each byte is hashed once: the source hashes a chunk when it reads it (the Kafka source
+reads new chunks as the learner writes them, before their manifest exists), and the
+assembly compares that digest with the manifest's.  The whole-blob SHA-256 is not
+hashed again by default: the manifest pins every chunk's digest, index, offset and size,
+so the joined bytes are exactly the ones the learner hashed (a manifest whose ``sha256``
+contradicts its own chunk digests is a learner bug, not a transport fault; signing covers
+both).  ``USER_AGENT_WEIGHTS_VERIFY_BLOB_SHA256=true`` hashes the joined blob as well
+(a second pass); a one-chunk version's blob digest is its chunk's and is always compared.
 
 The control loop never touches the network: each control step asks
 :func:`learned_or` for the current pair, a dictionary look-up.  A corrupt, partial or
@@ -23,13 +32,14 @@ import hashlib
 import json
 import logging
 import math
+import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -98,6 +108,9 @@ class FetchedChunk:
 
     offset: int
     chunk: events.WeightsChunkV1
+    sha256: str | None = None
+    """SHA-256 of ``chunk.data`` as the fetcher computed it from the bytes it read (the
+    one pass over them); None: :class:`Assembly` computes it."""
 
 
 # -- pure verification ----------------------------------------------------------------------
@@ -114,46 +127,93 @@ def check_manifest(manifest: events.WeightsManifestV1) -> None:
         raise WeightsRejected("bad_manifest", "two chunks share an offset")
 
 
-def assemble(manifest: events.WeightsManifestV1, fetched: Iterable[FetchedChunk]) -> bytes:
-    """The verified blob of ``manifest`` from its chunks, given in any order.
+class Assembly:
+    """One version's blob, filled in place as its chunks arrive, in any order.
 
-    Checks, in this order: every chunk belongs to this experiment and version and was
-    read at the offset the manifest names for its index; none is missing; each has the
-    size and SHA-256 the manifest names (recomputed here, not trusted from the chunk);
-    the joined blob has ``total_bytes`` and the manifest's SHA-256.  Raises
+    :meth:`add` checks a chunk the moment it is handed over — it belongs to this
+    experiment and version, was read at the offset the manifest names for its index, has
+    the size and SHA-256 the manifest names (the fetcher's digest, or hashed here when it
+    has none) — and copies it to its place; :meth:`blob` checks none is missing.  Raises
     :class:`WeightsRejected` naming the first failure.
     """
-    check_manifest(manifest)
-    n = len(manifest.chunk_sha256)
-    parts: dict[int, bytes] = {}
-    for item in fetched:
-        c = item.chunk
-        if (c.experiment_id, c.version, c.n_chunks) != (manifest.experiment_id,
-                                                         manifest.version, n):
+
+    def __init__(self, manifest: events.WeightsManifestV1, *, verify_blob: bool = True) -> None:
+        check_manifest(manifest)
+        self.manifest = manifest
+        self._n = len(manifest.chunk_sha256)
+        self._verify_blob = verify_blob
+        self._index_at = {o: i for i, o in enumerate(manifest.chunk_offsets)}
+        self._last = manifest.total_bytes - manifest.chunk_bytes * (self._n - 1)
+        self._buf = bytearray(manifest.total_bytes) if self._n > 1 else None
+        self._single: bytes | None = None  # a one-chunk blob is the chunk itself (no copy)
+        self._have: set[int] = set()
+
+    def add(self, item: FetchedChunk) -> None:
+        """Check ``item`` and put its bytes in place (a repeat of a held chunk is ignored)."""
+        m, c, n = self.manifest, item.chunk, self._n
+        if (c.experiment_id, c.version, c.n_chunks) != (m.experiment_id, m.version, n):
             raise WeightsRejected("chunk_mismatch", f"chunk at offset {item.offset} is "
                                   f"{c.experiment_id} v{c.version} {c.index + 1}/{c.n_chunks}, "
-                                  f"expected {manifest.experiment_id} v{manifest.version} of {n}")
-        if c.index >= n or manifest.chunk_offsets[c.index] != item.offset:
+                                  f"expected {m.experiment_id} v{m.version} of {n}")
+        if c.index >= n or m.chunk_offsets[c.index] != item.offset:
             raise WeightsRejected("chunk_mismatch", f"chunk {c.index} read at offset "
                                   f"{item.offset}, the manifest does not put it there")
-        parts[c.index] = c.data
-    missing = [i for i in range(n) if i not in parts]
-    if missing:
-        raise WeightsRejected("missing_chunk", f"chunks {missing[:5]} of {n} did not arrive")
-    last = manifest.total_bytes - manifest.chunk_bytes * (n - 1)
-    for i in range(n):
-        data = parts[i]
-        size = manifest.chunk_bytes if i < n - 1 else last
+        i = c.index
+        if i in self._have:
+            return
+        size = m.chunk_bytes if i < n - 1 else self._last
+        data = c.data
         if len(data) != size:
             raise WeightsRejected("chunk_size", f"chunk {i} has {len(data)} bytes, expected {size}")
-        if hashlib.sha256(data).hexdigest() != manifest.chunk_sha256[i]:
+        digest = item.sha256 if item.sha256 is not None else hashlib.sha256(data).hexdigest()
+        if digest != m.chunk_sha256[i]:
             raise WeightsRejected("chunk_hash", f"chunk {i} does not match its SHA-256")
-    blob = b"".join(parts[i] for i in range(n))
-    if len(blob) != manifest.total_bytes:
-        raise WeightsRejected("blob_size", f"{len(blob)} bytes, expected {manifest.total_bytes}")
-    if hashlib.sha256(blob).hexdigest() != manifest.sha256:
-        raise WeightsRejected("blob_hash", "the joined chunks do not match the manifest's SHA-256")
-    return blob
+        if self._buf is None:
+            self._single = data
+        else:
+            start = i * m.chunk_bytes
+            self._buf[start : start + size] = data
+        self._have.add(i)
+
+    def missing(self) -> list[int]:
+        """Indices of the chunks not yet added."""
+        return [i for i in range(self._n) if i not in self._have]
+
+    def blob(self) -> bytes | bytearray:
+        """The verified blob (raises ``missing_chunk`` while chunks are missing; with
+        ``verify_blob``, ``blob_hash`` if the joined bytes differ from the manifest's
+        whole-blob SHA-256).  The caller owns it: nothing here writes to it again."""
+        missing = self.missing()
+        if missing:
+            raise WeightsRejected("missing_chunk",
+                                  f"chunks {missing[:5]} of {self._n} did not arrive")
+        m = self.manifest
+        blob: bytes | bytearray
+        if self._buf is None:
+            assert self._single is not None
+            blob = self._single
+            # One chunk: the blob's digest is the chunk's, already checked (no second pass).
+            if m.sha256 != m.chunk_sha256[0]:
+                raise WeightsRejected("blob_hash",
+                                      "the joined chunks do not match the manifest's SHA-256")
+        else:
+            blob = self._buf
+            if self._verify_blob and hashlib.sha256(blob).hexdigest() != m.sha256:
+                raise WeightsRejected("blob_hash",
+                                      "the joined chunks do not match the manifest's SHA-256")
+        if len(blob) != m.total_bytes:
+            raise WeightsRejected("blob_size", f"{len(blob)} bytes, expected {m.total_bytes}")
+        return blob
+
+
+def assemble(manifest: events.WeightsManifestV1, fetched: Iterable[FetchedChunk], *,
+             verify_blob: bool = True) -> bytes | bytearray:
+    """The verified blob of ``manifest`` from its chunks, given in any order
+    (:class:`Assembly`; ``verify_blob`` also hashes the joined blob, a second pass)."""
+    assembly = Assembly(manifest, verify_blob=verify_blob)
+    for item in fetched:
+        assembly.add(item)
+    return assembly.blob()
 
 
 def _spec_of(text: str) -> policies.PolicySpec:
@@ -163,7 +223,69 @@ def _spec_of(text: str) -> policies.PolicySpec:
                                tuple(float(v) for v in raw["action_high"]))
 
 
-def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
+#: safetensors dtype codes numpy reads as they are (little-endian); others (BF16) go
+#: through the library.
+_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                 "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def tensors_of(blob: bytes | bytearray) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors blob as read-only views into ``blob``.
+
+    ``safetensors.numpy.load`` copies every tensor out of the bytes, a pass over the
+    whole policy per version; views cost nothing (the policy keeps ``blob`` alive).  The
+    header is checked as the library checks it: known dtypes, shapes that fit their
+    byte ranges, ranges that tile the data section.  Blobs with a dtype numpy lacks go
+    through the library.  Raises ``ValueError`` for a malformed blob.
+    """
+    if len(blob) < 8:
+        raise ValueError("safetensors blob shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > len(blob) - 8:
+        raise ValueError(f"safetensors header claims {n} bytes but the blob is {len(blob)}")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+        base, spans, out = 8 + n, [], {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _NUMPY_DTYPES.get(entry["dtype"])
+            if dtype is None:
+                return policies.from_safetensors(bytes(blob))
+            begin, end = (int(x) for x in entry["data_offsets"])
+            shape = tuple(int(d) for d in entry["shape"])
+            dt = np.dtype(dtype)
+            count = math.prod(shape)
+            if begin < 0 or end < begin or base + end > len(blob) or \
+                    count * dt.itemsize != end - begin:
+                raise ValueError(f"tensor {name!r}: shape {shape} {entry['dtype']} does not "
+                                 f"fit bytes {begin}..{end} of {len(blob) - base}")
+            arr = np.frombuffer(blob, dtype=dt, count=count, offset=base + begin).reshape(shape)
+            arr.flags.writeable = False
+            out[name] = arr
+            spans.append((begin, end))
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a valid safetensors header: {exc}") from None
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise ValueError(f"tensor bytes overlap or leave a gap at {position}")
+        position = end
+    if base + position != len(blob):
+        raise ValueError(f"{len(blob) - base - position} bytes after the last tensor")
+    return out
+
+
+def _non_finite(tensors: Mapping[str, np.ndarray]) -> str | None:
+    """:func:`learners.policies.non_finite`, after a fast pass: a float tensor whose sum
+    is finite holds no NaN or infinity (either would make the sum non-finite), so only a
+    tensor whose sum is not finite (or overflows) is counted element by element."""
+    suspect = {name: a for name, a in tensors.items()
+               if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a.sum())}
+    return policies.non_finite(suspect) if suspect else None
+
+
+def build_policy(manifest: events.WeightsManifestV1, blob: bytes | bytearray,
                  spec: policies.PolicySpec, numpy_inference: bool = True) -> Policy:
     """The policy a verified blob describes, for a robot of ``spec``: with
     ``numpy_inference``, the kind's torch-free twin where it has one
@@ -175,8 +297,9 @@ def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
     ``non_finite`` (a tensor holds NaN or infinity), ``build_failed`` (the policy kind
     refuses the weights).
     """
+    data = cast(bytes, blob)  # a bytearray is sliced and parsed the same way
     try:
-        meta = policies.safetensors_metadata(blob)
+        meta = policies.safetensors_metadata(data)
     except ValueError as exc:
         raise WeightsRejected("bad_blob", str(exc)) from None
     kind = meta.get("policy_kind")
@@ -192,17 +315,17 @@ def build_policy(manifest: events.WeightsManifestV1, blob: bytes,
             raise WeightsRejected("spec_mismatch", f"trained for {trained_for}, this robot is "
                                   f"{spec}")
     try:
-        tensors = policies.from_safetensors(blob)
+        tensors = tensors_of(blob)
     except ValueError as exc:
         raise WeightsRejected("bad_blob", str(exc)) from None
-    bad = policies.non_finite(tensors)
+    bad = _non_finite(tensors)
     if bad is not None:
         raise WeightsRejected("non_finite", bad)
     try:
         if numpy_inference:
-            built: Policy = policies.load_for_inference(spec, blob, tensors)
+            built: Policy = policies.load_for_inference(spec, data, tensors)
             return built
-        return policies.load(spec, blob)
+        return policies.load(spec, bytes(blob))
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsRejected("build_failed", str(exc)) from None
 
@@ -224,9 +347,10 @@ class Applied:
     """observation -> action (one robot, one step)."""
     learner_step: int = 0
     fetch_s: float = 0.0
-    """seconds spent reading its chunks."""
+    """seconds from taking up its manifest to holding every chunk (what the source's
+    tail had read beforehand costs nothing here)."""
     verify_s: float = 0.0
-    """seconds spent checking sizes and hashes and joining the blob."""
+    """seconds spent checking the chunks against the manifest and joining the blob."""
     build_s: float = 0.0
     """seconds spent building the policy and loading the weights."""
 
@@ -303,9 +427,15 @@ class WeightsSource(Protocol):
         """True once every manifest that existed at start has been returned."""
 
     def fetch(self, manifest: events.WeightsManifestV1, timeout_s: float) -> list[FetchedChunk]:
-        """The chunks ``manifest`` names, read at its offsets.  Raises
+        """The chunks ``manifest`` names, read at its offsets (in any order; each with
+        the SHA-256 its bytes had when read, where the source hashed them).  Raises
         :class:`WeightsRejected` (``missing_chunk``, ``unreadable_chunk``,
         ``fetch_timeout``)."""
+
+    def prefetch(self, wanted: Callable[[str], bool]) -> None:
+        """Keep new chunks of the experiments ``wanted`` says yes to as they are written,
+        before their manifest exists, so :meth:`fetch` finds them here (a source without
+        a reader of its own for chunks ignores this)."""
 
     def refuse(self, manifest: events.WeightsManifestV1, reason: RejectReason,
                detail: str) -> None:
@@ -325,6 +455,13 @@ class SubscriberSettings(BaseSettings):
         False, description="act with the policy's mode instead of sampling (evaluation)"
     )
     fetch_timeout_s: float = Field(120.0, gt=0, description="give up on a version after this")
+    prefetch: bool = Field(
+        True, description="read new chunks as the learner writes them, before their "
+        "manifest (every experiment's chunks on the site's log cross the link; only wanted "
+        "ones are kept and hashed); false: fetch a version's chunks after its manifest")
+    verify_blob_sha256: bool = Field(
+        False, description="also hash each joined blob against the manifest's whole-blob "
+        "SHA-256 (a second pass over every byte; the per-chunk digests already pin them)")
     numpy_inference: bool = Field(
         True, description="run kinds that have a numpy twin (mlp_gaussian) without torch; "
         "false: the learner's torch network (an inference host moving it to a GPU)")
@@ -425,6 +562,8 @@ class WeightsSubscriber:
         if source is None:
             return
         try:
+            if self.settings.prefetch:
+                source.prefetch(self._wanted.__contains__)  # set membership is atomic
             while not self._stop.is_set():
                 self._read_manifests(source, 0.1)
                 if not source.caught_up():
@@ -488,7 +627,7 @@ class WeightsSubscriber:
             t0 = time.monotonic()
             fetched = source.fetch(manifest, self.settings.fetch_timeout_s)
             t1 = time.monotonic()
-            blob = assemble(manifest, fetched)
+            blob = assemble(manifest, fetched, verify_blob=self.settings.verify_blob_sha256)
             del fetched
             t2 = time.monotonic()
             policy = build_policy(manifest, blob, self.spec, self.settings.numpy_inference)

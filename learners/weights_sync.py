@@ -34,7 +34,9 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
@@ -204,10 +206,19 @@ def tensor_infos(blob: bytes) -> tuple[events.TensorInfo, ...]:
     return tuple(sorted(infos, key=lambda t: t.begin))
 
 
+_EMPTY_SHA256 = sha256_hex(b"")
+
+#: Threads hashing a version's chunks and blob side by side.
+_HASH_THREADS = 4
+
+
 def split(blob: bytes, chunk_bytes: int) -> list[bytes]:
-    """``blob`` cut into consecutive pieces of ``chunk_bytes`` (the last may be shorter)."""
+    """``blob`` cut into consecutive pieces of ``chunk_bytes`` (the last may be shorter;
+    a blob of one piece is returned as it is, not copied)."""
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    if len(blob) <= chunk_bytes:
+        return [blob]
     view = memoryview(blob)
     return [bytes(view[i : i + chunk_bytes]) for i in range(0, len(blob), chunk_bytes)]
 
@@ -215,12 +226,26 @@ def split(blob: bytes, chunk_bytes: int) -> list[bytes]:
 def chunk_events(experiment_id: str, version: int, blob: bytes, chunk_bytes: int
                  ) -> list[events.WeightsChunkV1]:
     """The chunk events of one version, in index order."""
-    pieces = split(blob, chunk_bytes)
-    return [
-        events.WeightsChunkV1(experiment_id=experiment_id, version=version, index=i,
-                              n_chunks=len(pieces), sha256=sha256_hex(piece), data=piece)
-        for i, piece in enumerate(pieces)
-    ]
+    return list(_chunks_of(experiment_id, version, split(blob, chunk_bytes)))
+
+
+def _chunks_of(experiment_id: str, version: int, pieces: Sequence[bytes],
+               digests: Iterable[str] | None = None) -> Iterator[events.WeightsChunkV1]:
+    """The chunk events of ``pieces``, each made as it is asked for (so a sender can
+    send one while the next is hashed); ``digests``: their SHA-256s, in order, if
+    already (being) computed.
+
+    Each piece is hashed once: the event is built with the digest just computed instead
+    of through the model's validator, which would hash it again (the fields are the
+    validator's own checks: index below n_chunks, the digest of ``data``)."""
+    # Validated once without data, so a bad id or version is still refused here.
+    head = events.WeightsChunkV1(experiment_id=experiment_id, version=version, index=0,
+                                 n_chunks=len(pieces), sha256=_EMPTY_SHA256, data=b"")
+    hashes = iter(digests) if digests is not None else map(sha256_hex, pieces)
+    for i, (piece, digest) in enumerate(zip(pieces, hashes, strict=True)):
+        yield head.model_copy(update={"index": i, "sha256": digest, "data": piece,
+                                      "event_id": uuid.uuid4()})
+
 
 
 def build_manifest(
@@ -232,17 +257,22 @@ def build_manifest(
     chunks: Sequence[events.WeightsChunkV1],
     offsets: Sequence[int],
     chunk_bytes: int,
+    sha256: str | None = None,
 ) -> events.WeightsManifestV1:
-    """The manifest of a version whose ``chunks`` were acknowledged at ``offsets``."""
+    """The manifest of a version whose ``chunks`` were acknowledged at ``offsets``
+    (``sha256``: the blob's digest when already computed; a one-chunk blob's is its
+    chunk's)."""
     if len(offsets) != len(chunks):
         raise ValueError(f"{len(chunks)} chunks but {len(offsets)} offsets")
+    if sha256 is None:
+        sha256 = chunks[0].sha256 if len(chunks) == 1 else sha256_hex(blob)
     return events.WeightsManifestV1(
         experiment_id=experiment_id,
         version=version,
         learner_step=snapshot.learner_step,
         policy=snapshot.kind,
         total_bytes=len(blob),
-        sha256=sha256_hex(blob),
+        sha256=sha256,
         chunk_bytes=chunk_bytes,
         chunk_sha256=tuple(c.sha256 for c in chunks),
         chunk_offsets=tuple(offsets),
@@ -445,6 +475,8 @@ class WeightsPublisher:
         """the last snapshot that failed to send: its lineage goes with the next one."""
         self._signer = (signing.SigningKey.load(settings.signing_key)
                         if settings.signing_key is not None else None)
+        self._hasher = ThreadPoolExecutor(_HASH_THREADS,
+                                          thread_name_prefix=f"weights-hash-{experiment_id}")
 
     @property
     def published_version(self) -> int:
@@ -489,6 +521,7 @@ class WeightsPublisher:
             self._stopping.set()
             self._slot.close()
             self._thread.join(timeout_s)
+        self._hasher.shutdown(wait=False)
         self.sink.close()
 
     def _run(self) -> None:
@@ -534,16 +567,26 @@ class WeightsPublisher:
     def _send_version(self, snapshot: Snapshot, version: int) -> events.WeightsManifestV1 | None:
         cfg = self.settings
         blob = serialise(snapshot)
-        chunks = chunk_events(self.experiment_id, version, blob, cfg.chunk_bytes)
+        pieces = split(blob, cfg.chunk_bytes)
+        # Hashing runs on a small pool (hashlib lets go of the GIL): the chunks' digests
+        # first, each chunk sent the moment its digest is ready (robots read chunk 0
+        # while chunk 1 is hashed), the whole-blob digest beside the last of them and the
+        # broker's acknowledgements.  A one-chunk blob's digest is its chunk's.
+        digests = [self._hasher.submit(sha256_hex, piece) for piece in pieces]
+        whole = self._hasher.submit(sha256_hex, blob) if len(pieces) > 1 else None
+        chunks: list[events.WeightsChunkV1] = []
         waited = self._bucket.waited_s
-        for chunk in chunks:
+        for chunk in _chunks_of(self.experiment_id, version, pieces,
+                                (d.result() for d in digests)):
             if not self._bucket.take(len(chunk.data)):
                 return None  # closing: a version without its manifest is never applied
             self.sink.send_chunk(chunk)
+            chunks.append(chunk)
+        digest = chunks[0].sha256 if whole is None else whole.result()
         offsets = self.sink.acknowledged_offsets(cfg.ack_timeout_s)
         manifest = build_manifest(snapshot, experiment_id=self.experiment_id, version=version,
                                   blob=blob, chunks=chunks, offsets=offsets,
-                                  chunk_bytes=cfg.chunk_bytes)
+                                  chunk_bytes=cfg.chunk_bytes, sha256=digest)
         if self._signer is not None:  # robots that require signatures refuse it otherwise
             manifest = signing.sign(manifest, self._signer)
         self.sink.send_manifest(manifest, cfg.ack_timeout_s)

@@ -431,8 +431,10 @@ class ManifestSignature(BaseModel):
 class WeightsManifestV1(Envelope):
     """A complete weights version: its tensors, whole-blob hash and where its chunks are.
 
-    An agent applies a version only after every chunk arrived and the blob's SHA-256
-    equals ``sha256``.  ``chunk_offsets[i]`` is the ``weights`` topic offset of chunk i.
+    An agent applies a version only after every chunk arrived and each chunk's SHA-256
+    equals its ``chunk_sha256`` entry (the signed manifest pins every byte through them;
+    agents compare the whole blob with ``sha256`` too when asked to, and replay and
+    lineage use it).  ``chunk_offsets[i]`` is the ``weights`` topic offset of chunk i.
     """
 
     schema_name: Literal["weights.manifest"] = "weights.manifest"

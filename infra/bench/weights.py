@@ -5,10 +5,12 @@ and each subscriber count, one cell is measured as:
 
 * ``applied`` — from ``WeightsPublisher.publish(snapshot)`` returning to each
   subscriber's swap of the verified policy: serialise, chunk, produce every chunk and
-  wait for its acknowledgement, produce the manifest; then on every subscriber: follow
-  the manifest, fetch the chunks by assign + seek, check each chunk's and the blob's
-  SHA-256, build the policy with ``learners.policies`` and swap it in.  One sample per
-  subscriber per repeat; p50 and p99 (nearest rank) over all samples.
+  wait for its acknowledgement, produce the manifest; then on every subscriber: read
+  the chunks as they are written (its tail reader hashes each once on arrival), follow
+  the manifest, check each chunk's digest, size and offset against it (chunks the tail
+  missed are fetched by assign + seek), build the policy with ``learners.policies`` and
+  swap it in.  One sample per subscriber per repeat; p50 and p99 (nearest rank) over all
+  samples.
 * ``manifest durable`` — the publisher's part alone (publish -> manifest acknowledged).
 * ``loopback`` — baseline: the same blob sent to N receivers over 127.0.0.1 TCP sockets
   at once (one sender thread per receiver), until the last byte is in; median of the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import socket
 import statistics
 import threading
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.weights import Applied, SubscriberSettings, WeightsSubscriber
+from agents.weights import Applied, FetchedChunk, SubscriberSettings, WeightsSubscriber
 from agents.weights_kafka import KafkaWeightsSource
 from infra.bench import report
 from learners import policies, weights_sync
@@ -63,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=report.DEFAULT_PATH,
                    help="the BENCHMARKS.md to update")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--profile", action="store_true",
+                   help="one subscriber per size: print when each stage of a publish was "
+                   "reached (p50 ms after publish()); writes nothing")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class Cell:
     missed: int
     phases: list[tuple[float, float, float]]
     """per sample: subscriber seconds fetching, verifying, building."""
+    from_tail: int = 0
+    """chunks the subscribers found already read by their tail readers …"""
+    fetched: int = 0
+    """… and chunks they had to fetch by offset after the manifest."""
 
     def phase_ms(self, i: int) -> str:
         return _ms(statistics.median(p[i] for p in self.phases)) if self.phases else "—"
@@ -170,9 +180,70 @@ def loopback_seconds(blob: bytes, receivers: int) -> float:
 # -- the measured path --------------------------------------------------------------------------
 
 
+class Stages:
+    """Per version, when each stage of a publish was reached (``--profile``)."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, dict[str, float]] = {}
+        self.began: dict[int, float] = {}
+        """version -> when ``publish()`` was called."""
+        self._lock = threading.Lock()
+
+    def mark(self, version: int, stage: str) -> None:
+        with self._lock:
+            self.at.setdefault(version, {}).setdefault(stage, time.monotonic())
+
+    def table(self) -> list[tuple[str, float]]:
+        """(stage, p50 ms after ``publish()``) in the order stages were reached."""
+        rows: dict[str, list[float]] = {}
+        for version, stages in self.at.items():
+            if version in self.began:
+                for stage, t in stages.items():
+                    rows.setdefault(stage, []).append((t - self.began[version]) * 1e3)
+        return sorted(((k, statistics.median(v)) for k, v in rows.items()), key=lambda r: r[1])
+
+
+class _TimedSink(KafkaWeightsSink):
+    def __init__(self, kafka: KafkaSettings, stages: Stages) -> None:
+        super().__init__(kafka, role="bench-publisher")
+        self._stages, self._version = stages, 0
+
+    def send_chunk(self, chunk: events.WeightsChunkV1) -> None:
+        self._version = chunk.version
+        super().send_chunk(chunk)
+        if chunk.index == 0:
+            self._stages.mark(chunk.version, "first chunk hashed and queued")
+        if chunk.index == chunk.n_chunks - 1:
+            self._stages.mark(chunk.version, "last chunk queued")
+
+    def acknowledged_offsets(self, timeout_s: float) -> list[int]:
+        self._stages.mark(self._version, "whole-blob digest ready")
+        offsets = super().acknowledged_offsets(timeout_s)
+        self._stages.mark(self._version, "chunks acknowledged")
+        return offsets
+
+    def send_manifest(self, manifest: events.WeightsManifestV1, timeout_s: float) -> None:
+        self._stages.mark(manifest.version, "manifest produced")
+        super().send_manifest(manifest, timeout_s)
+        self._stages.mark(manifest.version, "manifest acknowledged")
+
+
+class _TimedSource(KafkaWeightsSource):
+    def __init__(self, kafka: KafkaSettings, role: str, stages: Stages) -> None:
+        super().__init__(kafka, role=role)
+        self._stages = stages
+
+    def fetch(self, manifest: events.WeightsManifestV1, timeout_s: float) -> list[FetchedChunk]:
+        self._stages.mark(manifest.version, "agent took up the manifest")
+        got = super().fetch(manifest, timeout_s)
+        self._stages.mark(manifest.version, "agent holds every chunk")
+        return got
+
+
 def measure_cell(kafka: KafkaSettings, snapshot: Snapshot, blob_bytes: int, size_mb: int,
-                 n_subscribers: int, repeats: int, chunk_bytes: int, timeout_s: float
-                 ) -> Cell:
+                 n_subscribers: int, repeats: int, chunk_bytes: int, timeout_s: float,
+                 stages: Stages | None = None) -> Cell:
+    """One cell; with ``stages`` (one subscriber), also when each stage was reached."""
     experiment = f"bench-{size_mb}mb-{n_subscribers}x-{uuid.uuid4().hex[:8]}"
     applied_at: dict[tuple[int, int], float] = {}
     phases: list[tuple[float, float, float]] = []
@@ -181,6 +252,8 @@ def measure_cell(kafka: KafkaSettings, snapshot: Snapshot, blob_bytes: int, size
 
     def on_applied(index: int) -> Callable[[str, Applied], None]:
         def record(_exp: str, applied: Applied) -> None:
+            if stages is not None:
+                stages.mark(applied.version, "policy built and swapped in")
             with cond:
                 applied_at[(index, applied.version)] = time.monotonic()
                 phases.append((applied.fetch_s, applied.verify_s, applied.build_s))
@@ -191,8 +264,15 @@ def measure_cell(kafka: KafkaSettings, snapshot: Snapshot, blob_bytes: int, size
         with cond:
             durable_at[manifest.version] = time.monotonic()
 
+    sources: list[KafkaWeightsSource] = []
+
     def source(index: int) -> Callable[[], KafkaWeightsSource]:
-        return lambda: KafkaWeightsSource(kafka, role=f"bench-sub{index}")
+        def made() -> KafkaWeightsSource:
+            role = f"bench-sub{index}"
+            sources.append(KafkaWeightsSource(kafka, role=role) if stages is None
+                           else _TimedSource(kafka, role, stages))
+            return sources[-1]
+        return made
 
     subscribers = [
         WeightsSubscriber(
@@ -205,7 +285,8 @@ def measure_cell(kafka: KafkaSettings, snapshot: Snapshot, blob_bytes: int, size
         sub.want(experiment)
         sub.start()
     publisher = weights_sync.WeightsPublisher(
-        KafkaWeightsSink(kafka, role="bench-publisher"), experiment,
+        KafkaWeightsSink(kafka, role="bench-publisher") if stages is None
+        else _TimedSink(kafka, stages), experiment,
         WeightSyncSettings(chunk_bytes=chunk_bytes, max_bytes_per_s=0),
         on_published=on_published)
     applied_s: list[float] = []
@@ -218,6 +299,8 @@ def measure_cell(kafka: KafkaSettings, snapshot: Snapshot, blob_bytes: int, size
         publisher.start(first_version=1)
         for version in range(1, repeats + 1):
             began = time.monotonic()
+            if stages is not None:
+                stages.began[version] = began
             publisher.publish(snapshot)
             def everywhere(v: int = version) -> bool:
                 return all((i, v) in applied_at for i in range(n_subscribers))
@@ -242,7 +325,8 @@ def measure_cell(kafka: KafkaSettings, snapshot: Snapshot, blob_bytes: int, size
     loop = [loopback_seconds(blob, n_subscribers) for _ in range(max(3, repeats))]
     chunks = math.ceil(blob_bytes / chunk_bytes)
     return Cell(size_mb, blob_bytes, chunks, n_subscribers, repeats, applied_s, durable_s, loop,
-                missed, phases)
+                missed, phases, sum(s.chunks_from_tail for s in sources),
+                sum(s.chunks_fetched for s in sources))
 
 
 def _ms(seconds: float) -> str:
@@ -273,7 +357,8 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def section(cells: list[Cell], args: argparse.Namespace, elapsed_s: float) -> str:
+def section(cells: list[Cell], args: argparse.Namespace, elapsed_s: float,
+            load: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> str:
     import torch
 
     return "\n".join([
@@ -282,14 +367,20 @@ def section(cells: list[Cell], args: argparse.Namespace, elapsed_s: float) -> st
         *report.machine_lines(),
         f"- torch {torch.__version__}; broker: the local single-node Kafka "
         "(`userctl broker start`), on the same cores",
-        f"- run time: {elapsed_s:.0f} s",
+        f"- load average at start: {' / '.join(f'{x:.1f}' for x in load)} (1/5/15 min); "
+        f"run time: {elapsed_s:.0f} s",
         "",
         "One sample = one subscriber's latency from `WeightsPublisher.publish(snapshot)` to "
         "that subscriber swapping in the verified policy: serialise to safetensors, cut into "
-        f"{args.chunk_mb:g} MiB chunks, produce them and wait for every acknowledgement, "
-        "produce the manifest; then on each subscriber follow the manifest, fetch the chunks "
-        "by assign + seek to their offsets, check every chunk's and the whole blob's SHA-256, "
-        "build the `mlp_gaussian` policy with `learners.policies` and swap it in. p99 is the "
+        f"{args.chunk_mb:g} MiB chunks, hash them on a pool of threads (the whole-blob "
+        "SHA-256 beside them) and produce each as its digest is ready, wait for every "
+        "acknowledgement, produce the "
+        "manifest; each subscriber's tail reader takes the chunks as they are written and "
+        "hashes each byte once, then on the manifest the subscriber checks every chunk's "
+        "digest, size and offset against it (fetching by offset what its tail did not "
+        "hold), builds the `mlp_gaussian` policy (numpy, views into the blob) and swaps it "
+        "in. *fetch* is the wait for the tail after the manifest, *verify* the checks and "
+        "the copy into one blob, *build* the policy. p99 is the "
         "nearest-rank 99th percentile of all samples of a cell (with few samples, about the "
         "maximum). *Manifest durable* is the publisher's part alone. *Loopback TCP* is the "
         "baseline measured in the same run: the same blob sent over 127.0.0.1 sockets to N "
@@ -304,6 +395,9 @@ def section(cells: list[Cell], args: argparse.Namespace, elapsed_s: float) -> st
         f"{WeightSyncSettings().max_bytes_per_s / 1e6:g} MB/s).",
         "",
         table(cells),
+        "",
+        f"Chunks taken from the tail readers: {sum(c.from_tail for c in cells):,}; fetched "
+        f"by offset after their manifest: {sum(c.fetched for c in cells):,}.",
     ])
 
 
@@ -332,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
     # One line per version and subscriber would bury the progress lines.
     for name in ("agents.weights", "learners.weights_sync"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    load = os.getloadavg()
+    if args.profile:
+        return profile(kafka, sizes, repeats, chunk_bytes, args.timeout_s, load)
     began = time.monotonic()
     cells = []
     for size_mb, reps in zip(sizes, repeats, strict=True):
@@ -345,10 +442,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"  applied p50 {_ms(c.p50)} ms, p99 {_ms(c.p99)} ms; loopback "
                   f"{_ms(statistics.median(c.loopback_s))} ms", flush=True)
         del snapshot
-    text = section(cells, args, time.monotonic() - began)
+    text = section(cells, args, time.monotonic() - began, load)
     print(text)
     if not args.no_write:
         report.write_section("weights", text, args.out)
         print(f"\nwritten to {args.out}")
     return 0 if not any(c.missed for c in cells) else 1
 
+
+
+def profile(kafka: KafkaSettings, sizes: list[int], repeats: list[int], chunk_bytes: int,
+            timeout_s: float, load: tuple[float, float, float]) -> int:
+    """Where a publish's time goes, one subscriber, each size: stage -> p50 ms."""
+    print(f"load average at start: {' / '.join(f'{x:.1f}' for x in load)}")
+    for size_mb, reps in zip(sizes, repeats, strict=True):
+        snapshot = policy_snapshot(size_mb)
+        stages = Stages()
+        cell = measure_cell(kafka, snapshot, len(weights_sync.serialise(snapshot)), size_mb, 1,
+                            reps, chunk_bytes, timeout_s, stages)
+        print(f"\n{size_mb} MB -> 1 subscriber, {reps} publishes: applied p50 {_ms(cell.p50)} "
+              f"ms (samples {', '.join(_ms(x) for x in sorted(cell.applied_s))})")
+        for stage, ms in stages.table():
+            print(f"  {ms:8.1f} ms  {stage}")
+    return 0

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     load = os.getloadavg()
     rows = []
+    tails: list[tuple[str, int, int]] = []
     began = time.monotonic()
     for size_mb in (int(s) for s in args.sizes_mb.split(",") if s):
         snapshot = weights.policy_snapshot(size_mb)
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 (statistics.median(p[i] for p in cell.phases) * 1e3 for i in range(3))
                 if cell.phases else (0.0, 0.0, 0.0))
             durable = statistics.median(cell.durable_s) * 1e3 if cell.durable_s else 0.0
+            tails.append((f"{size_mb} MB -> {n}", cell.from_tail, cell.fetched))
             rows.append(
                 f"| {size_mb} MB | {n} | {ours_p50 * 1e3:,.1f} | "
                 f"{_p(cell.applied_s, 0.99) * 1e3:,.1f} | {durable:,.1f} / {fetch:,.1f} / "
@@ -120,10 +122,15 @@ def run(args: argparse.Namespace) -> int:
         "LeRobot) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows, "",
-        "USER's sample: publish (serialise, chunk, produce and wait for every "
-        "acknowledgement, manifest) -> each agent follows the manifest, fetches the chunks "
-        "from Kafka, checks every chunk's and the blob's SHA-256 and swaps a built policy in "
-        "(numpy for mlp_gaussian). LeRobot's: torch.save -> queue -> gRPC stream -> "
+        "USER's sample: publish (serialise, hash the chunks on a thread pool and produce "
+        "each as its digest is ready, wait for every "
+        "acknowledgement, manifest) -> each agent's tail reader takes the chunks as they are "
+        "written and hashes each byte once; on the manifest the agent checks every chunk's "
+        "digest, size and offset against it, joins them and swaps a built policy in (numpy "
+        "for mlp_gaussian, views into the blob). *fetch* is the wait for the tail after the "
+        f"manifest (chunks from the tail: {sum(r[1] for r in tails)}, fetched by offset: "
+        f"{sum(r[2] for r in tails)}), *verify* the checks and the join. "
+        "LeRobot's: torch.save -> queue -> gRPC stream -> "
         "torch.load -> load_state_dict; no hashes, no durability, no fan-out beyond one "
         "stream per service.",
     ])

@@ -54,7 +54,8 @@ def _canonical_header(blob: bytes) -> bytes:
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     raw = text.encode()
     raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8-byte alignment
-    return struct.pack("<Q", len(raw)) + raw + blob[8 + n :]
+    # One copy of the tensor bytes (slicing, then concatenating, made two).
+    return b"".join((struct.pack("<Q", len(raw)), raw, memoryview(blob)[8 + n :]))
 
 
 def from_safetensors(data: bytes) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ with a deadline; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from learners.weights_sync import Snapshot, WeightSyncSettings
 from learners.weights_sync_kafka import CHUNK_PARTITION, KafkaWeightsSink
 from schemas import events
 from schemas.transitions import TransitionBatch
-from topics import catalog, serde
+from topics import catalog, serde, signing
 from topics.follow import Follower
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
@@ -79,9 +80,18 @@ def publisher(kafka: KafkaSettings, experiment: str) -> Iterator[weights_sync.We
     pub.close()
 
 
-def subscriber(kafka: KafkaSettings, experiment: str) -> WeightsSubscriber:
-    sub = WeightsSubscriber(lambda: KafkaWeightsSource(kafka), SPEC,
-                            SubscriberSettings(deterministic=True, fetch_timeout_s=30.0))
+def subscriber(kafka: KafkaSettings, experiment: str,
+               settings: SubscriberSettings | None = None,
+               sources: list[KafkaWeightsSource] | None = None) -> WeightsSubscriber:
+    """A started subscriber wanting ``experiment`` (its source appended to ``sources``)."""
+    def source() -> KafkaWeightsSource:
+        made = KafkaWeightsSource(kafka)
+        if sources is not None:
+            sources.append(made)
+        return made
+
+    sub = WeightsSubscriber(source, SPEC, settings or SubscriberSettings(
+        deterministic=True, fetch_timeout_s=30.0))
     sub.want(experiment)
     sub.start()
     assert sub.wait_ready(DEADLINE_S), "the subscriber never caught up on manifests"
@@ -126,8 +136,10 @@ def test_a_published_version_is_applied_and_acts_exactly_like_the_learners_polic
 
 
 def produce_chunks_by_hand(kafka: KafkaSettings, chunks: list[events.WeightsChunkV1],
-                           corrupt_index: int | None) -> list[int]:
-    """Produce chunks to ``weights`` (one with a flipped byte), returning their offsets."""
+                           corrupt_index: int | None,
+                           order: list[int] | None = None) -> list[int]:
+    """Produce chunks to ``weights`` (one with a flipped byte; in ``order`` of indices,
+    default index order), returning chunk i's offset at position i."""
     producer = Producer(kafka.producer_config(role="test-forger"))
     offsets: dict[int, int] = {}
 
@@ -135,15 +147,17 @@ def produce_chunks_by_hand(kafka: KafkaSettings, chunks: list[events.WeightsChun
         assert err is None, err
         offsets[len(offsets)] = msg.offset() or 0
 
-    for chunk in chunks:
+    by_order = [chunks[i] for i in (order or range(len(chunks)))]
+    for chunk in by_order:
         rec = serde.encode(catalog.WEIGHTS, chunk)
         value = bytearray(rec.value)
         if chunk.index == corrupt_index:
             value[len(value) // 2] ^= 0x01
         producer.produce(rec.topic, bytes(value), rec.key, partition=CHUNK_PARTITION,
                          headers=list(rec.headers), on_delivery=delivered)
-        producer.flush(30.0)  # one at a time, so offsets[i] is chunk i's
-    return [offsets[i] for i in range(len(chunks))]
+        producer.flush(30.0)  # one at a time, so offsets[k] is the k-th produced
+    at = {chunk.index: offsets[k] for k, chunk in enumerate(by_order)}
+    return [at[i] for i in range(len(chunks))]
 
 
 def test_a_corrupted_chunk_is_rejected_and_the_robot_keeps_its_previous_policy(
@@ -177,19 +191,27 @@ def test_a_corrupted_chunk_is_rejected_and_the_robot_keeps_its_previous_policy(
         np.testing.assert_allclose(applied.policy.act(OBS, deterministic=True), good_actions,
                                    rtol=0, atol=1e-6)
 
-        # A forged v3 whose chunks are intact but whose whole-blob hash is wrong.
-        chunks = weights_sync.chunk_events(experiment, 3, blob, SETTINGS.chunk_bytes)
-        offsets = produce_chunks_by_hand(kafka, chunks, corrupt_index=None)
-        manifest = weights_sync.build_manifest(snap, experiment_id=experiment, version=3,
-                                               blob=blob, chunks=chunks, offsets=offsets,
-                                               chunk_bytes=SETTINGS.chunk_bytes)
-        manifests.send(catalog.WEIGHTS_MANIFESTS,
-                       manifest.model_copy(update={"sha256": "0" * 64}))
-        manifests.flush()
-        assert sub.wait_rejected(experiment, 3, DEADLINE_S)
-        assert sub.rejected["blob_hash"] == 1, sub.rejected
-        applied = sub.current(experiment)
-        assert applied is not None and applied.version == v1
+        # A forged v3 whose chunks are intact but whose whole-blob hash is wrong: each
+        # byte is hashed once (its chunk's digest pins it), so only an agent that opts
+        # into the second pass over the joined blob sees the contradiction.
+        strict = subscriber(kafka, experiment, SubscriberSettings(
+            deterministic=True, fetch_timeout_s=30.0, verify_blob_sha256=True))
+        try:
+            # joining now, it goes straight to the newest manifest: the damaged v2
+            assert strict.wait_rejected(experiment, 2, DEADLINE_S)
+            chunks = weights_sync.chunk_events(experiment, 3, blob, SETTINGS.chunk_bytes)
+            offsets = produce_chunks_by_hand(kafka, chunks, corrupt_index=None)
+            manifest = weights_sync.build_manifest(snap, experiment_id=experiment, version=3,
+                                                   blob=blob, chunks=chunks, offsets=offsets,
+                                                   chunk_bytes=SETTINGS.chunk_bytes)
+            manifests.send(catalog.WEIGHTS_MANIFESTS,
+                           manifest.model_copy(update={"sha256": "0" * 64}))
+            manifests.flush()
+            assert strict.wait_rejected(experiment, 3, DEADLINE_S)
+            assert strict.rejected["blob_hash"] == 1, strict.rejected
+            assert strict.current(experiment) is None
+        finally:
+            strict.close()
     finally:
         sub.close()
 
@@ -272,3 +294,165 @@ def test_an_agent_runs_the_learned_policy_and_stamps_its_version_on_every_step(
         runner.join(30.0)
         steps.close()
         pub.close()
+
+
+# -- the fetch path: chunks read as they are written, hashed once, any order (issue 17) ----
+
+
+def forge_version(kafka: KafkaSettings, experiment: str, algorithm: sac.SAC, version: int,
+                  *, corrupt_index: int | None = None, order: list[int] | None = None,
+                  key: signing.SigningKey | None = None, shift: int = 0) -> int:
+    """Write one version by hand (chunks in ``order``, one maybe damaged after hashing,
+    the manifest maybe signed by ``key``, its offsets ``shift`` ed as another log's
+    would be); the number of chunks."""
+    snap = snapshot_of(algorithm, step=version)
+    blob = weights_sync.serialise(snap)
+    chunks = weights_sync.chunk_events(experiment, version, blob, SETTINGS.chunk_bytes)
+    offsets = [o + shift for o in produce_chunks_by_hand(kafka, chunks, corrupt_index, order)]
+    manifest = weights_sync.build_manifest(snap, experiment_id=experiment, version=version,
+                                           blob=blob, chunks=chunks, offsets=offsets,
+                                           chunk_bytes=SETTINGS.chunk_bytes)
+    if key is not None:
+        manifest = signing.sign(manifest, key)
+    manifests = EventProducer(kafka, role="test-forger")
+    manifests.send(catalog.WEIGHTS_MANIFESTS, manifest)
+    manifests.flush()
+    return len(chunks)
+
+
+def test_chunks_are_read_while_written_and_each_byte_is_hashed_once(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC,
+        publisher: weights_sync.WeightsPublisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: dict[str, int] = {}
+    real = hashlib.sha256
+
+    def counting(data: bytes = b"", **kwargs: bool) -> hashlib._Hash:
+        name = threading.current_thread().name
+        hashed[name] = hashed.get(name, 0) + len(data)
+        return real(data, **kwargs)
+
+    sources: list[KafkaWeightsSource] = []
+    sub = subscriber(kafka, experiment, sources=sources)
+    try:
+        monkeypatch.setattr(hashlib, "sha256", counting)
+        version = publish(publisher, learner, step=1)
+        assert sub.wait_applied(experiment, version, DEADLINE_S), sub.last_rejection
+        monkeypatch.undo()
+        applied = sub.current(experiment)
+        assert applied is not None
+        np.testing.assert_allclose(applied.policy.act(OBS, deterministic=True),
+                                   learner_actions(learner), rtol=0, atol=1e-6)
+        blob_bytes = len(weights_sync.serialise(snapshot_of(learner, step=1)))
+        n = -(-blob_bytes // SETTINGS.chunk_bytes)
+        assert n > 3
+        # Every chunk came from the tail (read before its manifest existed) …
+        assert (sources[0].chunks_from_tail, sources[0].chunks_fetched) == (n, 0)
+        # … and the agent's threads hashed each byte of the blob exactly once.
+        agent_side = sum(v for k, v in hashed.items()
+                         if k.startswith(("weights-tail", "weights-subscriber")))
+        assert agent_side == blob_bytes, hashed
+    finally:
+        sub.close()
+
+
+def test_chunks_written_out_of_order_assemble_from_the_tail_and_by_offset(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC) -> None:
+    sources: list[KafkaWeightsSource] = []
+    early = subscriber(kafka, experiment, sources=sources)
+    try:
+        n = 6  # a 16x16 mlp_gaussian (2.6 kB) in 512-byte chunks (asserted below)
+        order = [5, 0, 4, 1, 3, 2]
+        assert forge_version(kafka, experiment, learner, 1, order=order) == n
+        assert early.wait_applied(experiment, 1, DEADLINE_S), early.last_rejection
+        assert sources[0].chunks_from_tail == n
+        # A subscriber started afterwards finds none in its tail: it reads them by offset.
+        late = subscriber(kafka, experiment, sources=sources)
+        try:
+            assert late.wait_applied(experiment, 1, DEADLINE_S), late.last_rejection
+            assert (sources[1].chunks_from_tail, sources[1].chunks_fetched) == (0, n)
+            for sub in (early, late):
+                applied = sub.current(experiment)
+                assert applied is not None and not sub.rejected
+                np.testing.assert_allclose(applied.policy.act(OBS, deterministic=True),
+                                           learner_actions(learner), rtol=0, atol=1e-6)
+        finally:
+            late.close()
+    finally:
+        early.close()
+
+
+def test_a_corrupted_chunk_read_by_offset_is_rejected(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC) -> None:
+    forge_version(kafka, experiment, learner, 1, corrupt_index=2, order=[3, 2, 1, 0, 4, 5])
+    sources: list[KafkaWeightsSource] = []
+    sub = subscriber(kafka, experiment, sources=sources)  # starts after the chunks
+    try:
+        assert sub.wait_rejected(experiment, 1, DEADLINE_S)
+        assert sub.rejected == {"unreadable_chunk": 1}, sub.rejected
+        assert sub.current(experiment) is None
+        assert sources[0].chunks_from_tail == 0
+    finally:
+        sub.close()
+
+
+def test_without_prefetch_chunks_are_read_after_their_manifest(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC) -> None:
+    sources: list[KafkaWeightsSource] = []
+    sub = subscriber(kafka, experiment, SubscriberSettings(
+        deterministic=True, fetch_timeout_s=30.0, prefetch=False), sources=sources)
+    try:
+        n = forge_version(kafka, experiment, learner, 1, order=[1, 0, 3, 2, 5, 4])
+        assert sub.wait_applied(experiment, 1, DEADLINE_S), sub.last_rejection
+        assert (sources[0].chunks_from_tail, sources[0].chunks_fetched) == (0, n)
+    finally:
+        sub.close()
+
+
+def test_signatures_are_checked_before_chunks_are_used_on_the_fast_path(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC, tmp_path: Path) -> None:
+    trusted_key, stranger = signing.SigningKey.generate(), signing.SigningKey.generate()
+    signing.TrustedKeys().trust(trusted_key.public).save(tmp_path / "trusted.json")
+    sources: list[KafkaWeightsSource] = []
+    sub = subscriber(kafka, experiment, SubscriberSettings(
+        deterministic=True, fetch_timeout_s=30.0, trusted_keys=tmp_path / "trusted.json"),
+        sources=sources)
+    try:
+        forge_version(kafka, experiment, learner, 1)  # unsigned
+        assert sub.wait_rejected(experiment, 1, DEADLINE_S)
+        forge_version(kafka, experiment, learner, 2, key=stranger)
+        assert sub.wait_rejected(experiment, 2, DEADLINE_S)
+        assert sub.rejected == {"unsigned": 1, "untrusted_key": 1}, sub.rejected
+        assert sub.current(experiment) is None
+        n = forge_version(kafka, experiment, learner, 3, key=trusted_key,
+                          order=[1, 0, 2, 3, 4, 5])
+        assert sub.wait_applied(experiment, 3, DEADLINE_S), sub.last_rejection
+        assert sources[0].chunks_from_tail == n  # refused versions' chunks were never taken
+    finally:
+        sub.close()
+
+
+def test_chunks_on_a_log_numbered_otherwise_are_found_by_identity(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC) -> None:
+    # A mirrored topic (DESIGN §9): the manifest names the cloud's offsets, this log holds
+    # the chunks elsewhere.  The tail matches them by identity and digest; a subscriber
+    # that started later finds them by identity in the log.
+    sources: list[KafkaWeightsSource] = []
+    early = subscriber(kafka, experiment, sources=sources)
+    try:
+        n = forge_version(kafka, experiment, learner, 1, order=[2, 0, 1, 3, 4, 5],
+                          shift=1_000_000_000)
+        assert early.wait_applied(experiment, 1, DEADLINE_S), early.last_rejection
+        assert sources[0].chunks_from_tail == n
+        late = subscriber(kafka, experiment, sources=sources)
+        try:
+            assert late.wait_applied(experiment, 1, DEADLINE_S), late.last_rejection
+            assert (sources[1].chunks_from_tail, sources[1].chunks_fetched) == (0, n)
+            for sub in (early, late):
+                applied = sub.current(experiment)
+                assert applied is not None and not sub.rejected
+                np.testing.assert_allclose(applied.policy.act(OBS, deterministic=True),
+                                           learner_actions(learner), rtol=0, atol=1e-6)
+        finally:
+            late.close()
+    finally:
+        early.close()

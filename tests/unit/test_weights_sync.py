@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import struct
 import threading
 import time
 
@@ -406,6 +408,9 @@ class MemorySource:
         chunks = self.sink.chunks
         return [FetchedChunk(o, chunks[o]) for o in manifest.chunk_offsets if o < len(chunks)]
 
+    def prefetch(self, wanted: object) -> None:
+        pass  # the fake holds every chunk already
+
     def refuse(self, manifest: events.WeightsManifestV1, reason: events.RejectReason,
                detail: str) -> None:
         self.refused.append((manifest.version, reason, detail))
@@ -521,3 +526,56 @@ def test_a_nan_version_is_refused_and_reported_and_the_robot_keeps_acting_finite
         assert np.isfinite(act(OBS[0])).all()
     finally:
         sub.close()
+
+
+# -- one pass over each byte; the policy on views into the blob (issue 17) -------------------
+
+
+def test_without_the_blob_pass_chunk_damage_is_still_refused_and_one_chunk_is_compared() -> None:
+    manifest, fetched, blob = published(snapshot(1))
+    assert weights.assemble(manifest, fetched, verify_blob=False) == blob
+    bad = bytearray(fetched[2].chunk.data)
+    bad[0] ^= 1
+    damaged = [*fetched[:2], FetchedChunk(fetched[2].offset,
+                                          forged(fetched[2].chunk, data=bytes(bad))),
+               *fetched[3:]]
+    with pytest.raises(WeightsRejected) as err:
+        weights.assemble(manifest, damaged, verify_blob=False)
+    assert err.value.reason == "chunk_hash"
+    # A digest the fetcher computed is trusted as the one pass: a wrong one is refused.
+    lying = [FetchedChunk(f.offset, f.chunk, "0" * 64) if i == 1 else f
+             for i, f in enumerate(fetched)]
+    with pytest.raises(WeightsRejected) as err:
+        weights.assemble(manifest, lying, verify_blob=False)
+    assert err.value.reason == "chunk_hash"
+    # One chunk: the blob's digest must be the chunk's (no second pass needed to know).
+    single, [only], _ = published(snapshot(1), chunk_bytes=1 << 20)
+    with pytest.raises(WeightsRejected) as err:
+        weights.assemble(single.model_copy(update={"sha256": "0" * 64}), [only],
+                         verify_blob=False)
+    assert err.value.reason == "blob_hash"
+
+
+def test_tensors_are_read_only_views_equal_to_the_librarys_copies() -> None:
+    blob = bytearray(weights_sync.serialise(snapshot(2)))
+    views = weights.tensors_of(blob)
+    copies = policies.from_safetensors(bytes(blob))
+    assert views.keys() == copies.keys()
+    for name, arr in views.items():
+        np.testing.assert_array_equal(arr, copies[name])
+        assert arr.dtype == copies[name].dtype and not arr.flags.writeable
+        assert np.shares_memory(arr, np.frombuffer(blob, np.uint8))
+
+
+def test_a_header_whose_tensors_do_not_fit_their_bytes_is_refused() -> None:
+    blob = weights_sync.serialise(snapshot(2))
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = [s * 2 for s in header[name]["shape"]]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        weights.tensors_of(struct.pack("<Q", len(raw)) + raw + blob[8 + n :])
+    with pytest.raises(ValueError, match="after the last tensor"):
+        weights.tensors_of(blob + b"\0" * 8)
