@@ -269,12 +269,13 @@ class _TypeLearner:
         # A GPU learner keeps its frames on the GPU: no host copy per sample, and the
         # process's RSS stays clear of them.
         frames_on = None if device == "cpu" else device
+        codec = spec.buffer.image_codec
         self.online = NumpyReplayBuffer(ReplayConfig(
             *shapes, memory_budget_bytes=int(budget_bytes * (1 - prior_share)),
-            image_shapes=images, seed=seed, image_device=frames_on))
+            image_shapes=images, seed=seed, image_device=frames_on, image_codec=codec))
         self.prior = (NumpyReplayBuffer(ReplayConfig(
             *shapes, memory_budget_bytes=int(budget_bytes * prior_share), image_shapes=images,
-            seed=seed + 1, image_device=frames_on)) if prior_share else None)
+            seed=seed + 1, image_device=frames_on, image_codec=codec)) if prior_share else None)
         self.prior_ratio = spec.buffer.prior_ratio
         self._mixing: Sampler | None = None
         self._custom = registry.sampler_factory(spec.algorithm.name)

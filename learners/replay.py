@@ -21,16 +21,26 @@ until the ring overwrites it.
 
 Each slot keeps the step's ``intervention`` flag beside the executed ``action`` (a human's
 where the flag is set): samples carry both, so imitation losses can weigh takeovers.
+
+Camera frames held in host memory are compressed losslessly, one frame at a time
+(``ReplayConfig.image_codec``, LZ4 by default: rendered 64×64 frames shrink ~6×, a sample
+decodes each frame it draws, bytes exact). They live in one byte *arena*, written as a
+circular log in row order, so its oldest bytes always belong to the oldest rows: when a
+new batch's frames need the space, the oldest rows are evicted (unsampleable, their links
+broken) exactly as the slot ring's own overwrite does.  A frame the codec cannot shrink is
+stored raw.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from learners.core import Batch, ReplayBuffer, Sampler, StepBatch
@@ -60,6 +70,12 @@ class ReplayConfig:
     """where camera frames are held: ``None``, numpy arrays, or torch tensors on this
     torch device (``cuda``: samples are gathered there without a host copy — a GPU
     learner's path; the budget still counts them)."""
+    image_codec: str | None = "lz4"
+    """lossless codec (a ``pyarrow.Codec`` name) for frames held in host memory, one frame
+    at a time; ``None`` keeps raw uint8 arrays. Ignored when ``image_device`` is set."""
+    image_ratio: float = 8.0
+    """with a codec: ring slots are sized as if frames shrank this many times; the frame
+    arena gets the rest of the budget and evicts the oldest rows when they shrink less."""
 
     @classmethod
     def from_robot_spec(
@@ -88,16 +104,35 @@ class ReplayConfig:
             "sampleable": ((), np.dtype(np.bool_)),
         }
         for name, shape in self.image_shapes.items():
-            cols[f"image/{name}"] = (tuple(shape), np.dtype(np.uint8))
+            if self.compressed:  # where the slot's frame lies in the arena
+                cols[f"frame_at/{name}"] = ((), np.dtype(np.int64))
+                cols[f"frame_len/{name}"] = ((), np.dtype(np.int32))
+            else:
+                cols[f"image/{name}"] = (tuple(shape), np.dtype(np.uint8))
         return cols
 
+    @property
+    def compressed(self) -> bool:
+        """Whether frames are held compressed in a host byte arena."""
+        return bool(self.image_shapes) and self.image_codec is not None \
+            and self.image_device is None
+
     def slot_bytes(self) -> int:
-        """Bytes one ring slot takes across all arrays."""
+        """Bytes one ring slot takes across all arrays (with a codec: frames excluded)."""
         return sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.columns().values())
 
     def capacity(self) -> int:
         """Ring slots that fit the budget."""
+        if self.compressed:
+            frames = sum(math.prod(s) for s in self.image_shapes.values()) / self.image_ratio
+            return int(self.memory_budget_bytes // (self.slot_bytes() + frames))
         return self.memory_budget_bytes // self.slot_bytes()
+
+    def arena_bytes(self) -> int:
+        """Bytes of the compressed-frame arena: the budget left beside the slot arrays."""
+        if not self.compressed:
+            return 0
+        return self.memory_budget_bytes - self.capacity() * self.slot_bytes()
 
 
 class NumpyReplayBuffer(ReplayBuffer):
@@ -127,6 +162,13 @@ class NumpyReplayBuffer(ReplayBuffer):
         }
         self._arrays["next_slot"][:] = -1
         self._arrays["row_id"][:] = -1
+        # Compressed frames: a circular byte log in row order (pages are touched only as
+        # the log first reaches them). ``_head``: bytes ever written (virtual offsets, as
+        # frame_at holds); rows before ``_live_from`` have lost their frames.
+        self._arena = np.zeros(config.arena_bytes(), np.uint8) if config.compressed else None
+        self._codec = pa.Codec(config.image_codec) if config.compressed else None
+        self._head = 0
+        self._live_from = 0
         self._written = 0  # steps ever written; slot of row id r is r % capacity
         self._sampleable = 0
         self._pending: dict[tuple[Hashable, Hashable], tuple[int, int]] = {}
@@ -137,9 +179,21 @@ class NumpyReplayBuffer(ReplayBuffer):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the ring's arrays (at most ``memory_budget_bytes``)."""
+        """Bytes held by the ring's arrays and frame arena (at most ``memory_budget_bytes``)."""
         return sum(a.nbytes for a in self._arrays.values()) + sum(
-            t.numel() for t in self._device_frames.values())
+            t.numel() for t in self._device_frames.values()) + (
+            0 if self._arena is None else self._arena.nbytes)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes the held frames take (with a codec: the span of the arena they lie in)."""
+        if self._arena is None:
+            filled = min(self._written, self.capacity)
+            return filled * sum(math.prod(s) for s in self.config.image_shapes.values())
+        if self._live_from == self._written:
+            return 0
+        first = self._arrays[f"frame_at/{next(iter(self.config.image_shapes))}"]
+        return self._head - int(first[self._live_from % self.capacity])
 
     def _put_frames(self, name: str, slots: np.ndarray, frames: np.ndarray) -> None:
         held = self._device_frames.get(name)
@@ -150,10 +204,83 @@ class NumpyReplayBuffer(ReplayBuffer):
                 np.ascontiguousarray(frames)).to(held.device)
 
     def _take_frames(self, name: str, slots: np.ndarray) -> torch.Tensor:
+        if self._arena is not None:
+            return self._decode(name, slots)
         held = self._device_frames.get(name)
         if held is None:
             return torch.from_numpy(self._arrays[f"image/{name}"][slots])
         return held.index_select(0, torch.from_numpy(slots).to(held.device))
+
+    def _encode(self, steps: StepBatch, order: np.ndarray, final_rows: np.ndarray
+                ) -> tuple[bytes, np.ndarray]:
+        """The frames of a batch's new rows (sorted step rows, then final frames), each
+        camera's frame after the other, compressed one by one: (bytes, lengths[row, cam])."""
+        assert self._codec is not None
+        names = list(self.config.image_shapes)
+        sources = [(steps.images, order), (steps.next_images, final_rows)]
+        lengths = np.empty((len(order) + len(final_rows), len(names)), np.int32)
+        parts: list[bytes] = []
+        row = 0
+        for frames, rows in sources:
+            columns = [frames[n] for n in names] if len(rows) else []
+            for i in rows.tolist():
+                for c, column in enumerate(columns):
+                    frame = np.ascontiguousarray(column[i], dtype=np.uint8)
+                    packed = self._codec.compress(frame, asbytes=True)
+                    if len(packed) >= frame.nbytes:  # the codec cannot shrink it: keep it raw
+                        packed = frame.tobytes()
+                    parts.append(packed)
+                    lengths[row, c] = len(packed)
+                row += 1
+        return b"".join(parts), lengths
+
+    def _make_room(self, nbytes: int) -> int:
+        """Room for ``nbytes`` of frames in the arena, evicting the oldest rows whose
+        frames it overwrites; returns the virtual offset to write them at."""
+        assert self._arena is not None
+        size = len(self._arena)
+        if nbytes > size:
+            raise ValueError(
+                f"a batch's frames take {nbytes} B compressed, more than the {size} B frame "
+                "arena; raise memory_budget_bytes or send smaller batches")
+        start = self._head
+        if start % size + nbytes > size:  # a batch's frames never wrap: skip the tail
+            start += size - start % size
+        cut = start + nbytes - size  # frames that begin before this are overwritten
+        first = self._arrays[f"frame_at/{next(iter(self.config.image_shapes))}"]
+        lo = self._live_from
+        k = bisect.bisect_left(range(lo, self._written), cut,
+                               key=lambda r: int(first[r % self.capacity]))
+        if k:
+            a = self._arrays
+            gone = (lo + np.arange(k)) % self.capacity
+            self._sampleable -= int(a["sampleable"][gone].sum())
+            a["sampleable"][gone] = False
+            a["row_id"][gone] = -1  # links to them (pending successors) now fail
+            self._live_from = lo + k
+        self._head = start + nbytes
+        return start
+
+    def _decode(self, name: str, slots: np.ndarray) -> torch.Tensor:
+        assert self._arena is not None and self._codec is not None
+        shape = self.config.image_shapes[name]
+        raw = math.prod(shape)
+        at = (self._arrays[f"frame_at/{name}"][slots] % len(self._arena)).tolist()
+        length = self._arrays[f"frame_len/{name}"][slots].tolist()
+        out = np.empty((len(slots), raw), np.uint8)
+        for i, (o, k) in enumerate(zip(at, length, strict=True)):
+            src = self._arena[o:o + k]
+            out[i] = src if k == raw else np.frombuffer(
+                self._codec.decompress(src, decompressed_size=raw), np.uint8)
+        return torch.from_numpy(out.reshape(len(slots), *shape))
+
+    def _draw(self, k: int) -> np.ndarray:
+        """``k`` uniform slots among those written (with a codec: among rows whose
+        frames are still held)."""
+        if self._arena is not None:
+            live = self._written - self._live_from
+            return (self._live_from + self._rng.integers(0, live, size=k)) % self.capacity
+        return self._rng.integers(0, min(self._written, self.capacity), size=k)
 
     def __len__(self) -> int:
         return self._sampleable
@@ -194,6 +321,14 @@ class NumpyReplayBuffer(ReplayBuffer):
 
         row_ids = self._written + np.arange(total, dtype=np.int64)
         slots = row_ids % self.capacity
+        if self._arena is not None:  # before anything is written: eviction reads old rows
+            blob, lengths = self._encode(steps, order, order[needs_final])
+            start = self._make_room(len(blob))
+            at = start + np.r_[0, np.cumsum(lengths, dtype=np.int64)[:-1]].reshape(lengths.shape)
+            self._arena[start % len(self._arena):][:len(blob)] = np.frombuffer(blob, np.uint8)
+            for c, name in enumerate(self.config.image_shapes):
+                a[f"frame_at/{name}"][slots] = at[:, c]
+                a[f"frame_len/{name}"][slots] = lengths[:, c]
         self._sampleable -= int(a["sampleable"][slots].sum())  # rows about to be overwritten
 
         step_slots, final_slots = slots[:n], slots[n:]
@@ -217,13 +352,13 @@ class NumpyReplayBuffer(ReplayBuffer):
         # frames is ever made (they are most of its bytes).
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n)
-        for name in self.config.image_shapes:
+        for name in self.config.image_shapes if self._arena is None else ():
             self._put_frames(name, step_slots[rank], steps.images[name])
         if n_final:
             assert steps.next_observation is not None  # needs_final is all False otherwise
             a["observation"][final_slots] = np.asarray(steps.next_observation)[order][needs_final]
             final_rows = order[needs_final]  # original rows of the final slots, in order
-            for name in self.config.image_shapes:
+            for name in self.config.image_shapes if self._arena is None else ():
                 self._put_frames(name, final_slots, steps.next_images[name][final_rows])
             a["action"][final_slots] = 0.0
             a["reward"][final_slots] = 0.0
@@ -233,6 +368,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             a["next_slot"][final_slots] = -1
             a["sampleable"][final_slots] = False
         self._written += total
+        self._live_from = max(self._live_from, self._written - self.capacity)
         made = int((next_slot >= 0).sum())
 
         # Link each episode's first step here to its predecessor from an earlier batch, and
@@ -281,12 +417,12 @@ class NumpyReplayBuffer(ReplayBuffer):
                 raise LookupError("the replay buffer holds no takeover step yet")
             idx = self._rng.choice(valid, size=batch_size)
         else:
-            idx = self._rng.integers(0, filled, size=batch_size)
+            idx = self._draw(batch_size)
         for _ in range(0 if interventions_only else _REJECTION_ROUNDS):
             bad = ~a["sampleable"][idx]
             if not bad.any():
                 break
-            idx[bad] = self._rng.integers(0, filled, size=int(bad.sum()))
+            idx[bad] = self._draw(int(bad.sum()))
         else:
             bad = ~a["sampleable"][idx]
             if bad.any():

@@ -113,6 +113,9 @@ class BufferSpec(_Frozen):
     prior_ratio: float = Field(
         0.5, ge=0, le=1, description="fraction of each batch from prior data"
     )
+    image_codec: Literal["lz4", "zstd"] | None = Field(
+        "lz4", description="lossless codec for camera frames held in host memory (none: raw)"
+    )
 
 
 class WeightSyncSpec(_Frozen):

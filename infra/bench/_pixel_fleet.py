@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
@@ -127,8 +128,14 @@ class RenderFailed(RuntimeError):
 def run(*, envs: int, workers: int, device: str, env_steps: int, seconds: float,
         utd: float, batch_size: int, warmup: int, size: tuple[int, int],
         state: list[int], seed: int = 0, start_timeout_s: float = 120.0,
-        progress: Any = print) -> dict[str, Any]:
-    """Pixel reach until ``env_steps`` or ``seconds`` of wall clock, whichever first."""
+        progress: Any = print,
+        reward: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """Pixel reach until ``env_steps`` or ``seconds`` of wall clock, whichever first.
+
+    ``reward`` maps the robots' next frames (n, h, w, 3) to their steps' rewards — a
+    learned reward, the only signal the learner gets then (the result adds how often it
+    agreed with the success rule: ``reward_precision``/``reward_recall``); without it
+    the reward is minus the goal distance."""
     import torch
 
     from learners import policies, sac
@@ -182,6 +189,7 @@ def run(*, envs: int, workers: int, device: str, env_steps: int, seconds: float,
         robot_ids = np.array([f"r{i}" for i in range(envs)])
         steps = updates = episodes = 0
         update_s = wait_s = 0.0
+        said = agreed = truth = 0  # the learned reward against the success rule
         curve: list[dict[str, float]] = []
         next_mark = 5_000
         loop_started = time.perf_counter()
@@ -211,9 +219,17 @@ def run(*, envs: int, workers: int, device: str, env_steps: int, seconds: float,
             terminated = v["terminated"].astype(bool)
             truncated = v["truncated"].astype(bool) & ~terminated
             next_obs, next_frame = v["next_obs"].copy(), v["next_frame"].copy()
+            if reward is None:
+                r = -distance
+            else:
+                r = np.asarray(reward(next_frame), np.float32)
+                reached = distance < SUCCESS_RADIUS
+                said += int((r > 0).sum())
+                agreed += int(((r > 0) & reached).sum())
+                truth += int(reached.sum())
             buffer.add(StepBatch(
                 robot_id=robot_ids, episode_id=episode.astype(str), step=t.copy(),
-                observation=obs, action=action, reward=-distance, terminated=terminated,
+                observation=obs, action=action, reward=r, terminated=terminated,
                 policy_version=np.zeros(envs, np.int64), truncated=truncated,
                 next_observation=next_obs, images={"overhead": frame},
                 next_images={"overhead": next_frame}))
@@ -250,7 +266,10 @@ def run(*, envs: int, workers: int, device: str, env_steps: int, seconds: float,
                 "env_steps_per_s": steps / loop_s, "update_s": update_s,
                 "waiting_for_robots_s": wait_s, "curve": curve, "envs": envs,
                 "workers": workers, "utd": utd, "batch": batch_size, "warmup": warmup,
-                "device": device, "reached_target_steps": steps >= env_steps}
+                "device": device, "reached_target_steps": steps >= env_steps,
+                **({} if reward is None else {
+                    "reward_precision": agreed / max(said, 1),
+                    "reward_recall": agreed / max(truth, 1)})}
     finally:
         for p in procs:
             with contextlib.suppress(OSError):

@@ -10,18 +10,31 @@ Parts (``--parts``, comma-separated; default ``updates,buffer,reach``):
   no Delta — ``userctl bench pixels --gpu`` needs only the repository and its venv on a
   CUDA machine and finishes well within 10 minutes (``--seconds`` per measurement).
 * ``buffer`` — a fresh process holds ``--buffer-steps`` (100,000) steps of two 64×64×3
-  cameras + state in the learner's buffer (budget sized to fit them, episodes of 50 steps
-  with a final frame each), fed through :class:`learners.loop.Learner` as live batches;
-  its peak RSS (``ru_maxrss``) is reported against the 3 GB target.
+  cameras + state in the learner's buffer (budget sized to fit them raw, episodes of 50
+  steps with a final frame each), fed through :class:`learners.loop.Learner` as live
+  batches; its peak RSS (``ru_maxrss``) is reported against the 3 GB target.  One run per
+  ``--buffer-runs`` entry ``FRAMES:CODEC``: ``rendered`` frames are reacher2d's overhead
+  camera (rendered first in a child process), ``noise`` frames are uniform random bytes
+  (incompressible: the worst case); ``CODEC`` is ``buffer.image_codec`` (``lz4``,
+  ``zstd`` or ``none``).
 * ``reach`` — pixel reach: ``reacher2d`` with its ``overhead`` camera, the policy sees the
   frame and the joint state but not the goal (``state_indices`` drop the end-effector and
   goal coordinates).  One process, the robot stepped flat out, SAC-cnn updated at UTD
   ``--utd`` — no Kafka, so the figure is the learning algorithm's own, bounded by
   ``--reach-minutes`` of wall clock; success over the last 50 episodes is reported, with
   the env steps and updates it took.
+* ``classifier`` — reach with a learned reward as the only signal: a success classifier
+  (:mod:`pipeline.rewards.classifier`, the network ``userctl rewards train`` fits) is
+  trained on ``--classifier-frames`` overhead frames of reacher2d labelled by reach's
+  success rule (rendered in a child process; half the episodes driven by the scripted
+  reach, half at random, so both classes occur), its held-out precision/recall are
+  reported, then the many-robot reach (``--envs``, ``--gpu``, as ``reach``) learns with
+  ``reward = classifier(next frame)`` (1 or 0) and nothing else; success is still judged
+  by the rule.
 
 Each part rewrites its own section of BENCHMARKS.md (``pixels``, ``pixels-buffer``,
-``pixels-reach``, ``pixels-gpu``; ``--no-write`` to skip).
+``pixels-reach``, ``pixels-gpu``, ``pixels-reach-classifier[-gpu]``; ``--no-write`` to
+skip).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -53,8 +67,8 @@ SUCCESS_RADIUS = 0.05
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", default=None,
-                   help="comma-separated: updates, buffer, reach (default: all three; "
-                        "with --gpu: updates)")
+                   help="comma-separated: updates, buffer, reach, classifier (default: "
+                        "updates, buffer, reach; with --gpu: updates)")
     p.add_argument("--gpu", action="store_true",
                    help="on CUDA: updates (the prepared GPU run), or with --parts reach "
                         "the many-robot pixel reach")
@@ -62,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="seconds per updates/s figure")
     p.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
     p.add_argument("--buffer-steps", type=int, default=100_000, help="steps the buffer holds")
+    p.add_argument("--buffer-runs", default="rendered:lz4,noise:none",
+                   help="buffer: comma-separated FRAMES:CODEC runs, FRAMES rendered|noise, "
+                        "CODEC lz4|zstd|none")
     p.add_argument("--reach-minutes", type=float, default=10.0, help="wall clock of reach")
     p.add_argument("--utd", type=float, default=0.5, help="reach: updates per env step")
     p.add_argument("--reach-batch", type=int, default=128, help="reach: batch size")
@@ -74,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reach with --envs/--gpu: env steps to run (or --reach-minutes)")
     p.add_argument("--warmup", type=int, default=2_000,
                    help="reach with --envs/--gpu: random env steps before learning")
+    p.add_argument("--classifier-frames", type=int, default=10_000,
+                   help="classifier: labelled frames to train the learned reward on")
+    p.add_argument("--classifier-epochs", type=int, default=6,
+                   help="classifier: passes over the training frames")
     p.add_argument("--out", type=Path, default=report.DEFAULT_PATH, help="BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print only")
 
@@ -151,9 +172,28 @@ def measure_updates(device: str, batch_size: int, seconds: float) -> dict[str, f
 # ---------------------------------------------------------------------------- buffer
 
 
-def _buffer_child(steps: int) -> None:
+def _render_pool(n: int, path: str) -> None:
+    """In a child process (MuJoCo's renderer stays out of the measured one): ``n`` frames
+    of reacher2d's 64×64 overhead camera under random actions, saved to ``path`` (.npy)."""
+    from agents import registry
+
+    robot = registry.make_robot("reacher2d", task="reach", seed=0, cameras=("overhead",),
+                                camera_size=SIZE)
+    rng = np.random.default_rng(0)
+    frames = np.empty((n, *SIZE, 3), np.uint8)
+    step = robot.reset()
+    for i in range(n):
+        frames[i] = step.images["overhead"]
+        step = robot.step(rng.uniform(-1, 1, robot.spec.action.shape).astype(np.float32))
+        if step.truncated or step.terminated:
+            step = robot.reset()
+    np.save(path, frames)
+
+
+def _buffer_child(steps: int, pool_path: str | None = None, codec: str | None = "lz4") -> None:
     """In a fresh process: the learner's buffer filled with ``steps`` image steps, as live
-    batches of 50; prints JSON with peak RSS."""
+    batches of 50 (frames from the pool at ``pool_path``, else noise); prints JSON with
+    peak RSS."""
     import torch  # noqa: F401  (the learner process holds torch: count it)
 
     from learners.loop import Learner, Steps
@@ -168,7 +208,8 @@ def _buffer_child(steps: int) -> None:
         "name": "bench-px", "robots": [{"robot_type": "reacher2d"}],
         "policy": {"kind": "cnn_gaussian", "hidden": [32, 32]},
         "observation": {"cameras": list(CAMERAS), "image_size": list(SIZE)},
-        "algorithm": {"warmup_steps": 10**9}, "buffer": {"memory_budget_mb": budget_mb}})
+        "algorithm": {"warmup_steps": 10**9},
+        "buffer": {"memory_budget_mb": budget_mb, "image_codec": codec}})
     robot = samples.robot_spec(obs_dim=12, act_dim=2, robot_type="reacher2d",
                                cameras=CAMERAS, image_hw=SIZE)
 
@@ -185,6 +226,20 @@ def _buffer_child(steps: int) -> None:
     template = Steps.of_batch(RewardedTransitionBatch.from_raw(
         raw, reward_fn="bench@1", reward=np.zeros(50, np.float32),
         success=np.zeros(50, bool), terminated=np.zeros(50, bool)))
+    pool = None if pool_path is None else np.load(pool_path)
+    last = np.arange(50) == 49
+
+    def frames(e: int) -> dict[str, Any]:
+        """Episode ``e``'s frames: the pool's, each camera at its own offset."""
+        if pool is None:
+            return {}
+        images, nxt = {}, {}
+        for c, cam in enumerate(CAMERAS):
+            index = (e * 50 + c * len(pool) // 2 + np.arange(51)) % len(pool)
+            images[cam] = pool[index[:50]]
+            nxt[cam] = np.where(last[:, None, None, None], pool[index[1:]], 0).astype(np.uint8)
+        return {"images": images, "next_images": nxt}
+
     started = time.perf_counter()
     before = (0, 0)
     for e in range(-(-steps // 50)):
@@ -193,10 +248,15 @@ def _buffer_child(steps: int) -> None:
         # A new episode and new seqs each time: the learner takes every step as new.
         learner.add(dataclasses.replace(
             template, steps=dataclasses.replace(template.steps,
-                                                episode_id=np.full(50, f"e{e}")),
+                                                episode_id=np.full(50, f"e{e}"), **frames(e)),
             seq=np.arange(e * 50, e * 50 + 50, dtype=np.int64)), "live")
     fill_s = time.perf_counter() - started
     type_learner = learner.types["reacher2d"]
+    buffer = type_learner.online
+    sample_started = time.perf_counter()
+    for _ in range(5):
+        buffer.sample(256)
+    sample_ms = (time.perf_counter() - sample_started) / 5 * 1000
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     anon, files = _rss()
     print(json.dumps({"rss_anon": anon, "rss_file": files, "before_anon": before[0],
@@ -204,7 +264,9 @@ def _buffer_child(steps: int) -> None:
                       "steps": type_learner.env_steps, "held": len(type_learner.online),
                       "capacity": type_learner.online.capacity,
                       "buffer_bytes": type_learner.online.nbytes, "budget_mb": budget_mb,
-                      "peak_rss": rss, "fill_s": fill_s}))
+                      "frame_bytes": buffer.frame_bytes, "codec": codec,
+                      "frames": "noise" if pool is None else "rendered",
+                      "sample_ms": sample_ms, "peak_rss": rss, "fill_s": fill_s}))
 
 
 def _rss() -> tuple[int, int]:
@@ -215,11 +277,23 @@ def _rss() -> tuple[int, int]:
     return anon, files
 
 
-def measure_buffer(steps: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c",
-                          f"from infra.bench.pixels import _buffer_child; _buffer_child({steps})"],
-                         capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+def measure_buffer(steps: int, frames: str = "rendered", codec: str | None = "lz4"
+                   ) -> dict[str, Any]:
+    """Peak RSS of a fresh learner process holding ``steps`` image steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = None
+        if frames == "rendered":
+            pool = str(Path(tmp) / "frames.npy")
+            subprocess.run([sys.executable, "-c", "from infra.bench.pixels import "
+                            f"_render_pool; _render_pool(2000, {pool!r})"], check=True,
+                           env={"MUJOCO_GL": "egl", **env})
+        elif frames != "noise":
+            raise ValueError(f"--buffer-runs: frames are rendered or noise, not {frames!r}")
+        out = subprocess.run(
+            [sys.executable, "-c", "from infra.bench.pixels import _buffer_child; "
+             f"_buffer_child({steps}, {pool!r}, {codec!r})"],
+            capture_output=True, text=True, check=True, env=env)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -313,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
     default = "updates" if args.gpu else "updates,buffer,reach"
     parts = {p.strip() for p in (args.parts or default).split(",") if p.strip()}
     lines: list[str] = []
+    if "classifier" in parts:
+        return _classifier_reach(args)
     if "reach" in parts and (args.gpu or args.envs > 1):
         return _fleet_reach(args)
     if args.gpu:
@@ -342,33 +418,15 @@ def run(args: argparse.Namespace) -> int:
             f"(sample {r['sample_ms']:.0f} ms, update {r['update_ms']:.0f} ms; "
             f"{r['updates']} updates)"], "pixels")
     if "buffer" in parts:
-        b = measure_buffer(args.buffer_steps)
-        print("buffer", json.dumps(b))
-        gb = b["peak_rss"] / 1e9
-        base = (b["before_anon"] + b["before_file"]) / 1e9
-        grown = (b["rss_anon"] - b["before_anon"]) / 1e9
-        _write(args, [
-            "## Pixels: image replay buffer memory (`userctl bench pixels --parts buffer`)", "",
-            f"- **Image buffer**: {b['steps']:,} steps of 2 × 64×64×3 + state held in the "
-            f"learner ({b['held']:,} sampleable, ring {b['capacity']:,} slots, arrays "
-            f"{b['buffer_bytes'] / 1e9:.2f} GB under a {b['budget_mb']} MiB budget): "
-            f"**peak RSS {gb:.2f} GB ({b['peak_rss'] / 2**30:.2f} GiB)** of the learner "
-            f"process ({'within' if gb <= 3.0 else 'over'} the 3 GB target).",
-            f"- Where it goes: {base:.2f} GB after the first episode, before the buffer "
-            f"holds anything to speak of (Python, torch's CUDA build — "
-            f"{b['before_file'] / 1e9:.2f} GB of it mapped library pages — the SAC networks, "
-            f"and torch._dynamo + triton, which torch's first optimiser imports); filling "
-            f"grew the anonymous memory by {grown:.2f} GB, "
-            f"{grown - b['buffer_bytes'] / 1e9:+.2f} GB beside the arrays (no per-sample "
-            f"objects; frames are written straight into the ring, never copied sorted), "
-            f"and mapped pages by {(b['rss_file'] - b['before_file']) / 1e9:.2f} GB; the "
-            f"peak lies {(b['peak_rss'] - b['rss_anon'] - b['rss_file']) / 1e9:.2f} GB above "
-            f"the end (transients of the fill). The frames alone are "
-            f"{b['steps'] * 2 * 64 * 64 * 3 / 1e9:.2f} GB: "
-            f"with torch's CUDA build in the process, 3 GB cannot hold them; a GPU learner "
-            f"keeps them on the GPU (`ReplayConfig.image_device`, used when the learner "
-            f"trains on CUDA).",
-            f"- filled in {b['fill_s']:.1f} s"], "pixels-buffer")
+        runs = [r.split(":") for r in args.buffer_runs.split(",") if r.strip()]
+        lines = ["## Pixels: image replay buffer memory (`userctl bench pixels --parts buffer`)",
+                 ""]
+        for frames, codec in runs:
+            b = measure_buffer(args.buffer_steps, frames.strip(),
+                               None if codec.strip() == "none" else codec.strip())
+            print("buffer", json.dumps(b))
+            lines += _buffer_lines(b)
+        _write(args, lines, "pixels-buffer")
     if "reach" in parts:
         g = measure_reach(args.reach_minutes, args.utd, args.reach_batch, args.threads)
         print("reach", json.dumps(g))
@@ -386,8 +444,95 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_reach(args: argparse.Namespace) -> int:
-    """Pixel reach with ``--envs`` robots in worker processes (the GPU run)."""
+def _buffer_lines(b: dict[str, Any]) -> list[str]:
+    gb = b["peak_rss"] / 1e9
+    base = (b["before_anon"] + b["before_file"]) / 1e9
+    grown = (b["rss_anon"] - b["before_anon"]) / 1e9
+    raw = b["steps"] * 1.02 * 2 * 64 * 64 * 3  # + one final frame per 50-step episode
+    frames = ("reacher2d's overhead camera, rendered" if b["frames"] == "rendered"
+              else "uniform noise (incompressible)")
+    codec = b["codec"] or "none (raw uint8 arrays)"
+    pool = ("; and this benchmark's own pool of 2,000 rendered frames, 0.02 GB"
+            if b["frames"] == "rendered" else "")
+    return [
+        f"- **{b['steps']:,} steps of 2 × 64×64×3 + state, frames {frames}, "
+        f"`buffer.image_codec: {b['codec'] or 'null'}`: peak RSS {gb:.2f} GB "
+        f"({b['peak_rss'] / 2**30:.2f} GiB)** of the learner process "
+        f"({'within' if gb <= 3.0 else 'over'} the 3 GB target); {b['held']:,} "
+        f"sampleable, frames take {b['frame_bytes'] / 1e9:.2f} GB "
+        f"({raw / max(b['frame_bytes'], 1):.1f}× smaller than raw, codec {codec}) "
+        f"under a {b['budget_mb']} MiB budget (ring {b['capacity']:,} slots); a batch of "
+        f"256 samples in {b['sample_ms']:.0f} ms; filled in {b['fill_s']:.1f} s.",
+        f"  - where it goes: {base:.2f} GB after the first episode, before the buffer holds "
+        f"anything to speak of (Python, torch's CUDA build — {b['before_file'] / 1e9:.2f} GB "
+        f"of it mapped library pages — the SAC networks, and the torch._dynamo + triton "
+        f"that torch.optim imports{pool}); filling grew the anonymous memory by {grown:.2f} GB "
+        f"and mapped pages by {(b['rss_file'] - b['before_file']) / 1e9:.2f} GB; the peak "
+        f"lies {(b['peak_rss'] - b['rss_anon'] - b['rss_file']) / 1e9:.2f} GB above the "
+        f"end."]
+
+
+def _render_labelled(n: int, path: str, seed: int = 0) -> None:
+    """In a child process: ``n`` overhead frames of reacher2d, each labelled by reach's
+    success rule (end effector within 5 cm of the goal), with its episode number; even
+    episodes follow the scripted reach (+ noise), odd ones act at random."""
+    from agents import policies, registry
+
+    robot = registry.make_robot("reacher2d", task="reach", seed=seed, validate=False,
+                                cameras=("overhead",), camera_size=SIZE)
+    expert = policies.scripted(robot)
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, *SIZE, 3), np.uint8)
+    labels = np.empty(n, bool)
+    episodes = np.empty(n, np.int64)
+    episode = 0
+    step = robot.reset()
+    for i in range(n):
+        noise = rng.normal(0.0, 0.3, robot.spec.action.shape)
+        action = (expert(step.observation) + noise if episode % 2 == 0
+                  else rng.uniform(-1, 1, robot.spec.action.shape))
+        step = robot.step(np.clip(action, -1, 1).astype(np.float32))
+        frames[i] = step.images["overhead"]
+        labels[i] = np.linalg.norm(np.asarray(step.info["goal_pos"])
+                                   - np.asarray(step.info["ee_pos"])) < SUCCESS_RADIUS
+        episodes[i] = episode
+        if step.truncated or step.terminated:
+            step = robot.reset()
+            episode += 1
+    np.savez(path, frames=frames, labels=labels, episodes=episodes)
+
+
+def _classifier_reach(args: argparse.Namespace) -> int:
+    """Train the learned reward on labelled frames, then reach with it as the only reward."""
+    from pipeline.rewards import classifier
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "labelled.npz")
+        subprocess.run([sys.executable, "-c", "from infra.bench.pixels import "
+                        f"_render_labelled; _render_labelled({args.classifier_frames}, "
+                        f"{path!r})"], check=True,
+                       env={"MUJOCO_GL": "egl", **os.environ, "OMP_NUM_THREADS": "1"})
+        data = np.load(path)
+        frames, labels, episodes = data["frames"], data["labels"], data["episodes"]
+    heldout = classifier.heldout_episode(np.full(len(frames), "r0"), episodes)
+    net, quality = classifier.train(frames, labels, heldout, epochs=args.classifier_epochs)
+    trained_s = time.perf_counter() - started
+    learned = {"frames": len(frames), "positives": int(labels.sum()),
+               "heldout_frames": int(heldout.sum()), "train_s": trained_s, **quality}
+    print("classifier", json.dumps(learned), flush=True)
+
+    def reward(next_frames: np.ndarray) -> np.ndarray:
+        success = classifier.probabilities(net, next_frames) >= 0.5
+        return success.astype(np.float32)
+
+    return _fleet_reach(args, reward=reward, learned=learned)
+
+
+def _fleet_reach(args: argparse.Namespace, reward: Any = None,
+                 learned: dict[str, Any] | None = None) -> int:
+    """Pixel reach with ``--envs`` robots in worker processes (the GPU run); with
+    ``reward``, a learned reward is the only one."""
     import torch
 
     from infra.bench import _pixel_fleet
@@ -405,7 +550,7 @@ def _fleet_reach(args: argparse.Namespace) -> int:
         g = _pixel_fleet.run(envs=args.envs, workers=args.workers, device=device,
                              env_steps=args.reach_steps, seconds=args.reach_minutes * 60,
                              utd=args.utd, batch_size=args.reach_batch, warmup=args.warmup,
-                             size=SIZE, state=REACH_STATE,
+                             size=SIZE, state=REACH_STATE, reward=reward,
                              progress=lambda line: print(line, flush=True))
     except _pixel_fleet.RenderFailed as exc:
         print(f"userctl: pixel reach cannot run: {exc}", file=sys.stderr)
@@ -418,7 +563,7 @@ def _fleet_reach(args: argparse.Namespace) -> int:
                f"{args.reach_steps:,} env steps")
     curve = ", ".join(f"{p['env_steps']:,} steps {100 * p['success']:.0f} %"
                       for p in g["curve"])
-    _write(args, [
+    lines = [
         "## Pixels: reach with many robots, goal only in the image "
         "(`userctl bench pixels --parts reach --envs N`)", "",
         f"- **Pixel reach** ({where}; {g['envs']} reacher2d robots rendering 64×64 overhead "
@@ -427,8 +572,25 @@ def _fleet_reach(args: argparse.Namespace) -> int:
         f"steps, {g['updates']:,} updates in {g['wall_s']:.0f} s ({g['env_steps_per_s']:.0f} "
         f"env steps/s, {g['updates_per_s']:.1f} updates/s while updating){bounded}: success "
         f"over the last 50 episodes **{100 * g['success_last_50']:.0f} %** (target 80 % "
-        f"within 100,000 env steps; curve: {curve or 'none'})"],
-        "pixels-reach-gpu" if args.gpu else "pixels-reach-fleet")
+        f"within 100,000 env steps; curve: {curve or 'none'})"]
+    section = "pixels-reach-gpu" if args.gpu else "pixels-reach-fleet"
+    if learned is not None:
+        title = ("## Pixels: reach with the learned classifier as the only reward "
+                 "(`userctl bench pixels --parts classifier`)")
+        lines[0] = title
+        lines[2] = lines[2].replace("**Pixel reach**", "**Pixel reach, reward = learned "
+                                    "classifier only**")
+        lines.insert(2, (
+            f"- **Learned reward**: success classifier (pipeline.rewards.classifier) "
+            f"trained on {learned['frames']:,} overhead frames ({learned['positives']:,} "
+            f"within 5 cm of the goal; half the episodes scripted reach, half random), "
+            f"rendered and trained in {learned['train_s']:.0f} s: held-out episodes "
+            f"({learned['heldout_frames']:,} frames) precision "
+            f"**{learned['precision']:.2f}**, recall **{learned['recall']:.2f}**; during "
+            f"the run it said success with precision {g['reward_precision']:.2f} and recall "
+            f"{g['reward_recall']:.2f} against the 5 cm rule."))
+        section = "pixels-reach-classifier" + ("-gpu" if args.gpu else "")
+    _write(args, lines, section)
     return 0
 
 

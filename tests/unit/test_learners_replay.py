@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -170,10 +172,12 @@ class TestMemoryAndWrapAround:
     def test_arrays_stay_within_the_memory_budget(self) -> None:
         for budget in (10_000, 1_000_000):
             config = _config(budget, images={"wrist": (16, 16, 3)})
-            buf = replay.NumpyReplayBuffer(config)
-            assert buf.nbytes <= budget
-            assert buf.capacity == budget // config.slot_bytes()
-            assert buf._arrays["image/wrist"].dtype == np.uint8
+            buf = replay.NumpyReplayBuffer(config)  # frames compressed in a byte arena
+            assert buf.nbytes <= budget and buf.capacity == config.capacity()
+            raw = replay.NumpyReplayBuffer(dataclasses.replace(config, image_codec=None))
+            assert raw.nbytes <= budget
+            assert raw.capacity == budget // raw.config.slot_bytes()
+            assert raw._arrays["image/wrist"].dtype == np.uint8
 
     def test_a_budget_too_small_for_two_steps_is_refused(self) -> None:
         with pytest.raises(ValueError, match="memory_budget_bytes"):

@@ -154,22 +154,118 @@ def test_frames_reach_the_buffer_and_come_back_byte_exact() -> None:
 # ---------------------------------------------------------------------------- the buffer
 
 
-def test_an_image_buffer_stays_within_its_budget_under_a_longer_stream() -> None:
+@pytest.mark.parametrize("codec", [None, "lz4"])
+def test_an_image_buffer_stays_within_its_budget_under_a_longer_stream(
+        codec: str | None) -> None:
     config = ReplayConfig((6,), (2,), memory_budget_bytes=300 * 6200,
-                          image_shapes={c: (32, 32, 3) for c in CAMS})
+                          image_shapes={c: (32, 32, 3) for c in CAMS}, image_codec=codec)
     buffer = NumpyReplayBuffer(config)
-    assert buffer.capacity < 300 and buffer.nbytes <= config.memory_budget_bytes
-    for b in range(60):  # 600 steps: twice the ring
+    assert buffer.nbytes <= config.memory_budget_bytes
+    for b in range(60):  # 600 steps of noise frames (incompressible): twice what fits
         steps = Steps.of_batch(rewarded(b, steps=10, episode_len=25)).steps
         buffer.add(steps)
         assert buffer.nbytes <= config.memory_budget_bytes
-        assert len(buffer) <= buffer.capacity
-    # Each frame is stored once: one slot per step (+ one per truncated step's final frame).
+        assert len(buffer) <= min(buffer.capacity, 300)
     per_slot = sum(int(np.prod(s)) for s in config.image_shapes.values())
-    image_bytes = sum(a.nbytes for k, a in buffer._arrays.items() if k.startswith("image/"))
-    assert image_bytes == buffer.capacity * per_slot
+    if codec is None:
+        # Each frame is stored once: one slot per step (+ one per truncated step's final).
+        image_bytes = sum(a.nbytes for k, a in buffer._arrays.items() if k.startswith("image/"))
+        assert buffer.capacity < 300 and image_bytes == buffer.capacity * per_slot
+    else:  # noise stays raw in the arena, which evicts the oldest rows before the ring does
+        assert not any(k.startswith("image/") for k in buffer._arrays)
+        assert buffer.frame_bytes <= config.arena_bytes()
+        assert buffer._live_from > buffer._written - buffer.capacity
     batch = buffer.sample(128)
     assert batch.images["overhead"].dtype == torch.uint8
+
+
+def test_the_experiment_spec_chooses_how_the_learner_holds_frames() -> None:
+    """``buffer.image_codec``: LZ4 by default (a byte arena), ``null`` for raw arrays."""
+    for codec in ("lz4", "zstd", None):
+        learner = Learner(experiment(buffer={"memory_budget_mb": 4, "image_codec": codec}),
+                          lambda _t: POLICY_SPEC, _publishers())
+        learner.add(Steps.of_batch(rewarded(0, steps=30, episode_len=30)), "live")
+        buffer = learner.types["reacher2d"].online
+        assert buffer.config.image_codec == codec
+        assert ("image/overhead" in buffer._arrays) == (codec is None)
+        assert len(buffer) == 30 and buffer.sample(8).images["side"].shape == (8, 32, 32, 3)
+    with pytest.raises(ValueError, match="image_codec"):
+        experiment(buffer={"image_codec": "gzip"})
+
+
+def _pictures(ids: np.ndarray, size: int = 32) -> np.ndarray:
+    """Frames that compress as rendered ones do (flat background, a moving square), the
+    step's id written into the first pixels, every 5th frame noise (stays raw)."""
+    frames = np.full((len(ids), size, size, 3), 200, np.uint8)
+    for k, i in enumerate(ids.tolist()):
+        frames[k, 8:16, i % 20:i % 20 + 8] = (200, 90, 40)
+        if i % 5 == 4:
+            frames[k] = np.random.default_rng(i).integers(0, 256, (size, size, 3), np.uint8)
+        frames[k, 0, 0] = (i % 256, i // 256 % 256, 7)
+    return frames
+
+
+def _picture_steps(first: int, n: int, episode_len: int) -> core.StepBatch:
+    ids = np.arange(first, first + n)
+    step = ids % episode_len
+    truncated = step == episode_len - 1
+    return core.StepBatch(
+        robot_id=np.full(n, "r1"), episode_id=(ids // episode_len).astype(str), step=step,
+        observation=np.repeat(ids[:, None], 6, 1).astype(np.float32),
+        action=np.zeros((n, 2), np.float32), reward=np.zeros(n, np.float32),
+        terminated=np.zeros(n, bool), policy_version=np.zeros(n, np.int64),
+        truncated=truncated, next_observation=np.repeat(ids[:, None] + 0.5, 6, 1)
+        .astype(np.float32),
+        images={c: _pictures(ids + 10**5 * j) for j, c in enumerate(CAMS)},
+        next_images={c: _pictures(ids + 10**5 * j + 50_000) for j, c in enumerate(CAMS)})
+
+
+def _check_sample(buffer: NumpyReplayBuffer, n: int, episode_len: int) -> None:
+    batch = buffer.sample(n)
+    ids = batch.observation[:, 0].numpy().astype(np.int64)
+    final = (ids % episode_len) == episode_len - 1
+    for j, cam in enumerate(CAMS):
+        assert np.array_equal(batch.images[cam].numpy(), _pictures(ids + 10**5 * j))
+        nxt = np.where(final, ids + 10**5 * j + 50_000, ids + 1 + 10**5 * j)
+        assert np.array_equal(batch.next_images[cam].numpy(), _pictures(nxt))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_frames_come_back_byte_exact_and_hold_several_times_the_raw_steps(
+        codec: str) -> None:
+    """LZ4 in host memory: every sampled frame and next frame is the bytes that went in
+    (compressed and raw-kept frames alike), and a budget that holds N raw steps holds
+    several times N."""
+    budget = 400 * 6200
+    raw = NumpyReplayBuffer(ReplayConfig((6,), (2,), memory_budget_bytes=budget,
+                                         image_shapes={c: (32, 32, 3) for c in CAMS},
+                                         image_codec=None))
+    packed = NumpyReplayBuffer(ReplayConfig((6,), (2,), memory_budget_bytes=budget, seed=1,
+                                            image_shapes={c: (32, 32, 3) for c in CAMS},
+                                            image_codec=codec))
+    for first in range(0, 3000, 60):  # episodes of 40 cut by batches of 60: links across
+        steps = _picture_steps(first, 60, episode_len=40)
+        raw.add(steps)
+        packed.add(steps)
+        _check_sample(packed, 64, episode_len=40)
+    assert packed.nbytes <= budget and raw.nbytes <= budget
+    assert len(raw) < 400 and len(packed) > 3 * len(raw)
+    assert packed.frame_bytes <= packed.config.arena_bytes()
+
+
+def test_the_frame_arena_evicts_oldest_rows_and_breaks_their_links() -> None:
+    """A stream of frames that shrink less than the ring was sized for: the arena wraps
+    before the ring, the rows it overwrites are never sampled, and an episode whose last
+    held step was evicted does not link its next batch to it."""
+    config = ReplayConfig((6,), (2,), memory_budget_bytes=200 * 6200, image_ratio=64.0,
+                          image_shapes={c: (32, 32, 3) for c in CAMS})
+    buffer = NumpyReplayBuffer(config)
+    for first in range(0, 4000, 25):
+        buffer.add(_picture_steps(first, 25, episode_len=1000))  # long episodes
+        _check_sample(buffer, 32, episode_len=1000)
+        assert buffer.nbytes <= config.memory_budget_bytes
+        assert len(buffer) <= buffer._written - buffer._live_from
+    assert buffer._written - buffer._live_from < buffer.capacity  # the arena bound it
 
 
 def test_frames_held_as_torch_tensors_sample_the_same_bytes_as_numpy_frames() -> None:
@@ -178,7 +274,7 @@ def test_frames_held_as_torch_tensors_sample_the_same_bytes_as_numpy_frames() ->
     def filled(device: str | None) -> NumpyReplayBuffer:
         buffer = NumpyReplayBuffer(ReplayConfig(
             (6,), (2,), memory_budget_bytes=200 * 6200, seed=3, image_device=device,
-            image_shapes={c: (32, 32, 3) for c in CAMS}))
+            image_shapes={c: (32, 32, 3) for c in CAMS}, image_codec=None))
         for b in range(30):  # 300 steps through a ring of < 200: overwrites, final frames
             buffer.add(Steps.of_batch(rewarded(b, steps=10, episode_len=25)).steps)
         return buffer
@@ -261,7 +357,7 @@ def test_frames_go_through_delta_and_back_into_the_buffer_byte_exact_chunk_by_ch
     for cam in CAMS:
         sent = np.concatenate([b.images[cam] for b in batches])
         finals = np.concatenate([b.final_images[cam] for b in batches])
-        stored = a[f"image/{cam}"][: buffer._written]
+        stored = buffer._take_frames(cam, np.arange(buffer._written)).numpy()
         taken = a["sampleable"][: buffer._written]
         assert taken.sum() == 60
         # One slot per step plus one per final frame: every frame once, byte for byte.
@@ -353,7 +449,7 @@ def test_frames_a_robot_renders_reach_the_buffer_byte_exact_through_the_codec_an
     rendered = np.concatenate([b.images["overhead"] for b in raw])
     finals = np.concatenate([b.final_images["overhead"] for b in raw])
     assert len(rendered) == n + 10 and len(finals) == 2  # time limit + lease released
-    stored = buffer._arrays["image/overhead"][: buffer._written]
+    stored = buffer._take_frames("overhead", np.arange(buffer._written)).numpy()
     taken = buffer._arrays["sampleable"][: buffer._written]
     assert _same_rows(stored[taken], rendered)  # every step once, its successor linked
     assert _same_rows(stored[~taken], finals)  # plus one slot per cut-off episode's end

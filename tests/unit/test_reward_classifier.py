@@ -90,6 +90,34 @@ def test_a_classifier_trained_on_delta_frames_is_registered_and_scores_held_out_
     assert (out.success == success).mean() >= 0.95
 
 
+def test_a_version_saved_before_heads_were_named_still_loads_and_scores(
+        tmp_path: Path, home: Path) -> None:
+    """record.json without ``head``: the first versions' flatten network is built, so
+    its weights load and it scores as it did."""
+    write_history(tmp_path, batches=4)
+    frames, success, robots, episodes = classifier.training_frames(
+        tmp_path, "exp-px", "reach_dense@1", "overhead")
+    old, quality = classifier.train(frames, success,
+                                    classifier.heldout_episode(robots, episodes, fraction=0.3),
+                                    epochs=15, head="flatten")
+    stored = classifier.save(old, classifier.Record(
+        name="px_old", version="1", camera="overhead", image_size=(32, 32), channels=16,
+        threshold=0.5, experiment="exp-px", labels="reach_dense@1", train_frames=len(frames),
+        heldout_frames=0, heldout_episodes=0, precision=quality["precision"],
+        recall=quality["recall"], trained_at=classifier.now()))
+    raw = json.loads((stored / "record.json").read_text())
+    assert raw.pop("head") == "maxpool"
+    (stored / "record.json").write_text(json.dumps(raw))
+    ((loaded, _),) = [(r, d) for r, d in classifier.records() if r.name == "px_old"]
+    assert loaded.head == "flatten"
+    batch, _ = frames_with_success(
+        samples.batch(ROBOT, 40, rng=7, robot_id="r9", episode_len=20),
+        np.random.default_rng(3))
+    out = rewards.lookup("px_old@1")(batch)
+    expected = classifier.probabilities(old, batch.images["overhead"]) >= 0.5
+    assert np.array_equal(out.success, expected)
+
+
 def test_the_classifier_job_dead_letters_frames_of_the_wrong_shape(
         tmp_path: Path, home: Path) -> None:
     write_history(tmp_path, batches=4)
