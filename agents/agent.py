@@ -80,7 +80,9 @@ class AgentSettings(BaseSettings):
     )
     instruction: str = Field("", max_length=1000,
                              description="the task in words, for a language-conditioned "
-                                         "remote policy")
+                                         "policy (sent with remote requests, recorded with "
+                                         "the steps) unless the experiment's robot request "
+                                         "names one; empty: the policy's default")
     takeover: TakeoverSpec = Field(
         default_factory=TakeoverSpec,
         description='takeover device per robot, JSON, e.g. \'{"kind": "scripted"}\' '
@@ -134,7 +136,8 @@ class _Mailbox:
         with self._lock:
             match event:
                 case ev.LeaseGrantedV1() if event.robot_id in self._ids:
-                    self.leases[event.robot_id] = Lease(event.experiment_id, event.lease_id)
+                    self.leases[event.robot_id] = Lease(event.experiment_id, event.lease_id,
+                                                        event.instruction)
                 case ev.LeaseReleasedV1() if event.robot_id in self._ids:
                     held = self.leases.get(event.robot_id)
                     if held is not None and held.lease_id == event.lease_id:
@@ -205,7 +208,8 @@ class Agent:
                         flush_steps=settings.flush_steps, flush_s=settings.flush_ms / 1000,
                         flush_stagger_s=(settings.flush_ms / 1000 * i / len(self.robots)
                                          if settings.flush_stagger else None),
-                        takeover=self._takeover_for(robot))
+                        takeover=self._takeover_for(robot),
+                        instruction=settings.instruction)
             for i, (rid, robot) in enumerate(zip(self.robot_ids, self.robots, strict=True))
         ]
 
@@ -246,7 +250,7 @@ class Agent:
             robot_id=rid, site=self.settings.site, experiment_id=leased,
             send=self.remote.send,
             control_hz=self.settings.control_hz or robot.spec.control_hz,
-            instruction=self.settings.instruction,
+            instruction=lambda: self.workers[i].told, robot_type=robot.spec.robot_type,
             action_dim=int(np.prod(robot.spec.action.shape)))
         self.remote.policies[rid] = served
         return lambda: (served, served.policy_version)

@@ -65,28 +65,54 @@ def _images(request: ev.InferenceRequestV1) -> dict[str, npt.NDArray[np.uint8]]:
 
 class InferenceCore:
     """Requests in, replies out; one forward pass per group of requests that can share
-    one (same observation size and cameras)."""
+    one (same cameras, and same observation size unless the policy is shared across
+    robot types: then requests of all its types share one pass, each observation read
+    as its request's ``robot_type``'s — ``learners.policies.shared``)."""
 
     def __init__(self, policy: PolicySource, *, replica: str = "") -> None:
         self._policy = policy
         self.replica = replica
+        self.refused = 0
+        """requests not answered: a shared policy cannot read them (a robot type it does
+        not serve, an observation longer than any of its types')."""
 
     def answer(self, requests: Sequence[ev.InferenceRequestV1]) -> list[ev.ActionChunkV1]:
         policy, version = self._policy()
+        across_types = getattr(policy, "act_chunks_of", None)
+        types: tuple[str, ...] = getattr(policy, "types", ())
+        longest: int = getattr(policy, "observation_dim", 0)
         groups: dict[tuple[int, tuple[str, ...]], list[ev.InferenceRequestV1]] = defaultdict(list)
         for r in requests:
-            groups[(len(r.observation), tuple(sorted(r.images_b64)))].append(r)
+            if across_types is not None and ((r.robot_type and r.robot_type not in types)
+                                             or len(r.observation) > longest):
+                # One robot's misfit must not fail the batch (or the replica).
+                self.refused += 1
+                log.warning("inference: %s (%s, observation of %d) does not fit the policy "
+                            "(types %s, observations up to %d)", r.robot_id,
+                            r.robot_type or "no type", len(r.observation), ", ".join(types),
+                            longest)
+                continue
+            size = -1 if across_types is not None else len(r.observation)
+            groups[(size, tuple(sorted(r.images_b64)))].append(r)
         out: list[ev.ActionChunkV1] = []
         for (_, cameras), group in groups.items():
-            obs = np.asarray([r.observation for r in group], np.float32)
             act_chunk = getattr(policy, "act_chunk", None)
             if act_chunk is not None:
                 images = None
                 if cameras:
                     per = [_images(r) for r in group]
                     images = {c: np.stack([p[c] for p in per]) for c in cameras}
-                chunks = np.asarray(act_chunk(obs, [r.instruction for r in group], images))
+                instructions = [r.instruction for r in group]
+                if across_types is not None:
+                    chunks = np.asarray(across_types(
+                        [r.robot_type for r in group],
+                        [np.asarray(r.observation, np.float32) for r in group],
+                        instructions, images))
+                else:
+                    obs = np.asarray([r.observation for r in group], np.float32)
+                    chunks = np.asarray(act_chunk(obs, instructions, images))
             else:  # a one-step policy: a chunk of one action
+                obs = np.asarray([r.observation for r in group], np.float32)
                 chunks = np.asarray(policy.act(obs, deterministic=True))[:, None]
             for r, chunk in zip(group, chunks, strict=True):
                 if r.action_dim is not None:

@@ -69,7 +69,8 @@ class RemotePolicy(FramesPolicy):
 
     def __init__(self, *, robot_id: str, site: str, experiment_id: Callable[[], str | None],
                  send: Callable[[ev.InferenceRequestV1], None], control_hz: float,
-                 instruction: str = "", action_dim: int | None = None,
+                 instruction: str | Callable[[], str] = "", action_dim: int | None = None,
+                 robot_type: str = "",
                  margin_periods: int = 2, retry_s: float = 1.0, lead_quantile: float = 0.99,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         # No super().__init__: FramesPolicy's per-step callable is this class's __call__.
@@ -78,7 +79,9 @@ class RemotePolicy(FramesPolicy):
         self._send = send
         self.period_s = 1.0 / control_hz
         self.instruction = instruction
+        """sent with each request: the words, or where the robot's lease says them."""
         self.action_dim = action_dim
+        self.robot_type = robot_type
         self.margin_periods = margin_periods
         self.lead_quantile = lead_quantile
         self.retry_ns = int(retry_s * 1e9)
@@ -187,9 +190,10 @@ class RemotePolicy(FramesPolicy):
             return
         request = ev.InferenceRequestV1(
             site=self.site, robot_id=self.robot_id, experiment_id=experiment_id,
-            request_seq=self._seq, step=step, sent_ns=now, instruction=self.instruction,
+            request_seq=self._seq, step=step, sent_ns=now,
+            instruction=self.instruction() if callable(self.instruction) else self.instruction,
             observation=tuple(float(x) for x in np.asarray(observation).ravel()),
-            action_dim=self.action_dim,
+            action_dim=self.action_dim, robot_type=self.robot_type,
             images_b64={k: base64.b64encode(np.ascontiguousarray(v).tobytes()).decode()
                         for k, v in images.items()},
             image_shapes={k: (int(v.shape[0]), int(v.shape[1]), int(v.shape[2]))

@@ -60,6 +60,8 @@ def mint_incarnation() -> str:
 class Lease:
     experiment_id: str
     lease_id: str
+    instruction: str = ""
+    """the task in words the experiment asks this robot to run ("": the worker's own)."""
 
 
 @dataclass
@@ -126,6 +128,7 @@ class RobotWorker:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         takeover: Takeover | None = None,
+        instruction: str = "",
     ) -> None:
         self.robot = robot
         self.robot_id = robot_id
@@ -146,6 +149,9 @@ class RobotWorker:
         self._clock = clock
         self._wall_ns = wall_ns
         self._takeover = takeover
+        self.instruction = instruction
+        """the task in words this robot runs unless its lease says otherwise (recorded
+        with its steps; "" = the experiment's default), for language-conditioned policies."""
         self._chunks = ChunkExecutor()
         #: This worker's hold on the robot (module docstring); minted per lease taken.
         self.incarnation = mint_incarnation()
@@ -164,6 +170,12 @@ class RobotWorker:
         self.spool_full = False
         #: Control periods held because the (remote) policy had no action due.
         self.held_no_action = 0
+
+    @property
+    def told(self) -> str:
+        """The instruction the robot runs now: its lease's, else its own (a lease change
+        flushes first, so a batch's rows were all run under one)."""
+        return (self.lease.instruction if self.lease is not None else "") or self.instruction
 
     # -- one control period --------------------------------------------------------------------
 
@@ -388,7 +400,7 @@ class RobotWorker:
             ev.TransitionBatchV2(
                 site=self.site, robot_id=self.robot_id, experiment_id=experiment_id,
                 robot_type=self.robot.spec.robot_type, n_steps=len(rows),
-                incarnation=self.incarnation,
+                incarnation=self.incarnation, instruction=self.told,
             ),
             episode_id=np.array(rows.episode_id), step=np.array(rows.step, np.int64),
             seq=np.array(rows.seq, np.int64),

@@ -113,6 +113,7 @@ def _inference(args: argparse.Namespace) -> int:
 
     from agents import inference, registry, weights_kafka
     from learners import policies
+    from learners.policies import shared
 
     kafka = KafkaSettings()
     exp = fleet_view(kafka).experiments.get(args.experiment)
@@ -121,15 +122,23 @@ def _inference(args: argparse.Namespace) -> int:
                          "submitted; see `userctl experiments list`")
     spec = exp.spec
     # One network for every robot type the experiment asks for: sized for the widest.
-    robot_specs = [registry.make_robot(r.robot_type, task=spec.task).spec for r in spec.robots]
+    types = list(dict.fromkeys(r.robot_type for r in spec.robots))
+    robot_specs = [registry.make_robot(t, task=spec.task).spec for t in types]
     widest = max(robot_specs, key=lambda s: (s.action.size, s.observation.size))
     pspec = policies.PolicySpec.from_robot_spec(widest)
-    pspec = policies.PolicySpec(max(s.observation.size for s in robot_specs),
-                                pspec.action_dim, pspec.action_low, pspec.action_high)
     options = dict(getattr(spec.policy, "options", {}) or {})
     options.setdefault("seed", spec.algorithm.seed)
     if spec.policy.kind == "vla_transformer":
         options.setdefault("chunk", spec.inference.chunk)
+    if spec.policy.shared_across_types and len(types) > 1:
+        # The learner's one policy across types, as it publishes it on the widest type's
+        # stream: requests say their robot type, and every type is served in one pass.
+        options[shared.OPTION] = shared.options_for(
+            widest.robot_type, {s.robot_type: policies.PolicySpec.from_robot_spec(s)
+                                for s in robot_specs}, policies.pads_actions(spec.policy.kind))
+    else:
+        pspec = policies.PolicySpec(max(s.observation.size for s in robot_specs),
+                                    pspec.action_dim, pspec.action_low, pspec.action_high)
     policy = policies.build(spec.policy.kind, pspec, options)
     device = args.device
     if device == "auto":

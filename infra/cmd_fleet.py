@@ -239,12 +239,13 @@ def task_problems(spec: ExperimentSpec) -> list[str]:
     out.extend(learner_registry.problems(spec))
     types = list(dict.fromkeys(r.robot_type for r in spec.robots))
     if spec.policy.shared_across_types and len(types) > 1 and not out:
-        out.extend(_shared_policy_problems(spec.task, types))
+        out.extend(_shared_policy_problems(spec.task, types, spec.policy.kind))
     return out
 
 
-def _shared_policy_problems(task: str, types: list[str]) -> list[str]:
-    """One line if the robot types cannot share one policy (no common action space)."""
+def _shared_policy_problems(task: str, types: list[str], kind: str) -> list[str]:
+    """One line if the robot types cannot share one policy of ``kind`` (no common action
+    space, or for a kind that pads actions, none agreeing on their common values)."""
     from agents import registry
     from agents import robot as robot_mod
     from learners import policies
@@ -261,7 +262,7 @@ def _shared_policy_problems(task: str, types: list[str]) -> list[str]:
         finally:
             robot.close()
     try:
-        shared.shared_spec(specs)
+        shared.shared_spec(specs, policies.pads_actions(kind))
     except ValueError as exc:
         return [str(exc)]
     return []

@@ -44,8 +44,9 @@ COLUMNS = (
     "observed_ns", "intervention",
 )
 #: Columns read where the table has them: the step identity (absent from rows written
-#: before it) and V1's ``human_action`` (the executed action of V1 intervention rows).
-OPTIONAL = ("incarnation", "seq", "human_action")
+#: before it), V1's ``human_action`` (the executed action of V1 intervention rows) and the
+#: robot's ``instruction`` (absent before it was recorded: the experiment's default).
+OPTIONAL = ("incarnation", "seq", "human_action", "instruction")
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,8 @@ def steps_of_rows(experiment_id: str, robot_type: str, rows: pa.Table) -> Steps:
         truncated=truncated & ~terminated,
         next_observation=next_observation,
         intervention=_bools(rows.column("intervention")),
+        instruction=(_strings(rows.column("instruction").fill_null(""))
+                     if "instruction" in rows.column_names else np.full(n, "")),
     )
     return Steps(experiment_id, robot_type, steps, _strings(rows.column("incarnation")),
                  _numbers(rows.column("seq"), np.int64), _bools(rows.column("success")))

@@ -84,6 +84,9 @@ class StepBatch:
     intervention: np.ndarray | None = None
     """(n,) bool: a human overrode the policy (``action`` is the human's); None means
     all False."""
+    instruction: np.ndarray | None = None
+    """(n,) str: the task in words the robot ran the step under ("": the experiment's
+    default); None means all ""."""
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -127,6 +130,8 @@ class Batch:
     """(batch, H, *action_shape): ``action`` and the H - 1 actions executed after it in
     its episode, the last one repeated past the episode's end (None: not asked for;
     samplers fill it for algorithms that learn action chunks)."""
+    instruction: tuple[str, ...] | None = None
+    """each row's instruction ("": the experiment's default; None: not recorded)."""
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
@@ -144,7 +149,8 @@ class Batch:
             next_images={k: move(v) for k, v in self.next_images.items()},
             stats=self.stats,
             intervention=None if self.intervention is None else move(self.intervention),
-            action_chunk=None if self.action_chunk is None else move(self.action_chunk))
+            action_chunk=None if self.action_chunk is None else move(self.action_chunk),
+            instruction=self.instruction)
 
     def split(self, n: int) -> list[Batch]:
         """Cut into ``n`` equal consecutive minibatches (for update-to-data ratio ``n``).
@@ -171,6 +177,8 @@ class Batch:
                 stats=self.stats,
                 intervention=None if self.intervention is None else part(self.intervention, k),
                 action_chunk=None if self.action_chunk is None else part(self.action_chunk, k),
+                instruction=(None if self.instruction is None
+                             else self.instruction[k * size : (k + 1) * size]),
             )
             for k in range(n)
         ]

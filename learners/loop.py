@@ -44,7 +44,7 @@ import numpy as np
 
 from learners import checkpoint, lineage, registry
 from learners.core import JSON, NonFiniteUpdate, Sampler, StepBatch, TrainingState
-from learners.policies import PolicySpec, non_finite, weights_stream
+from learners.policies import PolicySpec, non_finite, pads_actions, weights_stream
 from learners.policies import shared as shared_input
 from learners.replay import MixingSampler, NumpyReplayBuffer, ReplayConfig
 from learners.weights_sync import PublisherStats, PublishSchedule, Snapshot, WeightSyncSettings
@@ -119,6 +119,7 @@ class Steps:
             intervention=batch.intervention,
             images=dict(batch.images),
             next_images=next_images,
+            instruction=np.full(n, batch.event.instruction),
         )
         return cls(batch.event.experiment_id, batch.event.robot_type, steps,
                    np.full(n, batch.event.incarnation), batch.seq, batch.success)
@@ -133,6 +134,7 @@ class Steps:
             truncated=None if s.truncated is None else s.truncated[mask],
             next_observation=None if s.next_observation is None else s.next_observation[mask],
             intervention=None if s.intervention is None else s.intervention[mask],
+            instruction=None if s.instruction is None else s.instruction[mask],
             images={cam: frames[mask] for cam, frames in s.images.items()},
             next_images={cam: frames[mask] for cam, frames in s.next_images.items()},
         )
@@ -459,18 +461,19 @@ class _FanOut:
     with its type's spec and the options robots of that type wrap the policy with."""
 
     def __init__(self, publishers: dict[str, Publisher],
-                 resolve: Callable[[str], PolicySpec | None]) -> None:
+                 resolve: Callable[[str], PolicySpec | None], pad_actions: bool = False) -> None:
         self._publishers = publishers
         self._resolve = resolve
+        self._pad_actions = pad_actions
         self.stats = next(iter(publishers.values())).stats
         """the first type's publishing stats (every type publishes the same snapshots)."""
 
     @classmethod
     def open(cls, experiment: str, robot_types: tuple[str, ...],
              resolve: Callable[[str], PolicySpec | None],
-             publisher_for: PublisherFactory) -> tuple[_FanOut, int]:
+             publisher_for: PublisherFactory, pad_actions: bool = False) -> tuple[_FanOut, int]:
         opened = {t: publisher_for(weights_stream(experiment, t)) for t in robot_types}
-        return (cls({t: p for t, (p, _) in opened.items()}, resolve),
+        return (cls({t: p for t, (p, _) in opened.items()}, resolve, pad_actions),
                 max(v for _, v in opened.values()))
 
     @property
@@ -487,7 +490,8 @@ class _FanOut:
             publisher.publish(dataclasses.replace(
                 snapshot, spec=known[robot_type],
                 options={**snapshot.options,
-                         shared_input.OPTION: shared_input.options_for(robot_type, known)}))
+                         shared_input.OPTION: shared_input.options_for(
+                             robot_type, known, self._pad_actions)}))
 
 
 # ---------------------------------------------------------------------------- the learner
@@ -572,11 +576,13 @@ class Learner:
         if not self.shared:
             return steps
         types = sorted(self.robot_types)
-        dim = self.types[SHARED].policy_spec.observation_dim - len(types)
+        spec = self.types[SHARED].policy_spec
+        dim = spec.observation_dim - len(types)
         s = steps.steps
         nxt = s.next_observation
         encoded = dataclasses.replace(
             s, observation=shared_input.encode(s.observation, steps.robot_type, types, dim),
+            action=shared_input.pad_actions(s.action, spec),
             next_observation=(None if nxt is None
                               else shared_input.encode(nxt, steps.robot_type, types, dim)))
         return dataclasses.replace(steps, steps=encoded)
@@ -601,7 +607,8 @@ class Learner:
             known = {t: s for t, s in specs.items() if s is not None}
             if len(known) < len(specs):
                 return None
-            return self._open(SHARED, shared_input.shared_spec(known))
+            return self._open(SHARED, shared_input.shared_spec(
+                known, pads_actions(self.spec.policy.kind)))
         policy_spec = self._resolve(robot_type)
         if policy_spec is None:
             return None
@@ -612,7 +619,7 @@ class Learner:
         if robot_type == SHARED:
             def publisher_for(_stream: str) -> tuple[Publisher, int]:
                 return _FanOut.open(self.spec.name, self.robot_types, self._resolve,
-                                    self._publisher_for)
+                                    self._publisher_for, pads_actions(self.spec.policy.kind))
         learner = _TypeLearner(self.spec, robot_type, policy_spec, publisher_for,
                                self._budget, self._clock, self.device)
         learner.recorder = self.lineage

@@ -99,6 +99,7 @@ class ReplayConfig:
             "terminated": ((), np.dtype(np.bool_)),
             "policy_version": ((), np.dtype(np.int64)),
             "intervention": ((), np.dtype(np.bool_)),
+            "instruction": ((), np.dtype(np.int32)),  # code in the buffer's vocabulary
             "next_slot": ((), np.dtype(np.int64)),
             "row_id": ((), np.dtype(np.int64)),
             "sampleable": ((), np.dtype(np.bool_)),
@@ -176,6 +177,7 @@ class NumpyReplayBuffer(ReplayBuffer):
         self.dropped = 0
         """truncated steps dropped for want of a ``next_observation``."""
         self._rng = np.random.default_rng(config.seed)
+        self._instructions: dict[str, int] = {"": 0}  # instruction -> its code
 
     @property
     def nbytes(self) -> int:
@@ -345,6 +347,7 @@ class NumpyReplayBuffer(ReplayBuffer):
         a["intervention"][step_slots] = (
             False if steps.intervention is None
             else np.asarray(steps.intervention, dtype=bool)[order])
+        a["instruction"][step_slots] = self._codes(steps.instruction, n)[order]
         a["next_slot"][step_slots] = next_slot
         a["row_id"][slots] = row_ids
         a["sampleable"][step_slots] = next_slot >= 0
@@ -365,6 +368,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             a["terminated"][final_slots] = False
             a["policy_version"][final_slots] = a["policy_version"][step_slots[needs_final]]
             a["intervention"][final_slots] = False
+            a["instruction"][final_slots] = 0
             a["next_slot"][final_slots] = -1
             a["sampleable"][final_slots] = False
         self._written += total
@@ -453,6 +457,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             policy_version=torch.from_numpy(version),
             intervention=torch.from_numpy(a["intervention"][idx]),
             action_chunk=chunk,
+            instruction=self._texts(a["instruction"][idx]),
             images={n: self._take_frames(n, idx) for n in self.config.image_shapes},
             next_images={n: self._take_frames(n, nxt) for n in self.config.image_shapes},
             stats={
@@ -461,6 +466,22 @@ class NumpyReplayBuffer(ReplayBuffer):
                 "replay/size": float(self._sampleable),
             },
         )
+
+    def _codes(self, instruction: np.ndarray | None, n: int) -> np.ndarray:
+        """(n,) codes of a batch's instructions, new ones added to the vocabulary."""
+        if instruction is None:
+            return np.zeros(n, np.int32)
+        words, inverse = np.unique(np.asarray(instruction, np.str_), return_inverse=True)
+        codes = np.array([self._instructions.setdefault(str(w), len(self._instructions))
+                          for w in words], np.int32)
+        return codes[inverse.reshape(-1)]
+
+    def _texts(self, codes: np.ndarray) -> tuple[str, ...] | None:
+        """The sampled rows' instructions (None while none was ever recorded)."""
+        if len(self._instructions) == 1:
+            return None
+        words = np.asarray(list(self._instructions), dtype=np.str_)
+        return tuple(words[codes].tolist())
 
     def _check(self, steps: StepBatch) -> None:
         n = len(steps)
@@ -471,6 +492,7 @@ class NumpyReplayBuffer(ReplayBuffer):
             ("terminated", steps.terminated, ()),
             ("policy_version", steps.policy_version, ()),
             ("intervention", steps.intervention, ()),
+            ("instruction", steps.instruction, ()),
             ("robot_id", steps.robot_id, ()),
             ("episode_id", steps.episode_id, ()),
             ("truncated", steps.truncated, ()),
@@ -519,6 +541,9 @@ def concat_batches(batches: Sequence[Batch], generator: torch.Generator | None =
                       else cat([b.intervention for b in batches if b.intervention is not None])),
         action_chunk=(None if any(b.action_chunk is None for b in batches)
                       else cat([b.action_chunk for b in batches if b.action_chunk is not None])),
+        instruction=(None if all(b.instruction is None for b in batches) else tuple(
+            np.concatenate([np.asarray(b.instruction or ("",) * len(b), np.str_)
+                            for b in batches])[perm.numpy()].tolist())),
         images={n: cat([b.images[n] for b in batches]) for n in first.images},
         next_images={n: cat([b.next_images[n] for b in batches]) for n in first.next_images},
     )

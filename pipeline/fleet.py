@@ -313,6 +313,7 @@ class Fleet:
                 out.append(ev.LeaseGrantedV1(
                     site=robot.site, robot_id=robot.robot_id, experiment_id=exp.experiment_id,
                     lease_id=f"{exp.experiment_id}.{robot.robot_id}.{uuid.uuid4().hex[:8]}",
+                    instruction=request.instruction,
                 ))
             missing += max(need, 0)
         granted = len(exp.robots - lost) + sum(isinstance(e, ev.LeaseGrantedV1) for e in out)

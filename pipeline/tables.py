@@ -169,6 +169,9 @@ def _same_layout_rows(items: Sequence[tuple[AnyBatch, Source, npt.NDArray[np.boo
         "site": per_batch([e.site for e in events_], pa.string()),
         "robot_id": per_batch([e.robot_id for e in events_], pa.string()),
         "robot_type": per_batch([e.robot_type for e in events_], pa.string()),
+        # The task in words the robot ran ("": the experiment's default), for learners
+        # of language-conditioned policies.
+        "instruction": per_batch([e.instruction for e in events_], pa.string()),
     }
     if rewarded:
         cols["reward_fn"] = per_batch([getattr(e, "reward_fn", None) for e in events_],
@@ -348,7 +351,8 @@ def batch_from_rows(table: pa.Table) -> TransitionBatch:
     event = events.TransitionBatchV2(
         event_id=uuid.UUID(first["batch_event_id"]), site=first["site"],
         robot_id=first["robot_id"], experiment_id=first["experiment_id"],
-        robot_type=first["robot_type"], n_steps=n, incarnation=incarnation)
+        robot_type=first["robot_type"], n_steps=n, incarnation=incarnation,
+        instruction=first.get("instruction") or "")  # absent from older rows: the default
     return TransitionBatch.build(
         event,
         episode_id=np.asarray(_column(table, "episode_id"), np.str_),

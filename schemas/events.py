@@ -239,6 +239,8 @@ class LeaseGrantedV1(Envelope):
     experiment_id: Ident
     lease_id: Ident
     expires_at: AwareDatetime | None = None
+    instruction: str = Field("", max_length=1000, description="the task in words the robot "
+                             "runs for the experiment (its request's; empty: the agent's own)")
 
 
 class LeaseReleaseReason(StrEnum):
@@ -311,6 +313,8 @@ class TransitionBatchV2(Envelope):
     robot_type: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     n_steps: int = Field(gt=0)
     incarnation: Ident = Field(description="the agent's hold on the robot the steps come from")
+    instruction: str = Field("", max_length=1000, description="the task in words the robot "
+                             "ran these steps under (empty: the experiment's default)")
 
 
 class RewardedTransitionBatchV2(Envelope):
@@ -327,6 +331,7 @@ class RewardedTransitionBatchV2(Envelope):
     incarnation: Ident = Field(description="the agent's hold on the robot the steps come from")
     reward_fn: RewardFnId
     raw_event_id: uuid.UUID | None = Field(None, description="the raw batch it was computed from")
+    instruction: str = Field("", max_length=1000, description="the raw batch's instruction")
 
 
 
@@ -678,6 +683,9 @@ class InferenceRequestV1(Envelope):
     observation: tuple[float, ...]
     action_dim: int | None = Field(None, ge=1, description="the robot's action size, when "
                                    "a multi-robot policy's actions are wider")
+    robot_type: str = Field("", max_length=128, description="the robot's type, so one "
+                            "policy shared across types reads its observation layout "
+                            "(empty: the replica's own type)")
     images_b64: dict[str, str] = Field(default_factory=dict)
     image_shapes: dict[str, tuple[int, int, int]] = Field(default_factory=dict)
 

@@ -25,6 +25,10 @@ class RobotRequest(_Frozen):
     robot_type: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="registered robot type")
     count: int = Field(1, ge=1, le=10_000, description="how many robots of this type")
     sites: tuple[Name, ...] = Field((), description="allowed sites; empty means any site")
+    instruction: str = Field(
+        "", max_length=1000, description="the task in words these robots run with a "
+        "language-conditioned policy (handed to them with their lease; empty: the agent's "
+        "own, else the policy's default)")
 
 
 class LearnerRequest(_Frozen):

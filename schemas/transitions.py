@@ -385,7 +385,7 @@ class RewardedTransitionBatch(StepColumns[RewardedTransitionBatchV2]):
         event = RewardedTransitionBatchV2(
             site=e.site, robot_id=e.robot_id, experiment_id=e.experiment_id,
             robot_type=e.robot_type, n_steps=e.n_steps, incarnation=e.incarnation,
-            reward_fn=reward_fn, raw_event_id=e.event_id,
+            reward_fn=reward_fn, raw_event_id=e.event_id, instruction=e.instruction,
         )
         shared = {
             f.name: getattr(raw, f.name)

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         check_options,
         kinds,
         load,
+        pads_actions,
         register,
         register_check,
         register_parts,
@@ -71,7 +72,8 @@ _LAZY = {
     "VlaTransformerPolicy": "_vla_transformer",
     **{name: "_registry" for name in (
         "ActorParts", "PolicyFactory", "actor_parts", "build", "check_options", "kinds",
-        "load", "register", "register_check", "register_parts", "weights_metadata")},
+        "load", "pads_actions", "register", "register_check", "register_parts",
+        "weights_metadata")},
 }
 
 
@@ -109,6 +111,7 @@ __all__ = [
     "load_for_inference",
     "non_finite",
     "numpy_kinds",
+    "pads_actions",
     "register",
     "register_check",
     "register_parts",

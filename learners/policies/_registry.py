@@ -46,17 +46,31 @@ PartsFactory = Callable[[PolicySpec, Mapping[str, JSON]], ActorParts]
 _FACTORIES: dict[str, PolicyFactory] = {}
 _CHECKS: dict[str, OptionsCheck] = {}
 _PARTS: dict[str, PartsFactory] = {}
+_PADS_ACTIONS: set[str] = set()
 
 #: Header metadata keys that make a weights blob self-describing (home: ``_spec``).
 KIND_KEY = _spec.KIND_KEY
 OPTIONS_KEY = _spec.OPTIONS_KEY
 
 
-def register(kind: str, factory: PolicyFactory) -> None:
-    """Make ``kind`` buildable. Raises ``ValueError`` if the name is already taken."""
+def register(kind: str, factory: PolicyFactory, *, pads_actions: bool = False) -> None:
+    """Make ``kind`` buildable. Raises ``ValueError`` if the name is already taken.
+
+    ``pads_actions``: shared across robot types, the kind learns in the widest type's
+    action space, narrower types' actions padded (:func:`pads_actions`)."""
     if kind in _FACTORIES and _FACTORIES[kind] is not factory:
         raise ValueError(f"policy kind {kind!r} is already registered")
     _FACTORIES[kind] = factory
+    if pads_actions:
+        _PADS_ACTIONS.add(kind)
+
+
+def pads_actions(kind: str) -> bool:
+    """Whether ``kind``, shared across robot types, may serve types whose action spaces
+    differ in size (the widest's, the others padded; :mod:`learners.policies.shared`)."""
+    if kind not in _FACTORIES:
+        _discover()
+    return kind in _PADS_ACTIONS
 
 
 def register_parts(kind: str, parts: PartsFactory, check: OptionsCheck | None = None) -> None:

@@ -10,10 +10,15 @@ Instruction text + camera images + proprioception -> a chunk of ``chunk`` action
 * A pre-norm transformer encoder runs over all tokens; each action query's output is
   mapped to one action, squashed by ``tanh`` into the robot's bounds.
 
-Multi-task, multi-robot: one network for several tasks and robot types, told apart only by
-the instruction.  Observations shorter than ``observation_dim`` are zero-padded, and a
-robot with fewer action dimensions reads the first ones of each action (the spec is the
-widest robot's).  Trained by regression on demonstrated chunks (ACT-style, L1 or MSE);
+Multi-task, multi-robot: one network for several tasks and robot types; tasks are told
+apart only by the instruction (each step is learnt with the instruction its robot ran,
+recorded with the step).  Observations shorter than ``observation_dim`` are zero-padded,
+and a robot with fewer action dimensions reads the first ones of each action (the spec is
+the widest robot's).  Shared across robot types (``policy.shared_across_types``), it is
+trained and served like any shared kind (:mod:`learners.policies.shared`: observation
+padded + the type's one-hot), and, registered ``pads_actions``, also across types whose
+action sizes differ: one replica answers every type's requests in one forward pass.
+Trained by regression on demonstrated chunks (ACT-style, L1 or MSE);
 HG-DAgger-style fine-tuning feeds it the same loss on corrected actions.
 
 Default size (``d_model`` 512, 7 layers, FF 2048) is about 22 M parameters, without the
@@ -160,7 +165,9 @@ class VlaTransformerPolicy(Policy):
     def act_chunk(self, observation: npt.ArrayLike, instructions: Sequence[str],
                   images: Mapping[str, npt.NDArray[np.uint8]] | None = None
                   ) -> npt.NDArray[np.float32]:
-        """Action chunks ``(batch, chunk, action_dim)`` for a batch of requests."""
+        """Action chunks ``(batch, chunk, action_dim)`` for a batch of requests (an empty
+        instruction stands for the default one)."""
+        instructions = [text or self.default_instruction for text in instructions]
         self.net.eval()
         with torch.inference_mode():
             out = self._scale(self.net(*self._inputs(observation, instructions, images)))
@@ -195,9 +202,10 @@ class VlaTransformerPolicy(Policy):
 
     def batch_loss(self, batch: Batch, instruction: str | None = None) -> torch.Tensor:
         """:meth:`loss` on a learner :class:`~learners.core.Batch` (BC / HG-DAgger): the
-        target is ``batch.action_chunk`` (or ``action`` repeated), the instruction the
-        experiment's (``instruction`` option).  HG-DAgger gets only takeover rows from its
-        sampler, so the same loss learns from the operator's corrections."""
+        target is ``batch.action_chunk`` (or ``action`` repeated), the instruction each
+        row's robot ran (``batch.instruction``; where that is empty or not recorded,
+        ``instruction`` or the ``instruction`` option).  HG-DAgger gets only takeover
+        rows from its sampler, so the same loss learns from the operator's corrections."""
         chunk = batch.action_chunk
         if chunk is None:
             chunk = batch.action[:, None].expand(-1, self.chunk, -1)
@@ -206,8 +214,9 @@ class VlaTransformerPolicy(Policy):
             pad = chunk[:, -1:].expand(-1, self.chunk - chunk.shape[1], -1)
             chunk = torch.cat([chunk, pad], 1)
         text = instruction if instruction is not None else self.default_instruction
+        texts = [row or text for row in (batch.instruction or ("",) * len(batch))]
         images = {c: batch.images[c].cpu().numpy() for c in self.cameras if c in batch.images}
-        return self.loss(batch.observation.cpu().numpy(), [text] * len(batch),
+        return self.loss(batch.observation.cpu().numpy(), texts,
                          chunk.detach().cpu().numpy(), images=images or None)
 
     # -- weights ----------------------------------------------------------------------------

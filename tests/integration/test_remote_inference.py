@@ -2,7 +2,8 @@
 
 Real broker, real processes: a controller places the experiment's inference replica on a
 compute host (``userctl host``), the host starts ``userctl inference`` as its child, and
-robots at two sites run on action chunks served over the bus.  Killing the replica makes
+robots of two types at two sites, told different tasks, run on action chunks one replica
+serves over the bus from one policy shared across the types.  Killing the replica makes
 the robots hold; the host restarts it and the robots resume.
 
 The module runs on a broker of its own (as ``test_fleet`` does): a controller serves every
@@ -80,20 +81,25 @@ def test_robots_at_two_sites_run_a_remotely_served_policy_and_hold_while_it_is_g
         "OMP_NUM_THREADS": "1",
     }
     watch = Watch(kafka, (catalog.PLACEMENTS, catalog.EXPERIMENTS, catalog.INFERENCE_REPLIES,
-                          catalog.HOSTS))
+                          catalog.INFERENCE_REQUESTS, catalog.HOSTS))
     try:
         processes.userctl("controller", "controller", env=env)
         processes.userctl("host", "host", "--host-id", f"h-{unique}", "--cpus", "2",
                           "--no-gpus", env=env)
-        for site in sites:
-            processes.userctl(f"agent-{site}", "agent", "--robot-type", "reacher2d",
+        # Two robot types (2 and 7 action values) and two tasks, one policy; the agents
+        # are told "reach the target", the experiment tells site b's robot otherwise.
+        for site, robot_type in ((site_a, "reacher2d"), (site_b, "arm7")):
+            processes.userctl(f"agent-{site}", "agent", "--robot-type", robot_type,
                               "--site", site, "--robot-id", f"r-{site}", env=env)
         name = f"remote-{unique}"
         spec = tmp_path / "exp.yaml"
         spec.write_text(yaml.safe_dump({
             "name": name,
-            "robots": [{"robot_type": "reacher2d", "count": 2, "sites": [site_a, site_b]}],
-            "policy": {"kind": "vla_transformer", "options": TINY_VLA},
+            "robots": [{"robot_type": "reacher2d", "sites": [site_a]},
+                       {"robot_type": "arm7", "sites": [site_b],
+                        "instruction": "touch the red marker"}],
+            "policy": {"kind": "vla_transformer", "options": TINY_VLA,
+                       "shared_across_types": True},
             "inference": {"replicas": 1, "chunk": 10},
         }))
         watch.wait_for("the host to announce", lambda: watch.of(ev.HostAnnouncedV1), 60)
@@ -111,6 +117,13 @@ def test_robots_at_two_sites_run_a_remotely_served_policy_and_hold_while_it_is_g
             return robots if robots == {f"r-{site_a}", f"r-{site_b}"} else None
 
         watch.wait_for("chunks for the robots at both sites", lambda: served(0.0), 120)
+        sizes = {e.robot_id: {len(a) for a in e.actions} for e in watch.of(ev.ActionChunkV1)
+                 if e.experiment_id == name}
+        assert sizes == {f"r-{site_a}": {2}, f"r-{site_b}": {7}}  # each robot's own size
+        asked = {(e.robot_id, e.robot_type, e.instruction)
+                 for e in watch.of(ev.InferenceRequestV1) if e.experiment_id == name}
+        assert asked == {(f"r-{site_a}", "reacher2d", "reach the target"),
+                         (f"r-{site_b}", "arm7", "touch the red marker")}
 
         def said(what: str) -> dict[str, int]:
             return {s: processes.log(f"agent-{s}").count(what) for s in sites}

@@ -95,10 +95,12 @@ def test_every_event_survives_its_json_form(event: events.Envelope) -> None:
         payload["data"] = event.data  # the chunk's bytes travel as the record value
     loaded = registry.REGISTRY.load(event.schema_name, event.schema_version, payload)
     if isinstance(event, events.TransitionBatchV1 | events.RewardedTransitionBatchV1):
-        # Read as V2: the same header, its steps in the V1 incarnation.
+        # Read as V2: the same header, its steps in the V1 incarnation, the experiment's
+        # default instruction (none was recorded).
         assert isinstance(loaded, events.TransitionBatchV2 | events.RewardedTransitionBatchV2)
-        assert (loaded.schema_version, loaded.incarnation) == (2, events.V1_INCARNATION)
-        assert (loaded.model_dump(exclude={"schema_version", "incarnation"})
+        assert (loaded.schema_version, loaded.incarnation, loaded.instruction) == (
+            2, events.V1_INCARNATION, "")
+        assert (loaded.model_dump(exclude={"schema_version", "incarnation", "instruction"})
                 == event.model_dump(exclude={"schema_version"}))
     else:
         assert loaded == event
