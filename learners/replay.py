@@ -439,13 +439,17 @@ class NumpyReplayBuffer(ReplayBuffer):
         if horizon > 1:
             # Follow the links: a terminal step links to itself, a truncated one to its
             # never-sampled final slot (action 0) — in both cases the chunk repeats the
-            # last real action from there on.
+            # last real action from there on.  Drawn among takeovers, a chunk also ends
+            # where the takeover does: the policy's own actions after the operator handed
+            # back are not targets (HG-DAgger learns from takeover segments only).
             slots = np.empty((batch_size, horizon), np.int64)
             slots[:, 0] = idx
             for k in range(1, horizon):
                 prev = slots[:, k - 1]
                 step = a["next_slot"][prev]
                 real = (step >= 0) & a["sampleable"][np.maximum(step, 0)] & (step != prev)
+                if interventions_only:
+                    real &= a["intervention"][np.maximum(step, 0)]
                 slots[:, k] = np.where(real, step, prev)
             chunk = torch.from_numpy(a["action"][slots])
         return Batch(

@@ -285,3 +285,27 @@ def test_steps_recorded_without_the_flag_read_as_the_policys() -> None:
     buf = replay.NumpyReplayBuffer(_config())
     buf.add(_batch(_episode(0, 0, range(10), terminated_at=9)))
     assert not buf.sample(100).intervention.any()  # type: ignore[union-attr]
+
+
+def test_a_takeover_chunk_ends_where_the_takeover_does() -> None:
+    # One episode of 10 steps; the operator held steps 2..4, the policy acted elsewhere.
+    n = 10
+    took = (np.arange(n) >= 2) & (np.arange(n) <= 4)
+    buffer = replay.NumpyReplayBuffer(replay.ReplayConfig((3,), (2,), memory_budget_bytes=1 << 20))
+    buffer.add(core.StepBatch(
+        robot_id=np.full(n, "r1"), episode_id=np.zeros(n).astype(str), step=np.arange(n),
+        observation=np.zeros((n, 3), np.float32),
+        action=np.stack([np.arange(n), np.zeros(n)], 1).astype(np.float32),
+        reward=np.zeros(n, np.float32), terminated=np.arange(n) == n - 1,
+        policy_version=np.zeros(n, np.int64), intervention=took))
+    batch = buffer.sample(100, horizon=4, interventions_only=True)
+    assert batch.action_chunk is not None
+    for row in batch.action_chunk[:, :, 0].numpy():
+        t = int(row[0])
+        assert 2 <= t <= 4
+        # the operator's actions up to step 4, then the last of them repeated
+        np.testing.assert_array_equal(row, [min(t + k, 4) for k in range(4)])
+    # Drawn among all steps, chunks still run on through the policy's steps.
+    mixed = buffer.sample(200, horizon=4).action_chunk
+    assert mixed is not None
+    assert any(list(r) == [3, 4, 5, 6] for r in mixed[:, :, 0].numpy().tolist())
