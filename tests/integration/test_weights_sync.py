@@ -355,17 +355,24 @@ def test_chunks_are_read_while_written_and_each_byte_is_hashed_once(
         sub.close()
 
 
-def test_chunks_written_out_of_order_assemble_from_the_tail_and_by_offset(
-        kafka: KafkaSettings, experiment: str, learner: sac.SAC) -> None:
+@pytest.mark.parametrize("order, shift", [
+    ([5, 0, 4, 1, 3, 2], 0),
+    # A mirrored topic (DESIGN §9): the manifest names the cloud's offsets, this log holds
+    # the chunks elsewhere: the tail matches them by identity and digest, a subscriber
+    # that started later finds them by identity in the log.
+    ([2, 0, 1, 3, 4, 5], 1_000_000_000),
+], ids=["same-log", "mirrored-log"])
+def test_chunks_written_out_of_order_assemble_from_the_tail_and_from_the_log(
+        kafka: KafkaSettings, experiment: str, learner: sac.SAC, order: list[int],
+        shift: int) -> None:
     sources: list[KafkaWeightsSource] = []
     early = subscriber(kafka, experiment, sources=sources)
     try:
         n = 6  # a 16x16 mlp_gaussian (2.6 kB) in 512-byte chunks (asserted below)
-        order = [5, 0, 4, 1, 3, 2]
-        assert forge_version(kafka, experiment, learner, 1, order=order) == n
+        assert forge_version(kafka, experiment, learner, 1, order=order, shift=shift) == n
         assert early.wait_applied(experiment, 1, DEADLINE_S), early.last_rejection
         assert sources[0].chunks_from_tail == n
-        # A subscriber started afterwards finds none in its tail: it reads them by offset.
+        # A subscriber started afterwards finds none in its tail: it reads them from the log.
         late = subscriber(kafka, experiment, sources=sources)
         try:
             assert late.wait_applied(experiment, 1, DEADLINE_S), late.last_rejection
@@ -429,30 +436,3 @@ def test_signatures_are_checked_before_chunks_are_used_on_the_fast_path(
         assert sources[0].chunks_from_tail == n  # refused versions' chunks were never taken
     finally:
         sub.close()
-
-
-def test_chunks_on_a_log_numbered_otherwise_are_found_by_identity(
-        kafka: KafkaSettings, experiment: str, learner: sac.SAC) -> None:
-    # A mirrored topic (DESIGN §9): the manifest names the cloud's offsets, this log holds
-    # the chunks elsewhere.  The tail matches them by identity and digest; a subscriber
-    # that started later finds them by identity in the log.
-    sources: list[KafkaWeightsSource] = []
-    early = subscriber(kafka, experiment, sources=sources)
-    try:
-        n = forge_version(kafka, experiment, learner, 1, order=[2, 0, 1, 3, 4, 5],
-                          shift=1_000_000_000)
-        assert early.wait_applied(experiment, 1, DEADLINE_S), early.last_rejection
-        assert sources[0].chunks_from_tail == n
-        late = subscriber(kafka, experiment, sources=sources)
-        try:
-            assert late.wait_applied(experiment, 1, DEADLINE_S), late.last_rejection
-            assert (sources[1].chunks_from_tail, sources[1].chunks_fetched) == (0, n)
-            for sub in (early, late):
-                applied = sub.current(experiment)
-                assert applied is not None and not sub.rejected
-                np.testing.assert_allclose(applied.policy.act(OBS, deterministic=True),
-                                           learner_actions(learner), rtol=0, atol=1e-6)
-        finally:
-            late.close()
-    finally:
-        early.close()

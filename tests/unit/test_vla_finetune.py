@@ -8,7 +8,6 @@ and intervention rate per version.  In one process, without Kafka; Delta on disk
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +27,10 @@ from infra import cli
 from learners import policies
 from learners.core import JSON
 from learners.loop import Steps
-from learners.policies import _text
 from pipeline import demos, history, rewards, tables
 from schemas.events import InferenceRequestV1
 from schemas.transitions import TransitionBatch
-from tests.data import INSTRUCTION_EMBEDDINGS
 from tests.unit.test_learn_loop import REWARD, Publishers, experiment, make
-
-
-@pytest.fixture
-def precomputed_embeddings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Instruction embeddings from ``tests/data``: no encoder load (tens of seconds on a
-    loaded machine) in a test about fine-tuning."""
-    monkeypatch.setenv("USER_TEXT_EMBEDDINGS", str(INSTRUCTION_EMBEDDINGS))
-    _text._precomputed.cache_clear()
-    _text._one.cache_clear()
-    yield
-    monkeypatch.delenv("USER_TEXT_EMBEDDINGS")
-    _text._precomputed.cache_clear()
-    _text._one.cache_clear()
-
 
 TINY: dict[str, JSON] = {"d_model": 32, "layers": 1, "heads": 2, "ff": 64, "chunk": 5,
                          "instruction": "reach the target"}

@@ -6,7 +6,6 @@ one forward pass."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from agents.worker import Lease, RobotWorker
 from learners import _history, policies
 from learners.core import JSON, StepBatch
 from learners.loop import SHARED, Learner, Steps
-from learners.policies import PolicySpec, _text, shared
+from learners.policies import PolicySpec, shared
 from learners.replay import NumpyReplayBuffer, ReplayConfig
-from learners.weights_sync import PublisherStats, Snapshot
 from pipeline import rewards, tables
 from pipeline.fleet import Fleet
 from schemas import events as ev
@@ -35,7 +33,7 @@ from schemas import transitions
 from schemas.events import InferenceRequestV1
 from schemas.experiment import ExperimentSpec
 from schemas.transitions import TransitionBatch
-from tests.data import INSTRUCTION_EMBEDDINGS
+from tests.unit.test_cotraining import Recorder
 from tests.unit.test_fleet import announce, beat, run_tick, submit
 
 SPECS = {"reacher2d": PolicySpec(12, 2, (-1.0,) * 2, (1.0,) * 2),
@@ -49,33 +47,6 @@ TASKS = {("reacher2d", "reach the target"): [0.6, -0.6],
          ("reacher2d", "touch the red marker"): [-0.6, 0.6],
          ("panda", "reach the target"): [0.5, 0.5, -0.5, 0.7],
          ("panda", "push the cube to the goal"): [-0.7, 0.2, 0.5, -0.4]}
-
-
-@pytest.fixture
-def precomputed_embeddings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Instruction embeddings from ``tests/data`` (no encoder load)."""
-    monkeypatch.setenv("USER_TEXT_EMBEDDINGS", str(INSTRUCTION_EMBEDDINGS))
-    _text._precomputed.cache_clear()
-    _text._one.cache_clear()
-    yield
-    monkeypatch.delenv("USER_TEXT_EMBEDDINGS")
-    _text._precomputed.cache_clear()
-    _text._one.cache_clear()
-
-
-class Recorder:
-    """A publisher that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.stats = PublisherStats()
-        self.snapshots: list[Snapshot] = []
-
-    @property
-    def published_version(self) -> int:
-        return len(self.snapshots)
-
-    def publish(self, snapshot: Snapshot) -> None:
-        self.snapshots.append(snapshot)
 
 
 def experiment(**algorithm: Any) -> ExperimentSpec:
