@@ -170,6 +170,10 @@ def _robots(args: argparse.Namespace) -> int:
     fleet = fleet_view(kafka)
     now = time.time()
     robots = sorted(fleet.robots.values(), key=lambda r: (r.site, r.robot_id))
+    # Mirrored sites whose MirrorMaker heartbeats stopped: the controller holds their leases.
+    from infra import role_status
+
+    unreachable = set(role_status.unreachable_sites(kafka))
     if args.json:
         for r in robots:
             print(json.dumps({
@@ -179,6 +183,7 @@ def _robots(args: argparse.Namespace) -> int:
                 "steps_per_s": round(r.steps_per_s, 1), "steps_total": r.steps_total,
                 "policy_version": r.policy_version, "spool_bytes": r.spool_bytes,
                 "spool_full": r.spool_full, "dead_letters": r.dead_letters,
+                "site_unreachable": r.site in unreachable,
             }))
         return 0
     if not robots:
@@ -192,7 +197,9 @@ def _robots(args: argparse.Namespace) -> int:
         state = r.state.value
         if r.spool_full:
             state += " (spool-full)"  # held: the agent's spool has no room left
-        if silent > fleet.heartbeat_timeout_s and r.state is not ev.RobotState.LOST:
+        if r.site in unreachable and r.state is not ev.RobotState.LOST:
+            state += " (site unreachable)"  # its link is down, not necessarily the robot
+        elif silent > fleet.heartbeat_timeout_s and r.state is not ev.RobotState.LOST:
             state += " (silent)"
         rows.append([r.robot_id, r.robot_type, r.site, state, r.experiment_id or "-",
                      _ago(silent), f"{r.steps_per_s:.1f}", agent_spool.human_bytes(r.spool_bytes),

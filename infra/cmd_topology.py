@@ -152,7 +152,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _replication_lag(topo: supervisor.Topology, env: dict[str, str]) -> None:
     """Per-site MirrorMaker 2 lag, for a topology with `mirror run` roles: records on
-    the source its last flushed offsets have not reached, each way."""
+    the source its last flushed offsets have not reached, each way; and one line for each
+    site whose link is down (its MirrorMaker heartbeats stopped reaching the cloud)."""
     from infra import cmd_mirror
 
     cloud = env.get("USER_KAFKA_BOOTSTRAP", KafkaSettings().bootstrap)
@@ -168,3 +169,10 @@ def _replication_lag(topo: supervisor.Topology, env: dict[str, str]) -> None:
             continue
         for line in cmd_mirror.lag_lines(flows):
             print(f"  replication {line}  [{name}]")
+    from pipeline.controller import ControllerSettings
+
+    hold = env.get("USER_CONTROLLER_SITE_HOLD_S",
+                   f"{ControllerSettings.model_fields['site_hold_s'].default:.0f}")
+    for site, silent in role_status.unreachable_sites(KafkaSettings(bootstrap=cloud)).items():
+        print(f"  site {site}: unreachable, no MirrorMaker heartbeat for {silent:.0f} s "
+              f"(the controller holds its robots' leases up to {hold} s)")

@@ -70,3 +70,23 @@ def group_lags(kafka: KafkaSettings, groups: list[str]) -> dict[str, lag.GroupLa
         return {g.group: g for g in lag.group_lags(kafka, groups, timeout_s=5.0)}
     except TimeoutError:
         return {}
+
+
+def unreachable_sites(kafka: KafkaSettings) -> dict[str, float]:
+    """Mirrored sites whose link is down as the controller judges it — their MirrorMaker 2
+    heartbeats stopped reaching this (the cloud) broker — with the seconds since the last
+    one; {} with one broker (no mirror).  The controller holds such a site's robots and
+    leases for up to ``USER_CONTROLLER_SITE_HOLD_S``; a site silent for longer than that
+    and 15 minutes is no longer listed."""
+    import time
+
+    from pipeline.controller import ControllerSettings
+    from pipeline.fleet import Fleet
+    from topics import mirror_heartbeats
+
+    settings = ControllerSettings()
+    limit = Fleet(settings.heartbeat_timeout_s).link_timeout_s
+    heard = mirror_heartbeats.last_heard(kafka, topic=settings.mirror_heartbeats_topic,
+                                         lookback_s=max(settings.site_hold_s, 900.0))
+    now = time.time()
+    return {site: now - t for site, t in sorted(heard.items()) if now - t > limit}

@@ -46,7 +46,7 @@ from pathlib import Path
 from infra import pki
 from infra.broker import Broker, BrokerError
 from infra.supervisor import Topology
-from topics import catalog, signing, tables
+from topics import catalog, mirror_heartbeats, signing, tables
 from topics.settings import KafkaSettings
 
 MECHANISM = "SCRAM-SHA-512"
@@ -357,8 +357,10 @@ def acl_plan(sites: Iterable[str], *, client_id: str = "user",
     """Every ACL of least privilege (module doc for what topic ACLs cannot enforce)."""
     c = catalog
     reads: dict[str, list[str]] = {
-        "controller": _topics(c.ROBOTS, c.EXPERIMENTS, c.ASSIGNMENTS, c.HEARTBEATS, c.HOSTS,
-                              c.PLACEMENTS, c.HOST_HEARTBEATS, c.COMMANDS),
+        # ... and MirrorMaker 2's heartbeats: a site whose link is down is held, not lost
+        "controller": [*_topics(c.ROBOTS, c.EXPERIMENTS, c.ASSIGNMENTS, c.HEARTBEATS, c.HOSTS,
+                                c.PLACEMENTS, c.HOST_HEARTBEATS, c.COMMANDS),
+                       mirror_heartbeats.TOPIC],
         # sink and reward jobs check batches against the robots' announced specs
         "sink": _topics(c.TRANSITIONS_RAW, c.TRANSITIONS, c.EPISODES, c.WEIGHTS_MANIFESTS,
                         c.ROBOTS),

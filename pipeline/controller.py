@@ -10,6 +10,12 @@ before they are applied to its own state, so a crash after publishing is healed 
 rebuild (it reads its own decision back), and a crash before it simply decides again.
 A record it cannot accept (unreadable, or an event the fleet refuses) goes to ``dlq``
 with the reason — once per start, since every start re-reads the compacted topics.
+
+Site links: where sites are mirrored, it also follows MirrorMaker 2's own heartbeats on its
+broker (``topics.mirror_heartbeats``); a site whose mirror falls silent is *unreachable*, and
+its robots keep their leases for up to ``site_hold_s`` instead of being lost after the
+heartbeat timeout (:class:`~pipeline.fleet.Fleet`).  With one broker (no mirror, no such
+heartbeats) robots are judged exactly as before.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from schemas.events import RejectReason
 from topics import catalog
 from topics.consumer import DeadLetterSink, KafkaDeadLetters
 from topics.follow import Follower
+from topics.mirror_heartbeats import TOPIC as MIRROR_HEARTBEATS
+from topics.mirror_heartbeats import MirrorHeartbeats
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings
 from topics.validation import Accepted, Rejected, excerpt
@@ -55,6 +63,12 @@ class ControllerSettings(BaseSettings):
     heartbeat_timeout_s: float = Field(5.0, gt=0, description="silence before a robot is lost")
     tick_s: float = Field(0.5, gt=0, description="how often the scheduler decides")
     rebuild_timeout_s: float = Field(120.0, gt=0, description="longest rebuild at start")
+    site_hold_s: float = Field(
+        300.0, ge=0, description="how long a mirrored site whose link is down (its "
+        "MirrorMaker heartbeats silent) keeps its robots and leases before they are lost")
+    mirror_heartbeats_topic: str = Field(
+        MIRROR_HEARTBEATS, description="MirrorMaker 2's heartbeats topic on this broker "
+        "(absent in a single-broker topology)")
 
 
 class Controller:
@@ -63,7 +77,8 @@ class Controller:
     def __init__(self, kafka: KafkaSettings, settings: ControllerSettings | None = None) -> None:
         self.kafka = kafka
         self.settings = settings or ControllerSettings()
-        self.fleet = Fleet(self.settings.heartbeat_timeout_s)
+        self.fleet = Fleet(self.settings.heartbeat_timeout_s,
+                           site_hold_s=self.settings.site_hold_s)
         #: Compute hosts and placements (issue 14); decides before the fleet each tick.
         self.compute = Compute(self.settings.heartbeat_timeout_s)
         self._stop = threading.Event()
@@ -85,6 +100,10 @@ class Controller:
             catalog.PLACEMENTS: "beginning",
             catalog.HOST_HEARTBEATS: "end",
         }, role="controller")
+        mirror = MirrorHeartbeats(self.kafka, topic=self.settings.mirror_heartbeats_topic,
+                                  lookback_s=max(self.settings.site_hold_s, 30.0),
+                                  role="controller-links")
+        unreachable: set[str] = set()
         try:
             started = time.monotonic()
             backlog: list[Accepted | Rejected] = []
@@ -101,33 +120,53 @@ class Controller:
             next_tick = time.monotonic()
             last_heard = time.monotonic()
             blind = False
+
+            def heard(now: float) -> None:
+                nonlocal blind, last_heard
+                if blind:
+                    log.warning("heartbeats are back after %.0f s of silence; "
+                                "every robot gets a fresh timeout", now - last_heard)
+                    self.fleet.grace(now)
+                    self.compute.grace(now)
+                    blind = False
+                last_heard = now
+
             while not self._stop.is_set():
                 for item in follower.poll(0.1):
                     now = time.monotonic()
-                    # Any heartbeat (a robot's or a compute host's) shows the link works.
+                    # Any heartbeat (a robot's, a compute host's or, below, a site's
+                    # MirrorMaker's) shows that our own link to the broker works.
                     if isinstance(item, Accepted) and isinstance(
                             item.event, ev.HeartbeatV1 | ev.HostHeartbeatV1):
-                        if blind:
-                            log.warning("heartbeats are back after %.0f s of silence; "
-                                        "every robot gets a fresh timeout", now - last_heard)
-                            self.fleet.grace(now)
-                            self.compute.grace(now)
-                            blind = False
-                        last_heard = now
+                        heard(now)
                     self._apply(item, now)
                 now = time.monotonic()
+                for beat in mirror.poll():
+                    heard(now)
+                    down = self.fleet.link_heard(beat.source, now)
+                    if down is not None:
+                        log.warning("site %s is reachable again after %.0f s: its robots get "
+                                    "a fresh timeout", beat.source, down)
+                    unreachable.discard(beat.source)
+                for site, down in self.fleet.unreachable(now).items():
+                    if site not in unreachable:
+                        unreachable.add(site)
+                        log.warning("site %s is unreachable (no MirrorMaker heartbeat for "
+                                    "%.0f s): holding its robots and leases for up to %.0f s",
+                                    site, down, self.settings.site_hold_s)
                 if (self.fleet.robots or self.compute.hosts) and not blind and (
                         now - last_heard > self.settings.heartbeat_timeout_s):
                     # Silence from *every* robot points at the broker or our link, not at
                     # the robots: declare nobody lost until heartbeats flow again.
-                    log.warning("no heartbeat from any robot or host for %.0f s: broker or network "
-                                "outage suspected; not declaring robots lost",
+                    log.warning("no heartbeat from any robot, host or mirror for %.0f s: "
+                                "broker or network outage suspected; not declaring robots lost",
                                 now - last_heard)
                     blind = True
                 if now >= next_tick:
                     self._decide(producer, detect_lost=not blind)
                     next_tick = time.monotonic() + self.settings.tick_s
         finally:
+            mirror.close()
             follower.close()
             producer.flush(10.0)
 

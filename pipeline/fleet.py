@@ -93,6 +93,16 @@ class Experiment:
     invalid: str = ""
 
 
+@dataclass
+class SiteLink:
+    """A mirrored site's link as the controller hears it: MirrorMaker 2's heartbeats from
+    the site's edge (``topics.mirror_heartbeats``).  A site with no entry is not mirrored
+    (one broker for everyone): its robots' silence is judged as it always was."""
+
+    site: str
+    last_heard: float
+
+
 def _experiment(event: ev.ExperimentSubmittedV1) -> Experiment:
     try:
         return Experiment(event.experiment_id, ExperimentSpec.model_validate(event.spec))
@@ -111,12 +121,32 @@ class Fleet:
     A robot silent for ``heartbeat_timeout_s`` is marked lost and its lease released; the
     next tick leases a spare.  A lost robot that heartbeats or announces again rejoins as
     idle.
+
+    Site links: at a mirrored site (its MirrorMaker 2 heartbeats reach the controller, fed
+    through :meth:`link_heard`), a robot's silence while that site's mirror is silent too
+    (for more than ``link_timeout_s``) is a cut link, not a lost robot: the site is
+    *unreachable* and its robots keep their state and leases for up to ``site_hold_s`` of
+    link silence, after which they are lost as any silent robot (a site that really died
+    gives its experiments' robots back).  When the link is heard again, the site's robots
+    get a full timeout to be heard through it.
     """
 
-    def __init__(self, heartbeat_timeout_s: float = 5.0) -> None:
+    def __init__(self, heartbeat_timeout_s: float = 5.0, *, site_hold_s: float = 300.0,
+                 link_timeout_s: float | None = None) -> None:
         if heartbeat_timeout_s <= 0:
             raise ValueError("heartbeat_timeout_s must be positive")
+        if site_hold_s < 0:
+            raise ValueError("site_hold_s must not be negative")
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.site_hold_s = site_hold_s
+        # Shorter than a robot's timeout: a link cut silences a robot and the mirror at
+        # about the same moment (each beats about once a second), and the link must be
+        # seen down before the robot is seen lost.
+        self.link_timeout_s = (heartbeat_timeout_s / 2 if link_timeout_s is None
+                               else link_timeout_s)
+        if not 0 < self.link_timeout_s < heartbeat_timeout_s:
+            raise ValueError("link_timeout_s must be positive and below heartbeat_timeout_s")
+        self.links: dict[str, SiteLink] = {}
         self.robots: dict[str, Robot] = {}
         self.experiments: dict[str, Experiment] = {}
         self._order: list[str] = []  # experiment ids, in submission order
@@ -225,23 +255,56 @@ class Fleet:
         elif robot.state is not RobotState.LOST:
             robot.state = RobotState.IDLE
 
+    def link_heard(self, site: str, now: float) -> float | None:
+        """MirrorMaker 2's heartbeat from ``site`` arrived: the site is mirrored and its link
+        works.  Returns how long the link had been down when it was (its robots then get a
+        full timeout from ``now``), else None."""
+        link = self.links.get(site)
+        if link is None:
+            self.links[site] = SiteLink(site, now)
+            return None
+        down = now - link.last_heard
+        link.last_heard = max(link.last_heard, now)
+        if down <= self.link_timeout_s:
+            return None
+        for robot in self.robots.values():
+            if robot.site == site:
+                robot.last_seen = max(robot.last_seen, now)
+        return down
+
+    def link_down_for(self, site: str, now: float) -> float | None:
+        """Seconds ``site``'s mirror has been silent when that is long enough to call its
+        link down; None for a site whose link works or that is not mirrored."""
+        link = self.links.get(site)
+        if link is None or now - link.last_heard <= self.link_timeout_s:
+            return None
+        return now - link.last_heard
+
+    def unreachable(self, now: float) -> dict[str, float]:
+        """Mirrored sites whose link is down, with the seconds it has been silent."""
+        return {site: down for site in sorted(self.links)
+                if (down := self.link_down_for(site, now)) is not None}
+
     # -- decisions ----------------------------------------------------------------------------
 
     def grace(self, now: float) -> None:
-        """Give every robot a full timeout from ``now`` to be heard from.
+        """Give every robot (and every site link) a full timeout from ``now`` to be heard from.
 
         For the controller's own blind spells (its start, a broker outage): silence that
         the controller could not have heard through is no evidence that a robot is gone.
         """
         for robot in self.robots.values():
             robot.last_seen = max(robot.last_seen, now)
+        for link in self.links.values():
+            link.last_heard = max(link.last_heard, now)
 
     def tick(self, now: float, *, detect_lost: bool = True) -> list[ev.Envelope]:
         """Decide: mark silent robots lost, release their leases, place experiments.
 
         Returns the events to publish, in order.  Does not change the state: the caller
         applies what it publishes.  ``detect_lost=False`` (while the caller hears nothing
-        from anyone) only places experiments.
+        from anyone) only places experiments.  A silent robot of an unreachable site is
+        held (not lost) while its site's link has been down for at most ``site_hold_s``.
         """
         out: list[ev.Envelope] = []
         lost: set[str] = set()
@@ -253,11 +316,17 @@ class Fleet:
             if (not detect_lost or robot.state is RobotState.LOST
                     or robot.alive(now, self.heartbeat_timeout_s)):
                 continue
+            reason = f"no heartbeat for {now - robot.last_seen:.1f} s"
+            down = self.link_down_for(robot.site, now)
+            if down is not None:
+                if down <= self.site_hold_s:
+                    continue  # silence the controller could not have heard through
+                reason += (f"; site {robot.site} unreachable for {down:.0f} s, longer than "
+                           f"the {self.site_hold_s:.0f} s hold")
             lost.add(robot.robot_id)
             out.append(ev.RobotStateChangedV1(
                 site=robot.site, robot_id=robot.robot_id, state=RobotState.LOST,
-                previous=robot.state,
-                reason=f"no heartbeat for {now - robot.last_seen:.1f} s",
+                previous=robot.state, reason=reason,
             ))
             if robot.lease_id is not None and robot.experiment_id is not None:
                 out.append(ev.LeaseReleasedV1(

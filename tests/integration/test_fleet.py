@@ -316,3 +316,97 @@ def test_an_agent_running_through_a_broker_restart_loses_no_step(
         assert by_episode[episode.episode_id] == set(range(episode.steps)), episode.episode_id
     during = [t for _, _, t in rows if outage_began < t < outage_ended]
     assert len(during) >= 20, "no step was recorded during the outage"
+
+
+class FakeMirror:
+    """MirrorMaker 2's heartbeats from each of ``sites``, in MM2's own record format, once
+    every half second into ``topic`` (the controller's
+    ``USER_CONTROLLER_MIRROR_HEARTBEATS_TOPIC``) until :meth:`cut`."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, sites: tuple[str, ...]) -> None:
+        import struct
+        import threading
+
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin_client = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        admin_client.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+        self._producer = Producer({"bootstrap.servers": kafka.bootstrap})
+        self._keys = {site: b"".join(struct.pack(">h", len(s)) + s
+                                     for s in (site.encode(), b"cloud")) for site in sites}
+        self._cut: set[str] = set()
+        self._topic = topic
+        self._stop = threading.Event()
+        self._pack = struct.Struct(">hq").pack
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for site, key in list(self._keys.items()):
+                if site not in self._cut:
+                    self._producer.produce(self._topic, key=key,
+                                           value=self._pack(0, int(time.time() * 1000)))
+            self._producer.flush(5.0)
+            self._stop.wait(0.5)
+
+    def cut(self, site: str) -> None:
+        self._cut.add(site)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_cut_off_site_keeps_its_leases_for_the_hold_then_gives_them_back(
+    kafka: KafkaSettings, sites: dict[str, tuple[int, ...]], unique: str,
+    processes: Processes, watch: Watch, tmp_path: Path,
+) -> None:
+    """A cut link silences a site's robots and its MirrorMaker at once, while the other
+    site's mirror is still heard: the site is unreachable, not its robots lost.  Nothing is
+    released within the hold; when the hold has passed, the robot is lost and its lease
+    released as any silent robot's."""
+    site_a, site_b = sites
+    hold = 15.0
+    topic = f"mm2-heartbeats-{unique}"
+    env = {**site_env(kafka, sites, tmp_path / "home"),
+           "USER_CONTROLLER_MIRROR_HEARTBEATS_TOPIC": topic,
+           "USER_CONTROLLER_SITE_HOLD_S": str(hold)}
+    mirror = FakeMirror(kafka, topic, (site_a, site_b))
+    robot_id = f"cut-{unique}"
+    processes.userctl("controller", "controller", env=env)
+    victim = processes.userctl("agent-cut", "agent", "--robot-type", "reacher2d", "--site",
+                               site_a, "--robot-id", robot_id, env=env)
+    name = f"cut-{unique}"
+    spec = write_experiment(tmp_path / "exp.yaml", name,
+                            [{"robot_type": "reacher2d", "sites": [site_a]}])
+    assert processes.userctl("submit", "experiments", "submit", str(spec),
+                             env=env).wait(timeout=60) == 0
+    try:
+        watch.wait_for("the robot's lease", lambda: [
+            e for e in watch.of(ev.LeaseGrantedV1) if e.robot_id == robot_id])
+
+        mirror.cut(site_a)  # the link goes: its mirror's heartbeats and the robot's stop
+        os.killpg(victim.pid, signal.SIGKILL)
+        cut_at = time.time()
+        victim.wait(timeout=30)
+        released = watch.wait_for("the held lease to be released after the hold", lambda: [
+            e for e in watch.of(ev.LeaseReleasedV1) if e.robot_id == robot_id],
+            timeout_s=hold + 60)
+        after = released[0].produced_at.timestamp() - cut_at
+        assert after >= hold - 1.0, f"released {after:.1f} s after the cut, within the hold"
+        assert released[0].reason is ev.LeaseReleaseReason.ROBOT_LOST
+        lost = [e for e in watch.of(ev.RobotStateChangedV1)
+                if e.robot_id == robot_id and e.state is ev.RobotState.LOST]
+        assert lost and "unreachable" in lost[0].reason
+        assert "unreachable" in processes.log("controller")
+
+        view = processes.userctl("robots-json", "robots", "--json", env=env)
+        assert view.wait(timeout=60) == 0
+        rows = {r["robot_id"]: r for r in map(json.loads, (
+            line for line in processes.log("robots-json").splitlines() if line.startswith("{")))}
+        assert rows[robot_id]["site_unreachable"] is True
+    finally:
+        mirror.close()
+        cancel(processes, env, name)

@@ -17,7 +17,7 @@ from infra import pki, security, supervisor
 from learners.weights_sync import InMemoryWeightsSink, WeightsPublisher, WeightSyncSettings
 from schemas import events
 from tests.unit.test_weights_sync import EXP, SPEC, MemorySource, published, snapshot
-from topics import catalog, signing
+from topics import catalog, mirror_heartbeats, signing
 from topics.settings import KafkaSettings
 
 SITES = {"lab-a": (0, 1), "lab-b": (2, 3)}
@@ -154,6 +154,15 @@ def test_an_agent_reads_weights_assignments_commands_and_no_site_data() -> None:
     assert writes == {catalog.ROBOTS.name, catalog.HEARTBEATS.name, catalog.TRANSITIONS_RAW.name,
                       catalog.EPISODES.name, catalog.DLQ.name, catalog.INFERENCE_REQUESTS.name}
     assert not any(g.resource == "cluster" for g in plan)
+
+
+def test_the_controller_reads_mirrormaker_heartbeats_and_nobody_else_writes_them() -> None:
+    # the controller tells a site whose link is down from robots that are gone by them
+    plan = security.acl_plan(SITES)
+    readers = {g.principal for g in plan if g.resource == "topic" and g.operation == "READ"
+               and g.name == mirror_heartbeats.TOPIC}
+    assert readers == {"controller"}
+    assert _writers(plan, mirror_heartbeats.TOPIC) == set()  # MirrorMaker 2 writes it, no role
 
 
 # -- signed manifests ---------------------------------------------------------------------------
