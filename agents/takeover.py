@@ -19,9 +19,10 @@ the policy's proposal and the ``intervention`` flag of every step
 Implementations:
 
 * :class:`ScriptedOperator` — watches the robot with a scripted expert
-  (``agents.sim.experts``), takes over when the proposal strays from the expert's action
-  for a few steps, drives like the expert, and hands back once the policy agrees again:
-  the simulated human of every test and benchmark (HG-DAgger's gated expert).
+  (``agents.sim.experts``), takes over when the robot is failing (the task got worse or
+  stalled — the progress rule; or, the older gated-expert rule, when the proposal strays
+  from the expert's action for a few steps), drives like the expert, and hands back once
+  the policy agrees again: the simulated human of every test and benchmark.
 * :class:`KeyboardTeleop` — a terminal: ``t`` toggles the takeover, ``w/s a/d r/f`` move
   in x/y/z, ``space`` toggles the gripper (stdlib ``termios``/``select``, no display).
 * :class:`EvdevTeleop` — a gamepad or a 3-D mouse through Linux ``evdev`` (the ``evdev``
@@ -80,30 +81,67 @@ class TakeoverDevice(abc.ABC):
 class ScriptedOperator(TakeoverDevice):
     """The simulated human: a scripted expert watching the policy.
 
-    It takes over after the policy's proposal differs from the expert's action by more
-    than ``threshold`` (L2 over the position part, in action units) for ``patience``
-    steps in a row, drives with the expert's action for at least ``min_steps``, and
-    hands back once the proposal has agreed with the expert for ``agree_steps`` steps in
-    a row.  ``threshold <= 0`` means it never hands control to the policy (recording
-    demos).  Deterministic: no randomness of its own.
+    When it takes over depends on ``rule``:
+
+    * ``"progress"`` — like a person watching the scene, it judges the *state*, not how the
+      policy moves: it takes over when the robot is failing — it has made the task worse
+      (the expert's :meth:`remaining` distance, metres still to go, rose more than
+      ``regress_m`` above the best reached, ``patience`` steps in a row) or has stalled
+      (no ``progress_m`` of progress for ``stall_steps`` steps).  A policy that gets
+      there its own way — slower, faster, starting a phase a step late — is left alone,
+      and so is a task already done (``remaining == 0``).  Needs an expert with a
+      ``remaining(observation) -> float`` method (``agents.sim.experts``).
+    * ``"action"`` — it takes over after the policy's proposal differs from the expert's
+      action by more than ``threshold`` (L2 over the position part, in action units) for
+      ``patience`` steps in a row.  A gated expert, not a person: on a task whose expert
+      switches phases it also takes over policies that would have succeeded.
+    * ``"auto"`` (what a :class:`~schemas.experiment.TakeoverSpec` asks for by default) —
+      ``progress`` where the expert measures progress, else ``action``.
+
+    Once in control it drives with the expert's action for at least ``min_steps`` and
+    hands back once the proposal has agreed with the expert (distance at most
+    ``threshold``) for ``agree_steps`` steps in a row, or, under the progress rule, once
+    the task is done; the progress rule then judges afresh from the state handed back.
+    ``threshold <= 0`` means it never hands control to the policy (recording demos).
+    Deterministic: no randomness of its own.
     """
 
     def __init__(self, expert: Expert, *, threshold: float = 0.5, patience: int = 2,
-                 min_steps: int = 10, agree_steps: int = 3) -> None:
+                 min_steps: int = 10, agree_steps: int = 3, rule: str = "action",
+                 stall_steps: int = 25, progress_m: float = 0.01, regress_m: float = 0.1
+                 ) -> None:
         self.expert = expert
+        measure = getattr(expert, "remaining", None)
+        if rule == "auto":
+            rule = "action" if measure is None else "progress"
+        if rule not in ("action", "progress"):
+            raise ValueError(f"takeover rule {rule!r}: use auto, progress or action")
+        if rule == "progress" and measure is None:
+            raise RuntimeError("takeover rule 'progress' needs an expert that measures "
+                               "progress (remaining(); the manipulators' reach and push); "
+                               "use rule 'action' or 'auto'")
+        self.rule = rule
+        self._remaining: Callable[[npt.NDArray[np.floating]], float] | None = (
+            measure if rule == "progress" else None)
         self.threshold = threshold
         self.patience = max(1, patience)
         self.min_steps = max(0, min_steps)
         self.agree_steps = max(1, agree_steps)
+        self.stall_steps = max(1, stall_steps)
+        self.progress_m = progress_m
+        self.regress_m = regress_m
         self.active = False
         self._strayed = 0
         self._held = 0
         self._agreed = 0
+        self._best = float("inf")
+        self._since = 0
         self.takeovers = 0
 
     def reset(self) -> None:
         self.active = False
-        self._strayed = self._held = self._agreed = 0
+        self._strayed = self._held = self._agreed = self._since = 0
+        self._best = float("inf")
 
     def distance(self, expert_action: Action, proposal: npt.NDArray[np.float32]) -> float:
         """How far the proposal is from the expert's action (position part, action units,
@@ -112,6 +150,32 @@ class ScriptedOperator(TakeoverDevice):
         if diff.size > 1:
             diff[-1] *= 0.5
         return float(np.linalg.norm(diff))
+
+    def _failing(self, observation: npt.NDArray[np.floating], far: float) -> str:
+        """Why the policy should be taken over now ("" while it may go on)."""
+        if self._remaining is None:
+            if far <= self.threshold:
+                self._strayed = 0
+                return ""
+            self._strayed += 1
+            return (f"policy strayed from the expert for {self._strayed} steps "
+                    f"(distance {far:.2f} > {self.threshold:.2f})"
+                    if self._strayed >= self.patience else "")
+        left = float(self._remaining(observation))
+        if left <= 0.0:  # done: nothing to correct
+            self._best, self._since, self._strayed = 0.0, 0, 0
+            return ""
+        if left < self._best - self.progress_m or self._best == float("inf"):
+            self._best, self._since = left, 0
+        else:
+            self._since += 1
+        self._strayed = self._strayed + 1 if left > self._best + self.regress_m else 0
+        if self._strayed >= self.patience:
+            return (f"the robot made the task worse: {left:.3f} m to go, "
+                    f"{self._best:.3f} m at best")
+        if self._since >= self.stall_steps:
+            return f"no progress for {self._since} steps ({left:.3f} m to go)"
+        return ""
 
     def __call__(self, observation: npt.NDArray[np.floating],
                  proposal: npt.NDArray[np.float32]) -> Action | None:
@@ -122,22 +186,22 @@ class ScriptedOperator(TakeoverDevice):
                 self.takeovers += 1
             return expert_action
         far = self.distance(expert_action, proposal)
-        strays = far > self.threshold
         if not self.active:
-            self._strayed = self._strayed + 1 if strays else 0
-            if self._strayed >= self.patience:
-                self.active, self._held, self._agreed = True, 0, 0
-                self.takeovers += 1
-                self.reason = (f"policy strayed from the expert for {self._strayed} steps "
-                               f"(distance {far:.2f} > {self.threshold:.2f})")
-                log.debug("takeover: %s", self.reason)
-            else:
+            why = self._failing(observation, far)
+            if not why:
                 return None
+            self.active, self._held, self._agreed = True, 0, 0
+            self.takeovers += 1
+            self.reason = why
+            log.debug("takeover: %s", why)
         self._held += 1
-        self._agreed = 0 if strays else self._agreed + 1
-        if self._held > self.min_steps and self._agreed >= self.agree_steps:
-            self.active, self._strayed = False, 0
-            return None  # hand back: the policy's proposal is executed this step
+        self._agreed = 0 if far > self.threshold else self._agreed + 1
+        done = self._remaining is not None and self._remaining(observation) <= 0.0
+        if self._held > self.min_steps and (self._agreed >= self.agree_steps or done):
+            # Hand back: the policy's proposal is executed this step, judged afresh.
+            self.active, self._strayed, self._since = False, 0, 0
+            self._best = float("inf")
+            return None
         return expert_action
 
 
@@ -330,7 +394,9 @@ def make(spec: TakeoverSpec, *, action_size: int, expert: Expert | None = None
             raise RuntimeError("takeover kind 'scripted' needs a robot with a scripted "
                                "expert (a manipulator on reach/push/pick_place)")
         return ScriptedOperator(expert, threshold=spec.threshold, patience=spec.patience,
-                                min_steps=spec.min_steps, agree_steps=spec.agree_steps)
+                                min_steps=spec.min_steps, agree_steps=spec.agree_steps,
+                                rule=spec.rule, stall_steps=spec.stall_steps,
+                                progress_m=spec.progress_m, regress_m=spec.regress_m)
     if spec.kind == "keyboard":
         return KeyboardTeleop(action_size, speed=spec.speed)
     return EvdevTeleop.open(action_size, spec.device)

@@ -24,8 +24,12 @@ noise — the flow's deterministic mode, the behaviour BC was evaluated at
 ``critic_warmup_updates`` while the critics learn, so early steering follows a critic that
 has seen data rather than its initialisation.  The observation normaliser belongs to the
 flow: it is measured during pre-training and frozen with it.
-Chunks: the critic scores the first action of a chunk (the robot executes a receding
-horizon with temporal ensembling, ``learners.policies._chunking``).
+Chunks: the critic scores the first action of a chunk, so a steered policy re-plans every
+step and runs exactly that action (``execute: chunk``, ``execute_steps: 1``, enforced by
+``_flow_matching.execution_of``): temporal ensembling would run a mix of chunks made from
+several noises, and open-loop tails actions no critic judged.  The reward should pay for
+what the success rate counts (the bench uses ``push_dense@2``, which pays for success;
+``push_dense@1`` pays for the hand near the cube on any side).
 
 Read top to bottom: config, networks (SAC's critic ensemble), update, registration.
 """

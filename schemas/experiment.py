@@ -147,12 +147,25 @@ class TakeoverSpec(_Frozen):
     kind: Literal["none", "scripted", "keyboard", "gamepad"] = Field(
         "none", description="takeover device")
     threshold: float = Field(
-        0.5, le=10, description="scripted: take over when the proposal is this far from the "
-                                "expert's action (action units); <= 0: always drive (demos)")
+        0.5, le=10, description="scripted: take over (action rule) / hand back once within "
+                                "(both rules) this distance of the expert's action (action "
+                                "units); <= 0: always drive (demos)")
     patience: int = Field(2, ge=1, description="scripted: …for this many steps in a row")
     min_steps: int = Field(10, ge=0, description="scripted: hold control at least this long")
     agree_steps: int = Field(
         3, ge=1, description="scripted: hand back after the policy agrees this many steps")
+    rule: Literal["auto", "progress", "action"] = Field(
+        "auto", description="scripted: take over when the robot fails (progress: the task "
+                            "got worse or stalled), or when its action differs from the "
+                            "expert's (action); auto: progress where the expert measures it")
+    stall_steps: int = Field(
+        25, ge=1, description="scripted, progress: take over after this many steps without "
+                              "progress_m of progress")
+    progress_m: float = Field(0.01, ge=0, description="scripted, progress: what counts as "
+                                                       "progress (m)")
+    regress_m: float = Field(
+        0.1, gt=0, description="scripted, progress: take over when the task is this much "
+                               "worse than the best reached (m), patience steps in a row")
     speed: float = Field(0.6, gt=0, le=1, description="keyboard: action per key press")
     device: str | None = Field(None, description="gamepad: /dev/input/eventN (default: first)")
 

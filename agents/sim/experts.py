@@ -50,6 +50,13 @@ class _Expert:
 class Reach(_Expert):
     """Straight to the goal with the gripper open."""
 
+    def remaining(self, observation: npt.NDArray[np.floating]) -> float:
+        """Metres still to go (0 once the task's success rule holds): how a watching
+        person judges progress (``agents.takeover.ScriptedOperator``'s progress rule)."""
+        obs = np.asarray(observation, np.float64)
+        gap = float(np.linalg.norm(obs[TASK:TASK + 3] - obs[EE]))
+        return 0.0 if gap < rules.REACH_RADIUS else gap
+
     def __call__(self, observation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         obs = np.asarray(observation, np.float64)
         return self._act(obs[EE], obs[TASK:TASK + 3], -1.0)
@@ -62,6 +69,21 @@ class Push(_Expert):
 
     standoff = rules.CUBE_HALF + 0.035
     hover = 0.1
+
+    def remaining(self, observation: npt.NDArray[np.floating]) -> float:
+        """Metres still to go (0 once the task's success rule holds): the cube's distance
+        to the target plus the fingers' distance to the pushing spot behind the cube —
+        what a watching person sees shrink while the robot gets somewhere
+        (``agents.takeover.ScriptedOperator``'s progress rule)."""
+        obs = np.asarray(observation, np.float64)
+        ee, cube, goal = obs[EE], obs[TASK:TASK + 3], obs[TASK + 3:TASK + 6]
+        if bool(rules.push_success({rules.CUBE_POS: cube, rules.GOAL_POS: goal})):
+            return 0.0
+        to_goal = goal[:2] - cube[:2]
+        dist = float(np.linalg.norm(to_goal))
+        behind = cube[:2] - to_goal / max(dist, 1e-9) * self.standoff
+        spot = np.array([*behind, rules.CUBE_HALF + 0.012])
+        return dist + float(np.linalg.norm(ee - spot))
 
     def __call__(self, observation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         obs = np.asarray(observation, np.float64)

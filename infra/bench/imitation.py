@@ -13,8 +13,9 @@ scripted operator, reward functions and chunk executor the distributed system ru
 * ``flow_rl`` — DSRL fine-tuning (``learners.dsrl``) of a flow policy BC-trained on few
   demos (starting near 50 %), online on ``push``; target >= 85 %.
 * ``rlpd_takeovers`` — RLPD on ``pick_place`` with vs without the scripted operator's
-  takeovers (routed to the demo half): env steps to 80 % (``--variants`` runs one side,
-  ``--demos`` gives both sides the same prior data).
+  takeovers (routed to the demo half): env steps to 80 % success of the policy alone,
+  both variants evaluated without the operator every ``--eval-every`` env steps
+  (``--variants`` runs one side, ``--demos`` gives both sides the same prior data).
 
 ``--time-limit S`` bounds the whole command: each run gets an equal share, training stops
 while there is still time to evaluate (the report says where it stopped), so a run on a
@@ -62,6 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scripted operator: takeover distance to the expert's action")
     p.add_argument("--patience", type=int, default=2,
                    help="scripted operator: steps of straying before it takes over")
+    p.add_argument("--rule", default="auto", choices=("auto", "progress", "action"),
+                   help="hg_dagger's scripted operator: take over when the robot fails "
+                        "(progress) or when its action differs from the expert's (action)")
+    p.add_argument("--stall-steps", type=int, default=25,
+                   help="scripted operator, progress rule: steps without progress")
+    p.add_argument("--regress", type=float, default=0.1,
+                   help="scripted operator, progress rule: metres worse than the best")
     p.add_argument("--max-steps", type=int, default=60_000, help="rlpd env step budget")
     p.add_argument("--kind", default="flow_matching", choices=("flow_matching", "mlp_gaussian"),
                    help="hg_dagger's policy kind")
@@ -82,8 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="flow_rl: critic-only updates before the steering actor moves")
     p.add_argument("--steer-std", type=float, default=0.3,
                    help="flow_rl: the steering actor's initial spread around zero noise")
+    p.add_argument("--rl-reward", default="push_dense@2",
+                   help="flow_rl: the reward the critics learn (name@version)")
     p.add_argument("--noise-bound", type=float, default=2.0,
                    help="flow_rl: the steered noise lies in +-this")
+    p.add_argument("--eval-every", type=int, default=1500,
+                   help="rlpd_takeovers: env steps between operator-free evaluations")
     p.add_argument("--variants", default="with,without",
                    help="rlpd_takeovers: which of with,without to run")
     p.add_argument("--time-limit", type=float, default=0.0,
@@ -277,6 +289,12 @@ def _stopped() -> str:
     return f"; {CLOCK.stopped}" if CLOCK.stopped else ""
 
 
+def _operator_setting(args: argparse.Namespace, rule: str) -> str:
+    if rule == "action":
+        return f"threshold {args.threshold}"
+    return f"stall {args.stall_steps} steps, regress {args.regress:g} m"
+
+
 def _hidden(args: argparse.Namespace) -> list[int]:
     return [int(w) for w in str(args.hidden).split(",") if w.strip()]
 
@@ -326,6 +344,7 @@ def hg_dagger(args: argparse.Namespace) -> Outcome:
         algo.update(sampler.sample(args.batch_size))
     rows = []
     index = n_demos
+    rule = takeover.ScriptedOperator(arm.expert, rule=args.rule).rule  # auto resolved
     for r in range(args.rounds):
         if not CLOCK.training(args.eval_episodes + args.episodes_per_round,
                               f"round {r + 1}"):
@@ -333,7 +352,9 @@ def hg_dagger(args: argparse.Namespace) -> Outcome:
         act, reset = _acting(kind, arm, options, algo.policy_weights())
         operator = takeover.ScriptedOperator(arm.expert, threshold=args.threshold,
                                              patience=args.patience, min_steps=10,
-                                             agree_steps=3)
+                                             agree_steps=3, rule=rule,
+                                             stall_steps=args.stall_steps,
+                                             regress_m=args.regress)
         eps = [arm.run(act, seed=20_000 + r * 100 + i, operator=operator, reset_policy=reset)
                for i in range(args.episodes_per_round)]
         took = float(np.mean(np.concatenate([e.intervention for e in eps])))
@@ -357,8 +378,8 @@ def hg_dagger(args: argparse.Namespace) -> Outcome:
                    f"rate {last_rate}",
                    f"{n_demos} demos, {len(rows)} rounds x {args.episodes_per_round} "
                    f"episodes, {algo.update_step} updates ({args.updates} + "
-                   f"{args.round_updates}/round asked{_schedule(args)}); operator threshold "
-                   f"{args.threshold}, "
+                   f"{args.round_updates}/round asked{_schedule(args)}); operator "
+                   f"{rule} rule ({_operator_setting(args, rule)}), "
                    f"patience {args.patience}{_stopped()}",
                    ["| round | success (with takeovers) | intervention rate | takeover "
                     "steps held |", "|---:|---:|---:|---:|", *rows])
@@ -376,8 +397,8 @@ class FlowBC:
     buffer: NumpyReplayBuffer
 
 
-def flow_bc(args: argparse.Namespace, n_demos: int | None = None, quiet: bool = False
-            ) -> FlowBC:
+def flow_bc(args: argparse.Namespace, n_demos: int | None = None, quiet: bool = False,
+            reward: str = "push_dense@1") -> FlowBC:
     from learners import bc
     from learners.replay import TakeoverSampler
 
@@ -389,7 +410,7 @@ def flow_bc(args: argparse.Namespace, n_demos: int | None = None, quiet: bool = 
                                        hidden_sizes=tuple(_hidden(args))),
                  "flow_matching", dict(options))  # type: ignore[arg-type]
     buffer = _buffer(arm)
-    for s in _steps_of(arm, _timed_demos(arm, n, 10_000), "push_dense@1", 0):
+    for s in _steps_of(arm, _timed_demos(arm, n, 10_000), reward, 0):
         buffer.add(s)
     sampler = TakeoverSampler(buffer, mode="all", horizon=args.horizon, seed=args.seed)
     t0 = time.monotonic()
@@ -418,7 +439,10 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
     from learners import dsrl
 
     n = args.demos if args.demos is not None else 10
-    fitted = flow_bc(args, n_demos=n, quiet=True)
+    # A steered policy re-plans every step (learners.policies._flow_matching.execution_of):
+    # the base policy is measured the same way, so start and end compare like with like.
+    args = argparse.Namespace(**{**vars(args), "execute": "chunk"})
+    fitted = flow_bc(args, n_demos=n, quiet=True, reward=args.rl_reward)
     base, arm, options, start = fitted.algo, fitted.arm, fitted.options, fitted.success
     steer = {**options, "steer": True, "steer_std": args.steer_std,
              "noise_bound": args.noise_bound}
@@ -443,7 +467,7 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
         act, reset = _acting("flow_matching", arm, steer, algo.policy_weights())
         eps = [arm.run(act, seed=30_000 + r * 100 + i, reset_policy=reset)
                for i in range(args.episodes_per_round)]
-        for s in _steps_of(arm, eps, "push_dense@1", index):
+        for s in _steps_of(arm, eps, args.rl_reward, index):
             buffer.add(s)
         index += len(eps)
         for _ in range(args.round_updates):
@@ -459,6 +483,7 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
                    "~50 % -> >= 85 %", f"{start:.0%} -> {final:.0%}",
                    f"flow BC from {n} demos ({base.update_step} updates), {len(rows)} rounds x "  # type: ignore[attr-defined]
                    f"{args.episodes_per_round} episodes, {args.round_updates} updates/round, "
+                   f"reward {args.rl_reward}, "
                    f"critic warm-up {args.critic_warmup}, steering std {args.steer_std}, "
                    f"noise bound {args.noise_bound:g}"
                    f"{_stopped()}",
@@ -466,6 +491,12 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
 
 
 def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
+    """Both variants are judged the same way: every ``--eval-every`` env steps the
+    deterministic policy runs ``--eval-episodes`` episodes on fresh seeds with no
+    operator; "env steps to 80 %" is the first such evaluation at >= 80 %.  Evaluation
+    episodes are not counted as env steps (nor learned from).  The success of the
+    episodes the learner collected (the operator helping, in the "with" variant) is
+    reported beside it, not as the figure."""
     from agents import takeover
     from learners import sac
     from learners.replay import TakeoverSampler
@@ -476,7 +507,9 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
     if unknown:
         raise SystemExit(f"--variants: {', '.join(unknown)}; use with and/or without")
     budget = CLOCK.left()
+    rows: list[str] = []
     for with_takeovers in (v == "with" for v in variants):
+        name = "with" if with_takeovers else "without"
         # Each variant gets its share of the time that is left.
         share = Clock(min(budget / len(variants), CLOCK.left()) if budget < float("inf")
                       else 0.0)
@@ -484,46 +517,72 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
         algo = sac.SAC(arm.spec, sac.SACConfig.rlpd(seed=args.seed, utd_ratio=4))
         buffer = _buffer(arm)
         n_demos = args.demos or 0
-        demo_steps = 0
         if n_demos:  # RLPD's prior data, in both variants: the demo half of each batch
-            for s in _steps_of(arm, _demos(arm, n_demos, 10_000), "pick_place_dense@1",
-                               1_000_000):
+            t0 = time.monotonic()
+            prior = _demos(arm, n_demos, 10_000)
+            share.measure_episodes(2.0 * (time.monotonic() - t0), n_demos)
+            for s in _steps_of(arm, prior, "pick_place_dense@1", 1_000_000):
                 buffer.add(s)
-            demo_steps = arm.steps  # env steps count the learner's own episodes only
+        not_own = arm.steps  # demo and evaluation steps: not the learner's env steps
         sampler = TakeoverSampler(buffer, mode="routed", prior_fraction=0.5, seed=args.seed)
         operator = takeover.ScriptedOperator(arm.expert, threshold=0.8, patience=3,
                                              min_steps=15, agree_steps=3) \
             if with_takeovers else None
-        recent: list[bool] = []
-        reached, index = None, 0
-        while (arm.steps - demo_steps) < args.max_steps and reached is None and share.training(
-                0, f"{'with' if with_takeovers else 'without'} takeovers"):
+        collected: list[bool] = []
+        evaluations: list[tuple[int, float]] = []
+        reached, index, next_eval = None, 0, args.eval_every
+
+        while arm.steps - not_own < args.max_steps and reached is None and share.training(
+                args.eval_episodes, f"{name} takeovers"):
             act, reset = _acting("mlp_gaussian", arm, {"hidden_sizes": _hidden(args)},
                                  algo.policy_weights())
             ep = arm.run(act, seed=40_000 + index, operator=operator, reset_policy=reset)
             for s in _steps_of(arm, [ep], "pick_place_dense@1", index):
                 buffer.add(s)
             index += 1
-            recent = [*recent, ep.success][-20:]
-            if arm.steps - demo_steps > 1000:
+            collected = [*collected, ep.success][-20:]
+            if arm.steps - not_own > 1000:
                 for _ in range(len(ep.action) // 4):
-                    if not share.training(0, "updates"):
+                    if not share.training(args.eval_episodes, "updates"):
                         break
                     algo.update(sampler.sample(256 * 4))
-            if len(recent) == 20 and np.mean(recent) >= 0.8:
-                reached = arm.steps - demo_steps
-        last = float(np.mean(recent)) if recent else 0.0
-        results.append((with_takeovers, reached, arm.steps - demo_steps, last))
-        print(f"rlpd takeovers={with_takeovers}: reached 80 % at {reached} "
-              f"({(arm.steps - demo_steps)} steps, last 20: {results[-1][3]:.0%})", flush=True)
-    text = "; ".join(f"{'with' if w else 'without'} takeovers: "
-                     f"{f'{r:,} steps' if r else f'not within {s:,} steps (last 20: {last:.0%})'}"
-                     for w, r, s, last in results)
-    return Outcome("rlpd_takeovers (pick_place)", "env steps to 80 %", text,
+            stopping = not share.training(args.eval_episodes, "updates")
+            if stopping or arm.steps - not_own >= min(next_eval, args.max_steps):
+                before, steps = arm.steps, arm.steps - not_own
+                act, reset = _acting("mlp_gaussian", arm, {"hidden_sizes": _hidden(args)},
+                                     algo.policy_weights())
+                rate = _evaluate(arm, act, reset, args.eval_episodes, 95_000)
+                not_own += arm.steps - before
+                evaluations.append((steps, rate))
+                rows.append(f"| {name} | {steps:,} | {rate:.0%} | "
+                            f"{float(np.mean(collected)):.0%} |")
+                print(f"rlpd {name} takeovers: {steps:,} env steps, operator-free success "
+                      f"{rate:.0%} ({args.eval_episodes} episodes); collected episodes "
+                      f"(last 20) {float(np.mean(collected)):.0%}", flush=True)
+                next_eval = steps + args.eval_every
+                if rate >= 0.8:
+                    reached = steps
+        if share.stopped:
+            print(f"rlpd {name} takeovers: {share.stopped}", flush=True)
+        best = max((r for _, r in evaluations), default=0.0)
+        results.append((name, reached, arm.steps - not_own, best,
+                        float(np.mean(collected or [0.0]))))
+    text = "; ".join(
+        f"{n} takeovers: " + (f"{r:,} env steps" if r else
+                              f"not within {s:,} env steps (best evaluation {b:.0%})")
+        for n, r, s, b, _ in results)
+    return Outcome("rlpd_takeovers (pick_place)",
+                   "env steps to 80 % (operator-free evaluation)", text,
                    f"RLPD preset (10 critics, LayerNorm), UTD 4, routed sampler, "
-                   f"{args.demos or 0} demos as prior data; budget {args.max_steps:,} env "
-                   f"steps" + (f", {budget / len(variants):.0f} s per variant"
-                               if budget < float("inf") else ""))
+                   f"{args.demos or 0} demos as prior data; every {args.eval_every:,} env "
+                   f"steps {args.eval_episodes} deterministic episodes without the operator; "
+                   f"budget {args.max_steps:,} env steps"
+                   + (f", {budget / len(variants):.0f} s per variant"
+                      if budget < float("inf") else "")
+                   + "; collected-episode success (last 20, operator helping in 'with'): "
+                   + ", ".join(f"{n} {c:.0%}" for n, _, _, _, c in results),
+                   ["| variant | env steps | operator-free success | collected episodes "
+                    "(last 20) |", "|---|---:|---:|---:|", *rows])
 
 
 def run(args: argparse.Namespace) -> int:

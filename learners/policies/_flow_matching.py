@@ -59,13 +59,25 @@ def _float(options: Mapping[str, JSON], key: str, default: float) -> float:
 
 
 def execution_of(options: Mapping[str, JSON]) -> ChunkExecution:
-    """How robots execute the chunks (``learners.policies._chunking``)."""
-    mode = options.get("execute", "ensemble")
+    """How robots execute the chunks (``learners.policies._chunking``).
+
+    A steered policy (``steer: true``) re-plans every step — ``execute: chunk``,
+    ``execute_steps: 1``, its default — and refuses anything else: DSRL's critic scores
+    the first action of the chunk the steered noise makes, so that must be the action the
+    robot runs (averaged chunks or open-loop tails would run actions no critic judged).
+    """
+    steered = bool(options.get("steer"))
+    mode = options.get("execute", "chunk" if steered else "ensemble")
     if mode not in ("ensemble", "chunk"):
         raise ValueError(f"execute must be 'ensemble' or 'chunk', got {mode!r}")
+    steps = _int(options, "execute_steps", 1 if steered else 0, low=0)
+    if steered and (mode != "chunk" or steps != 1):
+        raise ValueError("steer: a steered flow policy runs the first action of a new chunk "
+                         "every step (execute: chunk, execute_steps: 1, the default with "
+                         f"steer), not execute {mode!r} with execute_steps {steps}: the "
+                         "RL critic judges that action only")
     return ChunkExecution(horizon=_int(options, "horizon", 4), mode=str(mode),
-                          execute_steps=_int(options, "execute_steps", 0, low=0),
-                          decay=_float(options, "ensemble_decay", 0.1))
+                          execute_steps=steps, decay=_float(options, "ensemble_decay", 0.1))
 
 
 def check(options: Mapping[str, JSON]) -> None:

@@ -156,6 +156,19 @@ def test_chunks_execute_open_loop_or_temporally_ensembled() -> None:
     assert got == [1.0, (11 + 2) / 2, (21 + 12 + 3) / 3]
 
 
+def test_a_steered_flow_policy_runs_the_first_action_of_a_new_chunk_every_step() -> None:
+    # DSRL's critic judges the first action of the chunk a noise makes: that is the
+    # action the robot must run, not an average of chunks or an open-loop tail.
+    from learners.policies._flow_matching import execution_of
+
+    steered = execution_of({"horizon": 4, "steer": True})
+    assert (steered.mode, steered.execute_steps) == ("chunk", 1)
+    for wrong in ({"execute": "ensemble"}, {"execute": "chunk", "execute_steps": 4}):
+        with pytest.raises(ValueError, match="steer"):
+            execution_of({"horizon": 4, "steer": True, **wrong})
+    assert execution_of({"horizon": 4}).mode == "ensemble"  # imitation alone: unchanged
+
+
 def test_dsrl_steers_a_flow_policy_that_robots_can_load() -> None:
     rng = np.random.default_rng(0)
     algo = dsrl.DSRL(SPEC, dsrl.DSRLConfig(hidden_sizes=(32, 32), pretrain_updates=2),

@@ -33,11 +33,11 @@ def _expert_then_wrong(expert, wrong_from: int, wrong_to: int):  # type: ignore[
     return policy
 
 
-def test_the_scripted_operator_takes_over_when_the_policy_strays_and_hands_back() -> None:
+def test_the_action_rule_takes_over_when_the_policy_strays_and_hands_back() -> None:
     robot = registry.make_robot("panda", task="push", seed=5, validate=False)
     expert = scripted(robot)
     operator = takeover.make(TakeoverSpec(kind="scripted", threshold=0.5, patience=2,
-                                          min_steps=5, agree_steps=3),
+                                          min_steps=5, agree_steps=3, rule="action"),
                              action_size=4, expert=expert)
     assert isinstance(operator, takeover.ScriptedOperator)
     policy = _expert_then_wrong(scripted(robot), 10, 40)
@@ -61,6 +61,87 @@ def test_the_scripted_operator_takes_over_when_the_policy_strays_and_hands_back(
     assert not batch.policy_action[~took].any()
     [ended] = [p for _, p in worker.sink.sent if isinstance(p, ev.EpisodeEndedV1)]  # type: ignore[attr-defined]
     assert ended.takeovers == 1 and ended.interventions == int(flags.sum())
+
+
+def _drive(robot, policy, operator, seed: int):  # type: ignore[no-untyped-def]
+    """One episode (the module docstring's loop): did it succeed, which steps were taken
+    over."""
+    from agents.sim import tasks
+
+    rule = tasks.get("push")
+    step = robot.reset(seed=seed)
+    if operator is not None:
+        operator.reset()
+    success, flags = False, []
+    while not step.done:
+        proposal = np.asarray(policy(step.observation), np.float32)
+        human = None if operator is None else operator(step.observation, proposal)
+        flags.append(human is not None)
+        step = robot.step(proposal if human is None else human)
+        success = success or rule.success(step.info)
+    return success, np.array(flags)
+
+
+def _slower(expert, speed: float):  # type: ignore[no-untyped-def]
+    """The expert's way at ``speed`` times its pace."""
+
+    def policy(observation: np.ndarray) -> np.ndarray:
+        action = np.array(expert(observation), np.float32)
+        action[:3] *= speed
+        return action
+
+    return policy
+
+
+def test_the_progress_rule_leaves_alone_a_policy_that_gets_there_its_own_way() -> None:
+    # A policy at 60 % of the expert's pace still pushes the cube home: a person watching
+    # lets it, the action rule (a gated expert) takes it over all the same.
+    robot = registry.make_robot("panda", task="push", seed=0, validate=False)
+    expert = scripted(robot)
+    by_action = takeover.ScriptedOperator(expert, threshold=0.5, patience=3, rule="action")
+    watching = takeover.make(TakeoverSpec(kind="scripted", patience=3), action_size=4,
+                             expert=expert)
+    assert isinstance(watching, takeover.ScriptedOperator) and watching.rule == "progress"
+    slower = _slower(expert, 0.6)
+    for seed in (11, 12, 13):
+        assert _drive(robot, slower, None, seed)[0]  # it succeeds on its own
+        success, flags = _drive(robot, slower, watching, seed)
+        assert success and not flags.any()
+        success, flags = _drive(robot, expert, watching, seed)  # the expert itself
+        assert success and not flags.any()
+        assert _drive(robot, slower, by_action, seed)[1].any()
+    assert watching.takeovers == 0
+
+
+@pytest.mark.parametrize("failing", ["frozen", "backwards"])
+def test_the_progress_rule_takes_over_a_failing_policy_and_the_episode_succeeds(
+        failing: str) -> None:
+    # A policy that never gets there alone (stalls, or makes the task worse) must be
+    # taken over and helped home: an operator that never intervenes fails this test.
+    robot = registry.make_robot("panda", task="push", seed=0, validate=False)
+    expert = scripted(robot)
+    frozen = lambda obs: np.zeros(4, np.float32)  # noqa: E731
+    backwards = _expert_then_wrong(expert, 5, 1000)
+    policy = frozen if failing == "frozen" else backwards
+    assert not _drive(robot, policy, None, 21)[0]
+    operator = takeover.ScriptedOperator(expert, patience=3, rule="progress")
+    policy = frozen if failing == "frozen" else _expert_then_wrong(expert, 5, 1000)
+    success, flags = _drive(robot, policy, operator, 21)
+    assert success and operator.takeovers >= 1
+    first = int(np.argmax(flags))
+    if failing == "frozen":  # it waits out the stall, then drives
+        assert first == operator.stall_steps and "no progress" in operator.reason
+    else:  # it sees the task getting worse within a few steps of the policy turning
+        assert 5 < first < 5 + 15 and "worse" in operator.reason
+
+
+def test_the_progress_rule_needs_an_expert_that_measures_progress() -> None:
+    def no_measure(obs: np.ndarray) -> np.ndarray:
+        return np.zeros(4, np.float32)
+
+    with pytest.raises(RuntimeError, match="progress"):
+        takeover.ScriptedOperator(no_measure, rule="progress")
+    assert takeover.ScriptedOperator(no_measure, rule="auto").rule == "action"
 
 
 def test_a_policy_that_acts_like_the_expert_is_never_overridden() -> None:
