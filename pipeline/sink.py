@@ -163,6 +163,9 @@ class DeltaSink:
             t.spec.value is catalog.Value.ARROW for t in self._topics.values()) else None
         # (topic, partition) -> the offset a seek asked for, until its first record comes.
         self._seeked: dict[tuple[str, int], int | None] = {}
+        # Partitions re-seeked while a consumed batch was being handled: the rest of that
+        # batch's records of them were fetched before the seek and are read again.
+        self._stale: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         settings.root.mkdir(parents=True, exist_ok=True)
         self._dlq = EventProducer(kafka, role=f"{settings.name}-dlq")
@@ -267,6 +270,7 @@ class DeltaSink:
         """Read ``moved`` partitions again from where the writer says."""
         for p, start in moved.items():
             self._seeked[(topic.name, p)] = start
+            self._stale.add((topic.name, p))
             offset = OFFSET_BEGINNING if start is None else start
             try:
                 self._consumer.seek(TopicPartition(topic.name, p, offset))
@@ -392,11 +396,18 @@ class DeltaSink:
                 # when the last round found nothing, else take what librdkafka has fetched.
                 msgs = self._consumer.consume(s.poll_records, 0.2 if waited else 0.0)
                 waited = not msgs
+                # librdkafka drops what it fetched before a seek, but not what consume()
+                # already returned: a commit refused mid-batch re-seeks its partitions, and
+                # their later records in this batch must not be taken (taken, one at an
+                # offset past the seek would move the writer past the records it re-reads).
+                self._stale.clear()
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", err.str())
+                        continue
+                    if (msg.topic() or "", msg.partition() or 0) in self._stale:
                         continue
                     topic = self._accept(msg)
                     if topic is not None and topic.writer.due():

@@ -103,9 +103,13 @@ def test_a_refused_record_is_dead_lettered_with_its_bytes_and_its_neighbours_arr
 def test_a_transition_batch_too_large_for_its_topic_arrives_split(
     kafka: KafkaSettings, suffix: str, tmp_path: Path,
 ) -> None:
-    make_topics(kafka, suffix, limit_of={catalog.TRANSITIONS_RAW.name: LIMIT})
-    batch = samples.batch(samples.robot_spec(obs_dim=6, act_dim=2), 130, robot_id="r1",
-                          experiment_id="exp-1")
+    spec = samples.robot_spec(obs_dim=6, act_dim=2)
+    batch = samples.batch(spec, 130, robot_id="r1", experiment_id="exp-1")
+    # The limit is set from what a record weighs here (the Arrow schema alone is ~4 kB, and
+    # it grows with the schema): one step fits, the whole batch needs about four records.
+    one, whole = (limits.record_bytes(serde.encode(catalog.TRANSITIONS_RAW, samples.batch(
+        spec, n, robot_id="r1", experiment_id="exp-1"))) for n in (1, 130))
+    make_topics(kafka, suffix, limit_of={catalog.TRANSITIONS_RAW.name: one + (whole - one) // 4})
     outbox = Outbox(kafka, tmp_path / "spool", role="agent-test", topic_suffix=suffix)
     try:
         outbox.send(catalog.TRANSITIONS_RAW, batch)
@@ -120,8 +124,8 @@ def test_a_transition_batch_too_large_for_its_topic_arrives_split(
     records = read(kafka, catalog.TRANSITIONS_RAW.name + suffix)
     assert len(records) > 1, "the batch was not split"
     arrived = [row for value, headers in records for row in rows_of(value, headers)]
-    # A step that does not fit even alone (~4 kB of Arrow schema) is dead-lettered with
-    # its bytes: every row is either on the topic or on dlq, once.
+    # A step that does not fit even alone would be dead-lettered with its bytes: every row
+    # is either on the topic or on dlq, once.
     refused = [row for letter in letters(kafka, suffix) for row in rows_of(
         letter.original_value(), [(k, v.encode()) for k, v in letter.headers.items()])]
     everything = list(zip(batch.episode_id.tolist(), batch.step.tolist(), strict=True))
