@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import struct
 import threading
 import time
 from collections import Counter
@@ -238,14 +237,10 @@ def tensors_of(blob: bytes | bytearray) -> dict[str, np.ndarray]:
     byte ranges, ranges that tile the data section.  Blobs with a dtype numpy lacks go
     through the library.  Raises ``ValueError`` for a malformed blob.
     """
-    if len(blob) < 8:
-        raise ValueError("safetensors blob shorter than its 8-byte header length")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > len(blob) - 8:
-        raise ValueError(f"safetensors header claims {n} bytes but the blob is {len(blob)}")
+    header, base = policies.safetensors_header(blob)
+    spans: list[tuple[int, int]] = []
+    out: dict[str, np.ndarray] = {}
     try:
-        header = json.loads(blob[8 : 8 + n])
-        base, spans, out = 8 + n, [], {}
         for name, entry in header.items():
             if name == "__metadata__":
                 continue

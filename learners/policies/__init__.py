@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from learners.policies._chunking import ChunkExecution
 from learners.policies._numpy import NumpyMlpGaussianPolicy, load_for_inference, numpy_kinds
-from learners.policies._spec import PolicySpec
+from learners.policies._spec import PolicySpec, hidden_sizes_option
 from learners.policies._streams import weights_stream
 from learners.policies._weights import (
     bytes_to_state_dict,
     from_safetensors,
     non_finite,
+    safetensors_header,
     safetensors_metadata,
     sha256_hex,
     state_dict_to_bytes,
@@ -37,11 +38,7 @@ from learners.policies._weights import (
 if TYPE_CHECKING:
     from learners.policies._cnn_gaussian import CnnGaussianPolicy
     from learners.policies._flow_matching import FlowActor, FlowMatchingPolicy
-    from learners.policies._mlp_gaussian import (
-        MlpGaussianPolicy,
-        build_actor,
-        hidden_sizes_option,
-    )
+    from learners.policies._mlp_gaussian import MlpGaussianPolicy, build_actor
     from learners.policies._networks import TanhGaussianActor
     from learners.policies._registry import (
         ActorParts,
@@ -67,7 +64,6 @@ _LAZY = {
     "FlowMatchingPolicy": "_flow_matching",
     "MlpGaussianPolicy": "_mlp_gaussian",
     "build_actor": "_mlp_gaussian",
-    "hidden_sizes_option": "_mlp_gaussian",
     "TanhGaussianActor": "_networks",
     "VlaTransformerPolicy": "_vla_transformer",
     **{name: "_registry" for name in (
@@ -115,6 +111,7 @@ __all__ = [
     "register",
     "register_check",
     "register_parts",
+    "safetensors_header",
     "safetensors_metadata",
     "sha256_hex",
     "state_dict_to_bytes",

@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from learners.core import JSON, Policy, Weights
-from learners.policies._mlp_gaussian import hidden_sizes_option
 from learners.policies._networks import TanhGaussianActor
 from learners.policies._registry import ActorParts
-from learners.policies._spec import PolicySpec
+from learners.policies._spec import PolicySpec, hidden_sizes_option
 
 KIND = "cnn_gaussian"
 _STRIDES = (2, 2, 2, 1)

@@ -35,10 +35,10 @@ from torch import nn
 
 from learners.core import JSON, Policy, Weights
 from learners.policies._chunking import ChunkExecution
-from learners.policies._mlp_gaussian import hidden_sizes_option
 from learners.policies._networks import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, mlp
 from learners.policies._normalise import ObservationNormaliser
 from learners.policies._registry import PolicySpec
+from learners.policies._spec import hidden_sizes_option
 
 KIND = "flow_matching"
 _TIME_FEATURES = 16

@@ -11,18 +11,9 @@ from torch import nn
 from learners.core import JSON, Policy, Weights
 from learners.policies._networks import TanhGaussianActor
 from learners.policies._registry import ActorParts, PolicySpec
+from learners.policies._spec import hidden_sizes_option
 
 KIND = "mlp_gaussian"
-
-
-def hidden_sizes_option(options: Mapping[str, JSON]) -> tuple[int, ...]:
-    """The ``hidden_sizes`` option (default 256x2), validated."""
-    raw = options.get("hidden_sizes", [256, 256])
-    items = raw if isinstance(raw, list | tuple) else []
-    sizes = tuple(n for n in items if isinstance(n, int) and not isinstance(n, bool) and n > 0)
-    if not sizes or len(sizes) != len(items):
-        raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {raw!r}")
-    return sizes
 
 
 def build_actor(spec: PolicySpec, hidden_sizes: tuple[int, ...]) -> TanhGaussianActor:

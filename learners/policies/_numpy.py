@@ -13,14 +13,13 @@ generator, so a seeded numpy policy samples other noise than a seeded torch one.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from learners.policies import _weights
-from learners.policies._spec import KIND_KEY, OPTIONS_KEY, PolicySpec
+from learners.policies._spec import KIND_KEY, OPTIONS_KEY, PolicySpec, hidden_sizes_option
 
 #: Same constants as ``_networks`` (which imports torch): log-std squashed into this range.
 LOG_STD_MIN = -5.0
@@ -91,21 +90,12 @@ class NumpyMlpGaussianPolicy:
         return action.astype(np.float32, copy=False)
 
 
-def _hidden_sizes(options: Mapping[str, Any]) -> tuple[int, ...]:
-    raw = options.get("hidden_sizes", [256, 256])
-    items = raw if isinstance(raw, list | tuple) else []
-    sizes = tuple(n for n in items if isinstance(n, int) and not isinstance(n, bool) and n > 0)
-    if not sizes or len(sizes) != len(items):
-        raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {raw!r}")
-    return sizes
-
-
 def _mlp_gaussian(spec: PolicySpec, options: Mapping[str, Any],
                   weights: Mapping[str, np.ndarray]) -> NumpyMlpGaussianPolicy:
     seed = options.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    return NumpyMlpGaussianPolicy(spec, weights, _hidden_sizes(options), seed)
+    return NumpyMlpGaussianPolicy(spec, weights, hidden_sizes_option(options), seed)
 
 
 #: kind -> numpy builder (spec, options, weights); only options listed in ``_PLAIN`` are
@@ -126,13 +116,8 @@ def load_for_inference(spec: PolicySpec, data: bytes,
     its kind when there is one and its options are plain, else the torch policy
     (``learners.policies.load``, importing torch).  ``tensors``: the blob already parsed
     (saves a second parse).  Raises ``ValueError``/``KeyError`` as ``load`` does."""
-    meta = _weights.safetensors_metadata(data)
-    if KIND_KEY not in meta:
-        raise ValueError(f"weights header has no {KIND_KEY!r}; publish with weights_metadata()")
-    options = json.loads(meta.get(OPTIONS_KEY, "{}"))
-    if not isinstance(options, dict):
-        raise ValueError(f"weights header {OPTIONS_KEY!r} is not a JSON object")
-    builder = _BUILDERS.get(meta[KIND_KEY])
+    kind, options = _weights.kind_and_options(data, KIND_KEY, OPTIONS_KEY)
+    builder = _BUILDERS.get(kind)
     if builder is not None and set(options) <= _PLAIN:
         return builder(spec, options,
                        tensors if tensors is not None else _weights.from_safetensors(data))

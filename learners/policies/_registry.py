@@ -156,12 +156,7 @@ def load(spec: PolicySpec, data: bytes) -> Policy:
     The blob must carry :func:`weights_metadata` in its header. Raises ``ValueError`` on
     malformed bytes, missing metadata or weights that do not fit ``spec``.
     """
-    meta = _weights.safetensors_metadata(data)
-    if KIND_KEY not in meta:
-        raise ValueError(f"weights header has no {KIND_KEY!r}; publish with weights_metadata()")
-    options = json.loads(meta.get(OPTIONS_KEY, "{}"))
-    if not isinstance(options, dict):
-        raise ValueError(f"weights header {OPTIONS_KEY!r} is not a JSON object")
-    policy = build(meta[KIND_KEY], spec, options)
+    kind, options = _weights.kind_and_options(data, KIND_KEY, OPTIONS_KEY)
+    policy = build(kind, spec, options)
     policy.load_weights(_weights.from_safetensors(data))
     return policy

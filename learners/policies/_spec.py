@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,3 +58,13 @@ class PolicySpec:
             return tuple(float(v) for v in values)
 
         return cls(spec.observation.size, act.size, flat(act.low), flat(act.high))
+
+
+def hidden_sizes_option(options: Mapping[str, Any]) -> tuple[int, ...]:
+    """The ``hidden_sizes`` option (default 256x2), validated."""
+    raw = options.get("hidden_sizes", [256, 256])
+    items = raw if isinstance(raw, list | tuple) else []
+    sizes = tuple(n for n in items if isinstance(n, int) and not isinstance(n, bool) and n > 0)
+    if not sizes or len(sizes) != len(items):
+        raise ValueError(f"hidden_sizes must be a non-empty list of positive ints, got {raw!r}")
+    return sizes

@@ -86,8 +86,8 @@ def bytes_to_state_dict(data: bytes) -> dict[str, torch.Tensor]:
         raise ValueError(f"not a valid safetensors blob ({len(data)} bytes): {exc}") from exc
 
 
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob's header ({} if none).
+def safetensors_header(data: bytes | bytearray) -> tuple[Any, int]:
+    """A safetensors blob's header (its JSON, parsed) and where the tensor bytes start.
 
     Reads only the header (8-byte little-endian length, then JSON), so it is cheap on big
     blobs. Raises ``ValueError`` if the header is malformed.
@@ -98,13 +98,32 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     if n > len(data) - 8:
         raise ValueError(f"safetensors header claims {n} bytes but the blob is {len(data)}")
     try:
-        header = json.loads(data[8 : 8 + n])
+        return json.loads(data[8 : 8 + n]), 8 + n
     except ValueError as exc:
         raise ValueError(f"safetensors header is not JSON: {exc}") from exc
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob's header ({} if none).
+    Raises ``ValueError`` if the header is malformed."""
+    header, _ = safetensors_header(data)
     meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         raise ValueError("safetensors __metadata__ is not a string mapping")
     return {str(k): str(v) for k, v in meta.items()}
+
+
+def kind_and_options(data: bytes, kind_key: str, options_key: str
+                     ) -> tuple[str, dict[str, Any]]:
+    """The policy kind and options a self-describing blob's metadata names (under
+    ``kind_key`` / ``options_key``). Raises ``ValueError`` when they are missing or bad."""
+    meta = safetensors_metadata(data)
+    if kind_key not in meta:
+        raise ValueError(f"weights header has no {kind_key!r}; publish with weights_metadata()")
+    options = json.loads(meta.get(options_key, "{}"))
+    if not isinstance(options, dict):
+        raise ValueError(f"weights header {options_key!r} is not a JSON object")
+    return meta[kind_key], options
 
 
 def non_finite(tensors: Mapping[str, np.ndarray | torch.Tensor]) -> str | None:
