@@ -58,6 +58,19 @@ def make_broker(home: Path, libs: Path, **overrides: object) -> Broker:
     return Broker(settings)
 
 
+def catalog_broker(home: Path, libs: Path) -> Iterator[KafkaSettings]:
+    """A started broker of its own in ``home`` with the catalog created, stopped when the
+    generator is closed (``yield from`` it in a fixture)."""
+    broker = make_broker(home, libs)
+    broker.start()
+    try:
+        settings = KafkaSettings(bootstrap=broker.settings.bootstrap)
+        admin.ensure_topics(settings)
+        yield settings
+    finally:
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path) -> Iterator[KafkaSettings]:
     """KafkaSettings of a live broker holding the whole catalog."""

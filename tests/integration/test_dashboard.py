@@ -21,8 +21,8 @@ from typing import TypeVar
 import pytest
 
 from schemas import events as ev
-from tests.conftest import REPO, Processes, free_port, make_broker
-from topics import admin, catalog
+from tests.conftest import REPO, Processes, catalog_broker, free_port
+from topics import catalog
 from topics.follow import Follower
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings, SiteMap
@@ -48,14 +48,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 90.0) 
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path
           ) -> Iterator[KafkaSettings]:
-    broker = make_broker(tmp_path_factory.mktemp("dashboard-kafka"), kafka_libs)
-    broker.start()
-    try:
-        settings = KafkaSettings(bootstrap=broker.settings.bootstrap)
-        admin.ensure_topics(settings)
-        yield settings
-    finally:
-        broker.stop()
+    yield from catalog_broker(tmp_path_factory.mktemp("dashboard-kafka"), kafka_libs)
 
 
 def save_screenshot(page: object, tmp_path: Path, name: str) -> Path:

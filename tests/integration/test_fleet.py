@@ -22,7 +22,7 @@ from agents import spool
 from infra.broker import Broker
 from schemas import events as ev
 from schemas.transitions import TransitionBatch
-from tests.conftest import Processes, make_broker
+from tests.conftest import Processes, catalog_broker
 from topics import admin, catalog, serde
 from topics.follow import Follower
 from topics.settings import KafkaSettings, SiteMap
@@ -81,14 +81,7 @@ def write_experiment(path: Path, name: str, robots: list[dict[str, object]]) -> 
 def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path
           ) -> Iterator[KafkaSettings]:
     """A broker for this module alone, with the catalog created."""
-    broker = make_broker(tmp_path_factory.mktemp("fleet-kafka"), kafka_libs)
-    broker.start()
-    try:
-        settings = KafkaSettings(bootstrap=broker.settings.bootstrap)
-        admin.ensure_topics(settings)
-        yield settings
-    finally:
-        broker.stop()
+    yield from catalog_broker(tmp_path_factory.mktemp("fleet-kafka"), kafka_libs)
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from learners import policies
 from schemas import events, samples
 from schemas.experiment import ExperimentSpec
 from schemas.transitions import TransitionBatch
-from tests.conftest import Processes, make_broker
+from tests.conftest import Processes, catalog_broker
 from tests.integration.test_learn import REWARD, ROBOTS, STEPS, Setup, stop, wait_until
-from topics import admin, catalog, tables
+from topics import catalog, tables
 from topics.follow import Follower
 from topics.settings import KafkaSettings
 from topics.validation import Accepted
@@ -97,14 +97,7 @@ def fleet_kafka(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path
                 ) -> Iterator[KafkaSettings]:
     """A broker of this module's own: the controller serves every experiment in the log,
     so other runs' experiments on the shared broker would take this test's robot."""
-    broker = make_broker(tmp_path_factory.mktemp("pixels-kafka"), kafka_libs)
-    broker.start()
-    try:
-        settings = KafkaSettings(bootstrap=broker.settings.bootstrap)
-        admin.ensure_topics(settings)
-        yield settings
-    finally:
-        broker.stop()
+    yield from catalog_broker(tmp_path_factory.mktemp("pixels-kafka"), kafka_libs)
 
 
 def _delta_frames(root: Path, experiment: str) -> int:

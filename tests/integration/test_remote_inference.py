@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 from schemas import events as ev
-from tests.conftest import Processes, make_broker
+from tests.conftest import Processes, catalog_broker
 from tests.data import INSTRUCTION_EMBEDDINGS
 from tests.integration.test_fleet import Watch
-from topics import admin, catalog
+from topics import catalog
 from topics.producer import EventProducer
 from topics.settings import KafkaSettings, SiteMap
 
@@ -39,14 +39,7 @@ TINY_VLA = {"d_model": 32, "layers": 1, "heads": 2, "ff": 64, "chunk": 10,
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory: pytest.TempPathFactory, kafka_libs: Path
           ) -> Iterator[KafkaSettings]:
-    broker = make_broker(tmp_path_factory.mktemp("remote-kafka"), kafka_libs)
-    broker.start()
-    try:
-        settings = KafkaSettings(bootstrap=broker.settings.bootstrap)
-        admin.ensure_topics(settings)
-        yield settings
-    finally:
-        broker.stop()
+    yield from catalog_broker(tmp_path_factory.mktemp("remote-kafka"), kafka_libs)
 
 
 def cancel(kafka: KafkaSettings, *names: str) -> None:
