@@ -28,7 +28,6 @@ import numpy.typing as npt
 from agents import robot as robot_mod
 from agents.registry import RobotType
 from agents.sim import suites
-from schemas import spaces
 from schemas import tasks as rules
 
 __all__ = ["ENVS", "FETCH", "FetchArm", "make"]
@@ -57,16 +56,8 @@ class FetchArm(suites.SuiteRobot):
                 "fetch: the gymnasium-robotics suite is not installed: run `make suites` or "
                 "set USER_SUITES_PYTHON to the python of a venv with 'gymnasium-robotics'")
         self._task = task
-        spec = spaces.RobotSpec(
-            robot_type="fetch",
-            observation=spaces.ArraySpec(shape=(_OBS[task] + 3,), dtype="float32"),
-            action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
-            info={k: spaces.ArraySpec(shape=(3,), dtype="float32")
-                  for k in rules.INFO_KEYS[task]},
-            control_hz=control_hz,
-            max_episode_steps=max_episode_steps,
-            task=task,
-        )
+        spec = suites.ee_spec("fetch", _OBS[task] + 3, task, rules.INFO_KEYS[task],
+                              control_hz, max_episode_steps)
         env = suites.ChildEnv("fetch", python, "gymnasium", ENVS[task], seed, max_episode_steps)
         super().__init__("fetch", env, spec, seed)
 

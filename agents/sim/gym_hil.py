@@ -34,7 +34,6 @@ import numpy.typing as npt
 from agents import robot as robot_mod
 from agents.registry import RobotType
 from agents.sim import suites
-from schemas import spaces
 from schemas import tasks as rules
 
 __all__ = ["ENVS", "PANDA_PICK_CUBE", "GymHilPanda", "make"]
@@ -66,16 +65,8 @@ class GymHilPanda(suites.SuiteRobot):
             raise robot_mod.RobotError(
                 "gym_hil: the gym-hil suite is not installed: run `make suites` or set "
                 "USER_SUITES_PYTHON to the python of a venv with 'gym-hil' (mujoco < 3.9)")
-        spec = spaces.RobotSpec(
-            robot_type="gym_hil_panda",
-            observation=spaces.ArraySpec(shape=(_AGENT + _CUBE,), dtype="float32"),
-            action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
-            info={k: spaces.ArraySpec(shape=(3,), dtype="float32")
-                  for k in rules.INFO_KEYS[task]},
-            control_hz=control_hz,
-            max_episode_steps=max_episode_steps,
-            task=task,
-        )
+        spec = suites.ee_spec("gym_hil_panda", _AGENT + _CUBE, task, rules.INFO_KEYS[task],
+                              control_hz, max_episode_steps)
         env = suites.ChildEnv("gym_hil", python, "gymnasium", ENVS[task], seed,
                               max_episode_steps, {"random_block_position": bool(random_block)})
         super().__init__("gym_hil", env, spec, seed)

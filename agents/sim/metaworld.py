@@ -30,7 +30,6 @@ import numpy.typing as npt
 from agents import robot as robot_mod
 from agents.registry import RobotType
 from agents.sim import suites
-from schemas import spaces
 from schemas import tasks as rules
 
 #: USER task -> Meta-World v3 environment.
@@ -58,15 +57,8 @@ class MetaWorldSawyer(suites.SuiteRobot):
                 "3.12 venv with 'metaworld==3.1.1', which pins mujoco==3.3.0) or set "
                 "USER_SUITES_PYTHON to the python of a venv that has it")
         keys = rules.INFO_KEYS["reach"] if task == "reach" else rules.INFO_KEYS["push"]
-        spec = spaces.RobotSpec(
-            robot_type="metaworld_sawyer",
-            observation=spaces.ArraySpec(shape=(_OBS,), dtype="float32"),
-            action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
-            info={k: spaces.ArraySpec(shape=(3,), dtype="float32") for k in keys},
-            control_hz=control_hz,
-            max_episode_steps=max_episode_steps,
-            task=task,
-        )
+        spec = suites.ee_spec("metaworld_sawyer", _OBS, task, keys, control_hz,
+                              max_episode_steps)
         env = suites.ChildEnv("metaworld", python, "metaworld", ENVS[task], seed,
                               max_episode_steps)
         super().__init__("metaworld", env, spec, seed)

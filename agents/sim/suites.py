@@ -42,6 +42,21 @@ def suite_python(python: str | None = None) -> str | None:
     return str(made) if made.exists() else None
 
 
+def ee_spec(robot_type: str, observation_dim: int, task: str, info_keys: Any,
+            control_hz: float, max_episode_steps: int) -> spaces.RobotSpec:
+    """The spec every suite arm shares: ``observation_dim`` float32 values, USER's
+    end-effector action ``[dx, dy, dz, grip]`` in [-1, 1] and a 3-D position per info key."""
+    return spaces.RobotSpec(
+        robot_type=robot_type,
+        observation=spaces.ArraySpec(shape=(observation_dim,), dtype="float32"),
+        action=spaces.ArraySpec(shape=(4,), dtype="float32", low=-1.0, high=1.0),
+        info={k: spaces.ArraySpec(shape=(3,), dtype="float32") for k in info_keys},
+        control_hz=control_hz,
+        max_episode_steps=max_episode_steps,
+        task=task,
+    )
+
+
 class Reply:
     """One ``reset``/``step`` answer: the observation, the suite's own end flags and its
     success flag."""
