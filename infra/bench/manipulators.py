@@ -86,6 +86,8 @@ RUNS: dict[str, RunSpec] = {
                                100_000),
     "push-metaworld": RunSpec((("metaworld_sawyer", 4),), "push", "push_dense@2", 0.7,
                               150_000),
+    "pick-place-metaworld": RunSpec((("metaworld_sawyer", 4),), "pick_place_air",
+                                    "pick_place_air_dense@1", 0.7, 150_000),
 }
 
 
