@@ -1,28 +1,51 @@
-"""Run every benchmark in turn; each rewrites its own BENCHMARKS.md section.
+"""Run every benchmark in turn, bounded to about an hour on the 2-core machine.
 
-Each runs with its defaults except where :data:`ARGS` bounds a learning run's wall clock so
-the whole command ends within about an hour on the 2-core machine (``--full`` runs every
-default), and ``async-sync`` runs twice: as is and ``--paper``.  Needs what the
-benchmarks need: a broker (``userctl broker start``) with the catalog.  A benchmark that
-fails is reported and the rest still run; the exit code says whether all passed, and the
-last line gives each one's wall time.
+Each benchmark runs with its defaults except where :data:`ARGS` bounds it (a learning run's
+wall clock, a measuring window, the cheaper parts of a long benchmark); ``--full`` runs every
+default (hours).  ``async-sync`` runs twice: as is and ``--paper`` (:data:`EXTRA`).  Every
+benchmark writes its own section of ``--out`` (default ``BENCHMARKS.md``; give another file to
+keep a curated ``BENCHMARKS.md`` as it is), and this command writes an ``all`` section there
+too: each benchmark's arguments, outcome, wall time and headline line.  The demo's time to
+the first learner update and each role's peak RSS are ``pipeline-cost``'s; each role's RSS at
+start is ``footprint``'s.
+
+Each benchmark runs in a fresh interpreter (``python -m infra.cli bench NAME …``): figures
+of the whole process — peak RSS (VmHWM), threads, imported modules — would otherwise carry
+what the benchmarks before it left (the pixel buffer's peak RSS read 5.7 GB after eleven
+others in one process, 1.25 GB alone).  Its arguments are checked against its parser before
+anything runs.
+
+Needs a broker: the local one is started if it is not running (and stopped again at the end),
+unless ``USER_KAFKA_BOOTSTRAP`` names a cluster.  A benchmark that fails is reported and the
+rest still run; the exit code says whether all passed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
+import shlex
+import subprocess
+import sys
 import time
-import traceback
+from pathlib import Path
 
-HELP = "run every benchmark (rewrites BENCHMARKS.md section by section)"
+HELP = "run every benchmark, bounded to about an hour (writes a section each and a summary)"
 
-
-#: Arguments ``bench all`` gives a benchmark instead of its defaults (time bounds).
+#: Arguments ``bench all`` gives a benchmark instead of its defaults: time bounds, and the
+#: parts of a benchmark that fit (pixel reach and the long manipulator runs are hours here).
 ARGS: dict[str, list[str]] = {
-    "async-sync": ["--max-wall-s", "240"],
-    "pipeline-cost": ["--max-wall-s", "360"],
+    "async-sync": ["--max-wall-s", "180"],
+    "pipeline-cost": ["--max-wall-s", "300"],
     "fleet": ["--seconds", "4"],
+    "manipulators": ["--runs", "reach-panda", "--max-wall-s", "360"],
+    "pixels": ["--parts", "updates,buffer", "--seconds", "20"],
+    "imitation": ["--time-limit", "360"],
+    "sites": ["--max-wall-s", "480", "--cut-after-steps", "4000"],
+    "wan": ["--seconds", "30"],
+    "inference": ["--seconds", "8"],
 }
 #: Extra runs of a benchmark with other arguments (own BENCHMARKS.md section each).
 EXTRA: list[tuple[str, list[str]]] = [
@@ -32,40 +55,104 @@ EXTRA: list[tuple[str, list[str]]] = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
+    p.add_argument("--only", default="", help="comma-separated benchmarks to run (default all)")
     p.add_argument("--full", action="store_true",
                    help="every benchmark with its own defaults (no time bounds; hours)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown file every benchmark writes its section into "
+                        "(default: the repository's BENCHMARKS.md)")
 
 
-def run(args: argparse.Namespace) -> int:
+def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(benchmark, arguments) in the order they run (``--out`` is added when run)."""
     from infra.bench import BENCHMARKS
 
     skip = {s for s in args.skip.split(",") if s}
-    failed: list[str] = []
-    took: list[str] = []
-    began = time.monotonic()
-    runs = [(name, [] if args.full else ARGS.get(name, [])) for name in BENCHMARKS]
+    only = {s for s in args.only.split(",") if s}
+    unknown = (skip | only) - set(BENCHMARKS)
+    if unknown:
+        raise SystemExit(f"bench all: unknown benchmark(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(n for n in BENCHMARKS if n != 'all')}")
+    runs = [(name, [] if args.full else list(ARGS.get(name, []))) for name in BENCHMARKS]
     runs += [] if args.full else EXTRA
-    for name, argv in runs:
-        if name == "all" or name in skip:
-            continue
-        module = importlib.import_module(BENCHMARKS[name])
+    return [(name, argv) for name, argv in runs
+            if name != "all" and name not in skip and (not only or name in only)]
+
+
+def headline(text: str, section: str) -> str:
+    """The first bold phrase with a figure in it of ``section`` in ``text`` (its result), or
+    ''."""
+    begin, end = f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
+    if begin not in text or end not in text:
+        return ""
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    found = next((m for m in re.findall(r"\*\*(.+?)\*\*", body) if re.search(r"\d", m)), "")
+    return found.strip()
+
+
+def _ensure_broker() -> object | None:
+    """Start the local broker unless one answers; returns it if this call started it."""
+    from infra.broker import Broker, BrokerSettings, answers_metadata
+
+    external = os.environ.get("USER_KAFKA_BOOTSTRAP")
+    broker = Broker(BrokerSettings())
+    if external and external != broker.settings.bootstrap:
+        return None
+    if broker.pid() is not None and answers_metadata(broker.settings.bootstrap):
+        return None
+    print("bench all: starting the local broker …", flush=True)
+    result = broker.start(say=lambda m: print(m, flush=True))
+    return None if result.already_running else broker
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.bench import BENCHMARKS, report
+
+    runs = plan(args)
+    out = args.out if args.out is not None else report.DEFAULT_PATH
+    for name, argv in runs:  # a typo in a bound shows now, not an hour in
         parser = argparse.ArgumentParser(prog=f"userctl bench {name}")
-        module.add_arguments(parser)
-        sub_args = parser.parse_args(argv)
-        label = " ".join([name, *argv])
-        print(f"== bench {label}", flush=True)
-        started = time.monotonic()
-        try:
-            rc = int(module.run(sub_args) or 0)
-        except Exception:  # one broken benchmark must not hide the others' figures
-            traceback.print_exc()
-            rc = 1
-        print(f"== bench {label}: {'ok' if rc == 0 else f'FAILED ({rc})'} in "
-              f"{time.monotonic() - started:.0f} s", flush=True)
-        took.append(f"{label} {time.monotonic() - started:.0f} s")
-        if rc:
-            failed.append(label)
-    print(f"all: {time.monotonic() - began:.0f} s ({'; '.join(took)})")
+        importlib.import_module(BENCHMARKS[name]).add_arguments(parser)
+        parser.parse_args([*argv, "--out", str(out)])
+    started_broker = _ensure_broker()
+    load = os.getloadavg()
+    rows: list[str] = []
+    failed: list[str] = []
+    began = time.monotonic()
+    try:
+        for name, argv in runs:
+            label = shlex.join([name, *argv])
+            print(f"== bench {label}  ({time.monotonic() - began:.0f} s in)", flush=True)
+            started = time.monotonic()
+            # One broken benchmark must not hide the others' figures: its exit code is noted.
+            rc = subprocess.run([sys.executable, "-m", "infra.cli", "bench", name, *argv,
+                                 "--out", str(out)], check=False).returncode
+            took = time.monotonic() - started
+            outcome = "ok" if rc == 0 else f"FAILED ({rc})"
+            print(f"== bench {label}: {outcome} in {took:.0f} s", flush=True)
+            if rc:
+                failed.append(label)
+            section = "async-sync-paper" if "--paper" in argv else name
+            text = out.read_text() if out.exists() else ""
+            rows.append(f"| `{label}` | {outcome} | {took:,.0f} | "
+                        f"{headline(text, section).replace('|', '/')} |")
+    finally:
+        if started_broker is not None:
+            started_broker.stop()  # type: ignore[attr-defined]
+    total = time.monotonic() - began
+    body = "\n".join([
+        "## Every benchmark in one command (`userctl bench all`)", "",
+        *report.machine_lines(),
+        f"- load average at start: {' / '.join(f'{x:.1f}' for x in load)} (1/5/15 min)",
+        f"- sections written to: `{out}`",
+        f"- **{len(runs)} benchmark runs in {total / 60:.1f} min, "
+        f"{len(runs) - len(failed)} ok, {len(failed)} failed**", "",
+        "| benchmark (arguments) | outcome | wall s | headline |",
+        "|---|---|---:|---|",
+        *rows,
+    ])
+    report.write_section("all", body, out)
+    print(f"all: {total:.0f} s; {len(runs) - len(failed)}/{len(runs)} ok")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -56,8 +56,10 @@ def machine_lines(command: list[str] | None = None) -> list[str]:
     ]
 
 
-def write_section(name: str, body: str, path: Path = DEFAULT_PATH) -> None:
-    """Put ``body`` into ``name``'s section of ``path``, leaving other sections alone."""
+def write_section(name: str, body: str, path: Path | None = None) -> None:
+    """Put ``body`` into ``name``'s section of ``path`` (default :data:`DEFAULT_PATH`, read
+    when called), leaving other sections alone."""
+    path = DEFAULT_PATH if path is None else path
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else _TITLE

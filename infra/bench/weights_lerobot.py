@@ -11,9 +11,9 @@ gRPC in 2 MB chunks, ``torch.load`` + ``load_state_dict`` on the actor) timed by
 LeRobot 0.6.1 declares Python >= 3.12 and pulls torch from the CUDA index; this machine
 reaches PyPI but not download.pytorch.org, and the 3.12 interpreter here has no torch, so
 the child runs LeRobot's unpacked wheel (``--lerobot-site``; ``pip download lerobot==0.6.1
---no-deps`` + unzip, and ``pip install --target`` of ``draccus`` for ``--lerobot-deps``)
-on this venv's Python 3.11 + torch + grpcio.  The push path's modules import and run
-unchanged on 3.11.
+--no-deps`` + unzip, and ``pip install --target`` of ``draccus`` for ``--lerobot-deps``;
+:func:`ensure_lerobot` does both on first use, into ``~/.cache/user-bench``) on this venv's
+Python 3.11 + torch + grpcio.  The push path's modules import and run unchanged on 3.11.
 """
 
 from __future__ import annotations
@@ -69,10 +69,45 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
+LEROBOT = "lerobot==0.6.1"
+#: LeRobot's light dependencies its push path imports, with theirs (the rest is not loaded).
+LEROBOT_DEPS = ("draccus==0.11.6",)
+
+
+def ensure_lerobot(site: Path, deps: Path) -> None:
+    """Put LeRobot's unpacked wheel at ``site`` and its light dependencies at ``deps`` unless
+    they are there: ``pip download --no-deps`` + unzip, ``pip install --target``.
+
+    Raises:
+        subprocess.CalledProcessError: pip could not fetch or install them (no PyPI?).
+    """
+    import tempfile
+    import zipfile
+
+    if not (site / "lerobot" / "transport" / "utils.py").exists():
+        print(f"fetching {LEROBOT} (wheel only) into {site} …", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                            "--only-binary=:all:", "--dest", tmp, LEROBOT], check=True)
+            wheel = next(Path(tmp).glob("lerobot-*.whl"))
+            staging = site.with_name(site.name + ".part")
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(staging)
+            staging.replace(site)
+    if not deps.exists():
+        print(f"installing {', '.join(LEROBOT_DEPS)} into {deps} …", flush=True)
+        staging = deps.with_name(deps.name + ".part")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                        "--target", str(staging), *LEROBOT_DEPS], check=True)
+        staging.replace(deps)
+
+
 def run(args: argparse.Namespace) -> int:
-    if not (args.lerobot_site / "lerobot" / "transport" / "utils.py").exists():
-        print(f"no LeRobot wheel at {args.lerobot_site}: `pip download lerobot==0.6.1 "
-              f"--no-deps` and unzip it there (see this module's docstring)")
+    try:
+        ensure_lerobot(args.lerobot_site, args.lerobot_deps)
+    except (subprocess.CalledProcessError, StopIteration) as e:
+        print(f"could not fetch LeRobot's wheel into {args.lerobot_site}: {e} "
+              f"(see this module's docstring for the manual steps)")
         return 1
     kafka = KafkaSettings()
     admin.ensure_topics(kafka, [catalog.WEIGHTS, catalog.WEIGHTS_MANIFESTS])
