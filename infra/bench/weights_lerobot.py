@@ -87,8 +87,11 @@ def ensure_lerobot(site: Path, deps: Path) -> None:
     if not (site / "lerobot" / "transport" / "utils.py").exists():
         print(f"fetching {LEROBOT} (wheel only) into {site} …", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
+            # The wheel declares Requires-Python >= 3.12: pip picks it for this 3.11 only
+            # when told the target version (it is pure Python; see the module doc).
             subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                            "--only-binary=:all:", "--dest", tmp, LEROBOT], check=True)
+                            "--only-binary=:all:", "--python-version", "3.12", "--dest", tmp,
+                            LEROBOT], check=True)
             wheel = next(Path(tmp).glob("lerobot-*.whl"))
             staging = site.with_name(site.name + ".part")
             with zipfile.ZipFile(wheel) as z:
