@@ -27,9 +27,30 @@ flow: it is measured during pre-training and frozen with it.
 Chunks: the critic scores the first action of a chunk, so a steered policy re-plans every
 step and runs exactly that action (``execute: chunk``, ``execute_steps: 1``, enforced by
 ``_flow_matching.execution_of``): temporal ensembling would run a mix of chunks made from
-several noises, and open-loop tails actions no critic judged.  The reward should pay for
-what the success rate counts (the bench uses ``push_dense@2``, which pays for success;
-``push_dense@1`` pays for the hand near the cube on any side).
+several noises, and open-loop tails actions no critic judged (measured on the bench's
+10-demo push flow: receding horizon 1 succeeds 40 %, open-loop 4-step chunks 15 %, so
+DSRL's open-loop chunked setting would start far below the BC policy).  The reward should
+pay for what the success rate counts (the bench uses ``push_dense@2``, which pays for
+success; ``push_dense@1`` pays for the hand near the cube on any side).
+
+Conservatism: the steered noise is bounded (``noise_bound``, the paper's tanh box) and,
+optionally, pulled toward the flow's own noise distribution: ``prior_weight`` adds the
+cross-entropy ``E[|w|^2] / 2`` to SAC's actor loss; with SAC's entropy term at the same
+weight that is ``KL(pi_w(.|s) || N(0, I))`` — behaviour-regularised actor-critic (BRAC,
+Wu, Tucker & Nachum 2019, arXiv:1911.11361) in noise space, and by the data-processing
+inequality a bound on the KL between the steered and the imitation policy's chunks.  On a bimodal
+toy the free actor runs its noise out to |w| ~ 1.8 (where the flow extrapolates); the
+prior keeps it near 0.6 while choosing the same paying mode (tests/unit/test_imitation.py).
+The bench (``userctl bench imitation flow_rl``) also keeps the best version by evaluation
+on selection seeds, the start included, and reports final and kept versions on held-out
+seeds.  On push (10-demo flow, 40 %) the method has not lifted the start at γ 0.5/0.9/0.99
+(BENCHMARKS.md, "imitation", session 4).  An oracle with the simulator as the critic,
+picking each step the best of 32 of the flow's own chunks by a 4-step return, reaches 75 %:
+the flow's samples hold most of the lift.  Best-of-32 by this learnt Q_A gets 20–25 %: the
+one-step critic cannot rank them (a step moves the hand at most 1.5 cm, the reward by
+<= 0.015, 0.075 while pushing, against a Q of units).  Next: a critic over the chunk with
+chunk-length backups (Q-chunking, Li, Zhou & Levine 2025) choosing among N samples (EMaQ,
+Ghasemipour et al. 2021), which needs H-step rewards from the replay sampler.
 
 Read top to bottom: config, networks (SAC's critic ensemble), update, registration.
 """
@@ -88,6 +109,11 @@ class DSRLConfig:
     """a flow_matching safetensors file to start the flow from (empty: none)."""
     noise_samples: int = 1
     """random noises per state for the latent critic's distillation (besides pi_w's)."""
+    prior_weight: float = 0.0
+    """weight of the steering actor's cross-entropy to the flow's own noise N(0, I)
+    (``prior_weight * E[|w|^2] / 2``; with SAC's entropy term at the same weight, a KL to
+    the noise the flow was trained on), so steered noise stays where the flow's output is
+    imitation rather than extrapolation (0: the bound alone, as in the paper)."""
     seed: int = 0
     """seeds initialisation and the update's noise."""
 
@@ -194,12 +220,14 @@ class DSRL(Algorithm):
         noise, log_prob = self.steer.sample(features, self.generator)
         q = self.q_w(features, noise)[0]
         self.q_w.requires_grad_(True)
-        actor_loss = (alpha * log_prob - q).mean()
+        prior = 0.5 * noise.pow(2).sum(dim=1)  # -log N(w; 0, I) + const
+        actor_loss = (alpha * log_prob - q + self.config.prior_weight * prior).mean()
         _step(self.actor_optimizer, actor_loss, "steering actor")
         alpha_loss = (-self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
         _step(self.alpha_optimizer, alpha_loss, "alpha")
         return {"losses/actor": actor_loss.item(), "charts/alpha": self.log_alpha.exp().item(),
-                "charts/entropy": -log_prob.mean().item()}
+                "charts/entropy": -log_prob.mean().item(),
+                "charts/noise_norm": noise.detach().norm(dim=1).mean().item()}
 
     # ------------------------------------------------------------------ weights and state
 

@@ -1,6 +1,8 @@
 """Imitation learners: a flow policy fits a bimodal action distribution a Gaussian cannot;
 HG-DAgger learns only from takeover steps; takeovers are routed to the demo half (HIL-SERL);
-action chunks follow episodes; chunks execute on the robot; DSRL's policy loads on a robot."""
+action chunks follow episodes; chunks execute on the robot; DSRL's policy loads on a robot,
+its steering chooses the action its critic rates higher and its noise prior keeps the noise
+near the flow's own; the bench keeps the best-evaluated version."""
 
 from __future__ import annotations
 
@@ -322,6 +324,81 @@ def test_dsrl_starts_at_the_flow_policys_mode_and_warms_its_critics_before_steer
     stats = algo.update(Batch(**{**_batch(o, a).__dict__, "reward": torch.as_tensor(a[:, 0])}))
     assert "losses/actor" in stats
     assert not all(torch.equal(v, algo.steer.state_dict()[k]) for k, v in steer_before.items())
+
+
+def _steered_on_a_toy(prior_weight: float) -> tuple[dsrl.DSRL, bc.BC, np.ndarray]:
+    """A flow BC-trained on the bimodal toy, then steered by DSRL for reward = action[0]
+    (one-step episodes from the BC policy's own stochastic actions): the +0.8 mode pays."""
+    rng = np.random.default_rng(0)
+    options = {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32]}
+    base = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(32, 32), lr=2e-3, seed=0), "flow_matching",
+                 dict(options))
+    for _ in range(200):
+        base.update(_batch(*_bimodal(rng, 128)))
+    algo = dsrl.DSRL(SPEC, dsrl.DSRLConfig(hidden_sizes=(32, 32), pretrain_updates=0,
+                                           critic_warmup_updates=50, critic_lr=1e-3,
+                                           actor_lr=1e-3, prior_weight=prior_weight, seed=0),
+                     {**options, "steer_std": 0.5})
+    own = algo.actor.state_dict()
+    algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v)
+                                          for k, v in base.policy_weights().items()}})
+    behaviour = build("flow_matching", SPEC, options)
+    behaviour.load_weights(base.policy_weights())
+    for _ in range(150):
+        obs = rng.normal(size=(128, 3)).astype(np.float32)
+        action = behaviour.act(obs)
+        batch = _batch(obs, action)
+        algo.update(Batch(**{**batch.__dict__, "reward": torch.as_tensor(action[:, 0]),
+                             "terminated": torch.ones(128)}))
+    return algo, base, rng.normal(size=(400, 3)).astype(np.float32)
+
+
+def test_dsrl_steering_chooses_the_noise_whose_action_the_critic_rates_higher() -> None:
+    algo, base, obs = _steered_on_a_toy(0.0)
+    plain = build("flow_matching", SPEC, {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32]})
+    plain.load_weights(base.policy_weights())
+    before = float((plain.act(obs, True)[:, 0] > 0).mean())
+    robot = build("flow_matching", SPEC, {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32],
+                                          "steer": True})
+    robot.load_weights(algo.policy_weights())
+    after = float((robot.act(obs, True)[:, 0] > 0).mean())
+    assert before < 0.8 and after > 0.95  # the paying mode, chosen among the flow's own
+    with torch.no_grad():
+        f = algo.actor.features(torch.as_tensor(obs))
+        w = algo.steer.mode(f)
+        gain = (algo.q_a(f, algo.first_action(f, w)).mean(0)
+                - algo.q_a(f, algo.first_action(f, torch.zeros_like(w))).mean(0))
+    assert float(gain.mean()) > 0.3  # the critic rates the chosen action over the mode's
+
+
+def test_the_noise_prior_keeps_the_steered_noise_near_the_flows_own() -> None:
+    # The steering actor, free, runs its noise far from N(0, I) (where the flow's output
+    # is extrapolation); with the prior it stays near, still choosing the paying mode.
+    norms = {}
+    for weight in (0.0, 1.0):
+        algo, _, obs = _steered_on_a_toy(weight)
+        with torch.no_grad():
+            f = algo.actor.features(torch.as_tensor(obs))
+            norms[weight] = float(algo.steer.mode(f).norm(dim=1).mean())
+            chosen = algo.first_action(f, algo.steer.mode(f))
+        assert float((chosen[:, 0] > 0).float().mean()) > 0.95
+    assert norms[1.0] < 0.5 * norms[0.0]
+
+
+def test_the_bench_keeps_the_best_evaluated_version_the_start_included() -> None:
+    from infra.bench import imitation
+
+    kept = imitation.Kept(0, 0.40, {"w": np.zeros(1)})
+    kept.offer(2, 0.35, {"w": np.ones(1)})  # worse than the start: not kept
+    assert (kept.round, kept.rate) == (0, 0.40)
+    kept.offer(4, 0.40, {"w": np.ones(1)})  # a tie keeps the older version
+    assert kept.round == 0
+    kept.offer(6, 0.55, {"w": np.full(1, 6.0)})
+    assert (kept.round, kept.rate, float(kept.weights["w"][0])) == (6, 0.55, 6.0)
+    careful = imitation.Kept(0, 0.40, {"w": np.zeros(1)}, margin=0.1)
+    careful.offer(2, 0.45, {"w": np.ones(1)})  # within the evaluation's noise: not kept
+    careful.offer(4, 0.55, {"w": np.ones(1)})
+    assert (careful.round, careful.rate) == (4, 0.55)
 
 
 def test_robots_get_the_moving_average_of_the_weights_and_the_learning_rate_decays(
