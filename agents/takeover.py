@@ -118,8 +118,8 @@ class ScriptedOperator(TakeoverDevice):
             raise ValueError(f"takeover rule {rule!r}: use auto, progress or action")
         if rule == "progress" and measure is None:
             raise RuntimeError("takeover rule 'progress' needs an expert that measures "
-                               "progress (remaining(); the manipulators' reach and push); "
-                               "use rule 'action' or 'auto'")
+                               "progress (remaining(); the manipulators' reach, push and "
+                               "pick_place experts); use rule 'action' or 'auto'")
         self.rule = rule
         self._remaining: Callable[[npt.NDArray[np.floating]], float] | None = (
             measure if rule == "progress" else None)

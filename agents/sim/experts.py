@@ -126,6 +126,29 @@ class PickPlace(_Expert):
     #: The grasp point above the cube's centre (m).
     grasp_above = 0.01
 
+    def remaining(self, observation: npt.NDArray[np.floating]) -> float:
+        """Metres still to go (0 once the task's success rule holds), along the expert's
+        own path: while the cube is away from the bin, the fingers' distance to the grasp
+        point, the gripper still to close on it (its opening above ``closed``, at 0.1 m a
+        unit), the height still to lift it to the carry height, and the cube's horizontal
+        distance to the bin; over the bin, that distance and the cube's height above the
+        bin's floor — so letting it drop in counts as progress, not a setback
+        (``agents.takeover.ScriptedOperator``'s progress rule)."""
+        obs = np.asarray(observation, np.float64)
+        ee, grip = obs[EE], float(obs[GRIP])
+        cube, goal = obs[TASK:TASK + 3], obs[TASK + 3:TASK + 6]
+        if bool(rules.pick_place_success({rules.CUBE_POS: cube, rules.GOAL_POS: goal})):
+            return 0.0
+        across = float(np.linalg.norm(goal[:2] - cube[:2]))
+        drop = max(0.0, cube[2] - goal[2])
+        if across < 0.03:  # over the bin: only the fall is left
+            return across + drop
+        grasp = cube + np.array([0.0, 0.0, self.grasp_above])
+        reach = float(np.linalg.norm(grasp - ee))
+        close = 0.1 * max(0.0, grip - self.closed)
+        lift = max(0.0, self.carry - cube[2])
+        return reach + close + lift + across + (self.carry - goal[2])
+
     def __call__(self, observation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         obs = np.asarray(observation, np.float64)
         ee, grip = obs[EE], float(obs[GRIP])

@@ -63,12 +63,13 @@ def test_the_action_rule_takes_over_when_the_policy_strays_and_hands_back() -> N
     assert ended.takeovers == 1 and ended.interventions == int(flags.sum())
 
 
-def _drive(robot, policy, operator, seed: int):  # type: ignore[no-untyped-def]
+def _drive(robot, policy, operator, seed: int,  # type: ignore[no-untyped-def]
+           task: str = "push"):
     """One episode (the module docstring's loop): did it succeed, which steps were taken
     over."""
     from agents.sim import tasks
 
-    rule = tasks.get("push")
+    rule = tasks.get(task)
     step = robot.reset(seed=seed)
     if operator is not None:
         operator.reset()
@@ -93,10 +94,12 @@ def _slower(expert, speed: float):  # type: ignore[no-untyped-def]
     return policy
 
 
-def test_the_progress_rule_leaves_alone_a_policy_that_gets_there_its_own_way() -> None:
-    # A policy at 60 % of the expert's pace still pushes the cube home: a person watching
+@pytest.mark.parametrize("task", ["push", "pick_place"])
+def test_the_progress_rule_leaves_alone_a_policy_that_gets_there_its_own_way(task: str
+                                                                           ) -> None:
+    # A policy at 60 % of the expert's pace still gets the cube home: a person watching
     # lets it, the action rule (a gated expert) takes it over all the same.
-    robot = registry.make_robot("panda", task="push", seed=0, validate=False)
+    robot = registry.make_robot("panda", task=task, seed=0, validate=False)
     expert = scripted(robot)
     by_action = takeover.ScriptedOperator(expert, threshold=0.5, patience=3, rule="action")
     watching = takeover.make(TakeoverSpec(kind="scripted", patience=3), action_size=4,
@@ -104,29 +107,30 @@ def test_the_progress_rule_leaves_alone_a_policy_that_gets_there_its_own_way() -
     assert isinstance(watching, takeover.ScriptedOperator) and watching.rule == "progress"
     slower = _slower(expert, 0.6)
     for seed in (11, 12, 13):
-        assert _drive(robot, slower, None, seed)[0]  # it succeeds on its own
-        success, flags = _drive(robot, slower, watching, seed)
+        assert _drive(robot, slower, None, seed, task)[0]  # it succeeds on its own
+        success, flags = _drive(robot, slower, watching, seed, task)
         assert success and not flags.any()
-        success, flags = _drive(robot, expert, watching, seed)  # the expert itself
+        success, flags = _drive(robot, expert, watching, seed, task)  # the expert itself
         assert success and not flags.any()
-        assert _drive(robot, slower, by_action, seed)[1].any()
+        assert _drive(robot, slower, by_action, seed, task)[1].any()
     assert watching.takeovers == 0
 
 
+@pytest.mark.parametrize("task", ["push", "pick_place"])
 @pytest.mark.parametrize("failing", ["frozen", "backwards"])
 def test_the_progress_rule_takes_over_a_failing_policy_and_the_episode_succeeds(
-        failing: str) -> None:
+        failing: str, task: str) -> None:
     # A policy that never gets there alone (stalls, or makes the task worse) must be
     # taken over and helped home: an operator that never intervenes fails this test.
-    robot = registry.make_robot("panda", task="push", seed=0, validate=False)
+    robot = registry.make_robot("panda", task=task, seed=0, validate=False)
     expert = scripted(robot)
     frozen = lambda obs: np.zeros(4, np.float32)  # noqa: E731
     backwards = _expert_then_wrong(expert, 5, 1000)
     policy = frozen if failing == "frozen" else backwards
-    assert not _drive(robot, policy, None, 21)[0]
+    assert not _drive(robot, policy, None, 21, task)[0]
     operator = takeover.ScriptedOperator(expert, patience=3, rule="progress")
     policy = frozen if failing == "frozen" else _expert_then_wrong(expert, 5, 1000)
-    success, flags = _drive(robot, policy, operator, 21)
+    success, flags = _drive(robot, policy, operator, 21, task)
     assert success and operator.takeovers >= 1
     first = int(np.argmax(flags))
     if failing == "frozen":  # it waits out the stall, then drives
