@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Literal
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from topics.catalog import TopicSpec
 from topics.consumer import record_of
@@ -35,6 +35,11 @@ From = Literal["beginning", "end"]
 
 class Follower:
     """Reads every partition of the given topics from ``beginning`` or ``end``.
+
+    ``end`` is the end *when the follower is made*: every record written after the
+    constructor returns is read.  (The logical ``OFFSET_END`` would be resolved by
+    librdkafka's fetcher some time after ``assign`` — under load after records written in
+    between, which were then never read.)
 
     ``topic_suffix`` follows a test namespace's copies of the topics (records are validated
     as the catalog's).  Raises ``LookupError`` naming the missing topic when one does not
@@ -74,8 +79,8 @@ class Follower:
                         assignment.append(TopicPartition(name, p, low))
                         if high > low:
                             self._end[(name, p)] = high
-                    else:
-                        assignment.append(TopicPartition(name, p, OFFSET_END))
+                    else:  # the end now, not when the fetcher gets to it
+                        assignment.append(TopicPartition(name, p, high))
         except KafkaException as exc:
             self._client.close()
             raise TimeoutError(f"Kafka at {settings.bootstrap} did not answer: "
