@@ -32,6 +32,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infra.broker import Broker
 
 HELP = "run every benchmark, bounded to about 40 minutes (a section each and a summary)"
 
@@ -90,22 +94,14 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 def headline(text: str, section: str) -> str:
     """The first bold phrase with a figure in it of ``section`` in ``text`` (its result), or
     ''."""
-    begin, end = f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
-    if begin not in text or end not in text:
-        return ""
-    body = text.split(begin, 1)[1].split(end, 1)[0]
+    from infra.bench.report import section_of
+
+    body = section_of(text, section) or ""
     found = next((m for m in re.findall(r"\*\*(.+?)\*\*", body) if re.search(r"\d", m)), "")
     return found.strip()
 
 
-def _section(path: Path, name: str) -> str | None:
-    """``name``'s section of ``path`` as it stands (None: none yet)."""
-    text = path.read_text() if path.exists() else ""
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
-    return text.split(begin, 1)[1].split(end, 1)[0] if begin in text and end in text else None
-
-
-def _ensure_broker() -> object | None:
+def _ensure_broker() -> Broker | None:
     """Start the local broker unless one answers; returns it if this call started it."""
     from infra.broker import Broker, BrokerSettings, answers_metadata
 
@@ -142,23 +138,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"== bench {label}  ({time.monotonic() - began:.0f} s in)", flush=True)
             started = time.monotonic()
             section = "async-sync-paper" if "--paper" in argv else name
-            before = _section(out, section)
+            before = report.section_of(out.read_text() if out.exists() else "", section)
             # One broken benchmark must not hide the others' figures: its exit code is noted.
             rc = subprocess.run([sys.executable, "-m", "infra.cli", "bench", name, *argv,
                                  "--out", str(out)], check=False).returncode
             took = time.monotonic() - started
-            wrote = _section(out, section) not in (None, before)
+            text = out.read_text() if out.exists() else ""
+            wrote = report.section_of(text, section) not in (None, before)
             outcome = (f"FAILED ({rc})" if rc else "ok" if wrote
                        else "ran, wrote no section (see its output)")
             print(f"== bench {label}: {outcome} in {took:.0f} s", flush=True)
             if rc:
                 failed.append(label)
-            text = out.read_text() if out.exists() else ""
             rows.append(f"| `{label}` | {outcome} | {took:,.0f} | "
                         f"{headline(text, section).replace('|', '/')} |")
     finally:
         if started_broker is not None:
-            started_broker.stop()  # type: ignore[attr-defined]
+            started_broker.stop()
     total = time.monotonic() - began
     body = "\n".join([
         "## Every benchmark in one command (`userctl bench all`)", "",

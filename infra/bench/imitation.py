@@ -503,6 +503,7 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
     buffer = fitted.buffer
     sampler = TakeoverSampler(buffer, mode="all", horizon=args.horizon, seed=args.seed)
     rows: list[str] = []
+    rounds_run = 0
     index = n
     not_own = arm.steps  # BC demos and evaluations: not the fine-tuning's env steps
 
@@ -531,6 +532,7 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
         for s in _steps_of(arm, eps, args.rl_reward, index):
             buffer.add(s)
         index += len(eps)
+        rounds_run += 1
         updates = args.round_updates + (args.critic_warmup if r == 0 else 0)
         stats: dict[str, float] = {}
         for _ in range(updates):
@@ -549,7 +551,6 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
         print(f"flow_rl round {r + 1}: {rate:.0%} success (steered, stochastic)"
               + (f", selection evaluation {chosen}" if chosen else ""), flush=True)
     env_steps = arm.steps - not_own
-    r_done = sum(not row.startswith("| 0 ") for row in rows)
     act, reset = _acting("flow_matching", arm, steer, algo.policy_weights())
     final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
     result = f"{start:.0%} -> {final:.0%} (final version)"
@@ -562,7 +563,7 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
     return Outcome(f"flow_rl (push, DSRL-NA on flow_matching {_describe(args, True)})",
                    "~50 % -> >= 85 %", result,
                    f"seed {args.seed}; flow BC from {n} demos ({base.update_step} updates), "  # type: ignore[attr-defined]
-                   f"{r_done} rounds x {args.episodes_per_round} episodes = "
+                   f"{rounds_run} rounds x {args.episodes_per_round} episodes = "
                    f"{env_steps:,} env steps, {algo.update_step} updates "
                    f"({args.critic_warmup} critic-only), reward {args.rl_reward}, "
                    f"gamma {args.gamma:g}, tau {args.tau:g}, steering std {args.steer_std}, "

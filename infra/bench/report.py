@@ -56,6 +56,14 @@ def machine_lines(command: list[str] | None = None) -> list[str]:
     ]
 
 
+def section_of(text: str, name: str) -> str | None:
+    """``name``'s section in ``text`` (between its markers), or None when it has none."""
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    if begin not in text or end not in text:
+        return None
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
 def write_section(name: str, body: str, path: Path | None = None) -> None:
     """Put ``body`` into ``name``'s section of ``path`` (default :data:`DEFAULT_PATH`, read
     when called), leaving other sections alone."""
