@@ -72,6 +72,16 @@ class SACConfig:
     """subtract alpha * log pi(a'|s') in the target (the soft Bellman backup)."""
     utd_ratio: int = 1
     """critic updates per update() call; the batch is split into this many minibatches."""
+    bc_weight: float = 0.0
+    """behaviour cloning on the rows a human chose (``Batch.intervention``: demos and
+    takeovers), added to the actor's loss: ``bc_weight * mean|Q| * |mode(s) - a|^2`` (in
+    the normalised action box).  Scaled by the critics' mean |Q| (at least 1) as TD3+BC does
+    (Fujimoto & Gu 2021, arXiv:2106.06860; their alpha = 2.5 is ``bc_weight`` 0.4), and
+    Q-filtered as in Nair et al. 2018 (arXiv:1709.10089): a row teaches only where the
+    critics rate the human's action above the policy's own mode.  0 (the default, and
+    RLPD's): off."""
+    bc_q_filter: bool = True
+    """apply the BC term only where Q(s, a_human) > Q(s, mode(s)) (Nair et al.'s Q-filter)."""
     seed: int = 0
     """seeds network initialisation and the update's own noise."""
     image_pad: int = 4
@@ -86,6 +96,8 @@ class SACConfig:
             )
         if self.utd_ratio < 1:
             raise ValueError(f"utd_ratio must be at least 1, got {self.utd_ratio}")
+        if self.bc_weight < 0:
+            raise ValueError(f"bc_weight must be at least 0, got {self.bc_weight}")
 
     @classmethod
     def rlpd(cls, **overrides: Any) -> SACConfig:
@@ -251,6 +263,9 @@ class SAC(Algorithm):
     def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         images, next_images = self.frames(batch.images), self.frames(batch.next_images)
+        observe = getattr(self.encoder, "observe", None)
+        if observe is not None:  # observation statistics (mlp_gaussian's ``normalise``)
+            observe(batch.observation)
         with torch.no_grad():
             alpha = self.log_alpha.exp()
             next_features = self.encoder(batch.next_observation, next_images)
@@ -298,10 +313,15 @@ class SAC(Algorithm):
         action, log_prob = self.actor.sample(features, self.generator)
         qs = self.qf(features, action)
         self.qf.requires_grad_(True)
-        q = qs.min(dim=0).values if self.config.actor_q == "min" else qs.mean(dim=0)
+        q = self._reduce(qs)
         actor_loss = (alpha * log_prob - q).mean()
+        stats = {"charts/entropy": -log_prob.detach().mean()}
+        if self.config.bc_weight > 0 and batch.intervention is not None:
+            bc, taught = self._bc_term(features, batch, q.detach().abs().mean())
+            actor_loss = actor_loss + bc
+            stats |= {"losses/bc": bc.detach(), "charts/bc_rows": taught}
         finite_step(self.actor_optimizer, actor_loss, "actor")
-        stats = {"losses/actor": actor_loss.detach(), "charts/entropy": -log_prob.detach().mean()}
+        stats["losses/actor"] = actor_loss.detach()
 
         if self.config.autotune:
             # d/d(log alpha) < 0 when entropy is below target, so alpha rises, and vice versa.
@@ -310,6 +330,31 @@ class SAC(Algorithm):
             stats["losses/alpha"] = alpha_loss.detach()
         stats["charts/alpha"] = self.log_alpha.detach().exp()
         return stats
+
+    def _reduce(self, qs: torch.Tensor) -> torch.Tensor:
+        """(E, B) critic values -> (B,): the actor's view (``actor_q``)."""
+        return qs.min(dim=0).values if self.config.actor_q == "min" else qs.mean(dim=0)
+
+    def _bc_term(self, features: torch.Tensor, batch: Batch, q_scale: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Q-filtered BC loss on the batch's human rows (see ``bc_weight``) and the
+        fraction of the batch it taught; zero when the batch holds no human row."""
+        assert batch.intervention is not None
+        human = batch.intervention.to(device=features.device, dtype=torch.bool)
+        if not bool(human.any()):
+            zero = features.new_zeros(())
+            return zero, zero
+        f, target = features[human], batch.action[human]
+        mode = self.actor.mode(f)
+        scale = self.actor.action_scale
+        err = ((mode - target) / scale).pow(2).sum(-1)
+        keep = torch.ones_like(err)
+        if self.config.bc_q_filter:
+            with torch.no_grad():
+                keep = (self._reduce(self.qf(f, target))
+                        > self._reduce(self.qf(f, mode.detach()))).to(err.dtype)
+        bc = self.config.bc_weight * q_scale.clamp_min(1.0) * (err * keep).sum() / len(human)
+        return bc, keep.sum() / len(human)
 
     # ------------------------------------------------------------------ weights and state
 
@@ -355,7 +400,7 @@ class SAC(Algorithm):
 
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"actor": self.actor, "qf": self.qf, "qf_target": self.qf_target}
-        if any(True for _ in self.encoder.parameters()):
+        if self.encoder.state_dict():  # weights, or an observation normaliser's statistics
             modules["encoder"] = self.encoder
         return modules
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -145,6 +146,89 @@ def test_published_weights_drive_an_agent_policy_like_the_learners_actor() -> No
     with torch.no_grad():
         expected = algo.actor.mode(obs).numpy()
     assert (policy.act(obs.numpy(), deterministic=True) == expected).all()
+
+
+def test_normalised_observations_are_measured_by_the_learner_and_shipped_to_robots() -> None:
+    """``normalise``: the critics and the actor read (obs - mean) / std of the rows the
+    learner trained on; a robot loading the published weights acts exactly like the
+    learner's actor on raw observations, and a checkpoint keeps the statistics."""
+    options = {"hidden_sizes": [32, 32], "normalise": True}
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL), "mlp_gaussian", options)
+    batch = _batch(256)
+    shifted = dataclasses.replace(batch, observation=3.0 + 0.01 * batch.observation)
+    algo.update(shifted)
+    weights = algo.policy_weights()
+    assert set(weights) >= {"normaliser.mean", "normaliser.var", "normaliser.count"}
+    assert weights["normaliser.mean"] == pytest.approx(
+        shifted.observation.mean(0).numpy(), abs=1e-5)
+    features = algo.encoder(shifted.observation, {})
+    assert features.mean().abs() < 0.05 and features.std() == pytest.approx(1.0, abs=0.05)
+
+    policy = policies.build("mlp_gaussian", SPEC, options)
+    policy.load_weights(weights)
+    with torch.no_grad():
+        expected = algo.policy.mode(shifted.observation).numpy()
+    assert (policy.act(shifted.observation.numpy(), deterministic=True) == expected).all()
+    raw = policies.build("mlp_gaussian", SPEC, {"hidden_sizes": [32, 32]})
+    with pytest.raises(ValueError, match="normaliser"):
+        raw.load_weights(weights)  # a robot built without the option refuses them
+
+    again = sac.SAC(SPEC, sac.SACConfig(**SMALL), "mlp_gaussian", options)
+    again.load_state(algo.state())
+    assert torch.equal(again.encoder.normaliser.mean, algo.encoder.normaliser.mean)
+
+
+def test_a_normalise_option_that_is_not_a_bool_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="normalise"):
+        policies.check_options("mlp_gaussian", {"normalise": "yes"})
+
+
+class _FixedCritic(torch.nn.Module):
+    """Q(s, a) = sign * |a - best|^2 for every member: the critics' verdict, fixed."""
+
+    def __init__(self, best: torch.Tensor, sign: float, members: int = 2) -> None:
+        super().__init__()
+        self.best, self.sign, self.members = best, sign, members
+
+    def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        q = self.sign * (action - self.best).pow(2).sum(-1)
+        return q.expand(self.members, -1)
+
+
+def _human_batch(n: int, human: bool) -> core.Batch:
+    batch = _batch(n)
+    target = torch.tensor([0.5, 0.25, 4.0]).expand(n, -1)
+    return dataclasses.replace(batch, action=target.clone(),
+                               intervention=torch.full((n,), human))
+
+
+def test_bc_on_human_rows_pulls_the_actor_to_the_human_action_and_nothing_else_does() -> None:
+    """``bc_weight`` (TD3+BC-scaled, unfiltered here): the mode moves to the action the
+    human chose on rows flagged as human; the same rows unflagged teach nothing."""
+    target = torch.tensor([0.5, 0.25, 4.0])
+    errors = {}
+    for human in (True, False):
+        algo = sac.SAC(SPEC, sac.SACConfig(**SMALL, bc_weight=5.0, bc_q_filter=False))
+        batch = _human_batch(128, human)
+        for _ in range(600):
+            stats = algo.update_actor_and_alpha(batch)
+        with torch.no_grad():
+            mode = algo.actor.mode(batch.observation)
+        errors[human] = float(((mode - target) / algo.actor.action_scale).abs().max())
+        assert stats["charts/bc_rows"] == (1.0 if human else 0.0)
+    assert errors[True] < 0.2 < errors[False], errors
+
+
+@pytest.mark.parametrize(("sign", "taught"), [(-1.0, 1.0), (1.0, 0.0)])
+def test_the_q_filter_teaches_only_where_the_critics_prefer_the_human_action(
+        sign: float, taught: float) -> None:
+    """Nair et al.'s filter: a human action the critics rate above the policy's mode is
+    imitated (every row), one they rate below it is not (no row, no BC loss)."""
+    algo = sac.SAC(SPEC, sac.SACConfig(**SMALL, bc_weight=1.0))
+    algo.qf = _FixedCritic(torch.tensor([0.5, 0.25, 4.0]), sign)  # type: ignore[assignment]
+    stats = algo.update_actor_and_alpha(_human_batch(64, True))
+    assert stats["charts/bc_rows"] == taught
+    assert (stats["losses/bc"] > 0) is bool(taught)
 
 
 # -- finite or nothing (issue 10, failing input 4) -------------------------------------------
