@@ -87,7 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-decay", type=int, default=0,
                    help="imitation: cosine learning-rate decay over this many updates (0: off)")
     p.add_argument("--no-normalise", action="store_true",
-                   help="flow_matching without observation normalisation")
+                   help="policies without observation normalisation (flow_matching; "
+                        "rlpd_takeovers' mlp_gaussian)")
     p.add_argument("--critic-warmup", type=int, default=1000,
                    help="flow_rl: critic-only updates before the steering actor moves")
     p.add_argument("--steer-std", type=float, default=0.3,
@@ -111,6 +112,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "evaluation is better by more than this")
     p.add_argument("--eval-every", type=int, default=1500,
                    help="rlpd_takeovers: env steps between operator-free evaluations")
+    p.add_argument("--bc-weight", type=float, default=0.0,
+                   help="rlpd_takeovers: SACConfig.bc_weight, BC on the demo and takeover "
+                        "rows (TD3+BC-scaled; 0: plain RLPD)")
+    p.add_argument("--no-q-filter", action="store_true",
+                   help="rlpd_takeovers: the BC term on every human row, not only where the "
+                        "critics prefer the human's action")
     p.add_argument("--variants", default="with,without",
                    help="rlpd_takeovers: which of with,without to run")
     p.add_argument("--time-limit", type=float, default=0.0,
@@ -600,7 +607,12 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
         share = Clock(min(budget / len(variants), CLOCK.left()) if budget < float("inf")
                       else 0.0)
         arm = Arm(args.robot_type, "pick_place", args.seed)
-        algo = sac.SAC(arm.spec, sac.SACConfig.rlpd(seed=args.seed, utd_ratio=4))
+        options = {"hidden_sizes": _hidden(args), "normalise": not args.no_normalise}
+        algo = sac.SAC(arm.spec, sac.SACConfig.rlpd(seed=args.seed, utd_ratio=4,
+                                                     hidden_sizes=tuple(_hidden(args)),
+                                                     bc_weight=args.bc_weight,
+                                                     bc_q_filter=not args.no_q_filter),
+                       "mlp_gaussian", dict(options))  # type: ignore[arg-type]
         buffer = _buffer(arm)
         n_demos = args.demos or 0
         if n_demos:  # RLPD's prior data, in both variants: the demo half of each batch
@@ -611,8 +623,13 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
                 buffer.add(s)
         not_own = arm.steps  # demo and evaluation steps: not the learner's env steps
         sampler = TakeoverSampler(buffer, mode="routed", prior_fraction=0.5, seed=args.seed)
+        # The simulated human of HIL-SERL: it steps in when the robot is failing (the
+        # progress rule, ``--rule auto``), so the policy's own actions run — and teach
+        # the critics what they are worth — until then.
         operator = takeover.ScriptedOperator(arm.expert, threshold=0.8, patience=3,
-                                             min_steps=15, agree_steps=3) \
+                                             min_steps=15, agree_steps=3, rule=args.rule,
+                                             stall_steps=args.stall_steps,
+                                             regress_m=args.regress) \
             if with_takeovers else None
         collected: list[bool] = []
         evaluations: list[tuple[int, float]] = []
@@ -620,8 +637,7 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
 
         while arm.steps - not_own < args.max_steps and reached is None and share.training(
                 args.eval_episodes, f"{name} takeovers"):
-            act, reset = _acting("mlp_gaussian", arm, {"hidden_sizes": _hidden(args)},
-                                 algo.policy_weights())
+            act, reset = _acting("mlp_gaussian", arm, options, algo.policy_weights())
             ep = arm.run(act, seed=40_000 + index, operator=operator, reset_policy=reset)
             for s in _steps_of(arm, [ep], "pick_place_dense@1", index):
                 buffer.add(s)
@@ -635,8 +651,7 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
             stopping = not share.training(args.eval_episodes, "updates")
             if stopping or arm.steps - not_own >= min(next_eval, args.max_steps):
                 before, steps = arm.steps, arm.steps - not_own
-                act, reset = _acting("mlp_gaussian", arm, {"hidden_sizes": _hidden(args)},
-                                     algo.policy_weights())
+                act, reset = _acting("mlp_gaussian", arm, options, algo.policy_weights())
                 rate = _evaluate(arm, act, reset, args.eval_episodes, 95_000)
                 not_own += arm.steps - before
                 evaluations.append((steps, rate))
@@ -660,6 +675,11 @@ def rlpd_takeovers(args: argparse.Namespace) -> Outcome:
     return Outcome("rlpd_takeovers (pick_place)",
                    "env steps to 80 % (operator-free evaluation)", text,
                    f"RLPD preset (10 critics, LayerNorm), UTD 4, routed sampler, "
+                   f"observations {'raw' if args.no_normalise else 'normalised'}, "
+                   + (f"BC on human rows (weight {args.bc_weight:g}, "
+                      f"{'unfiltered' if args.no_q_filter else 'Q-filtered'}), "
+                      if args.bc_weight else "")
+                   + f"operator rule {args.rule}, "
                    f"{args.demos or 0} demos as prior data; every {args.eval_every:,} env "
                    f"steps {args.eval_episodes} deterministic episodes without the operator; "
                    f"budget {args.max_steps:,} env steps"
