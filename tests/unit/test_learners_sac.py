@@ -172,6 +172,11 @@ def test_normalised_observations_are_measured_by_the_learner_and_shipped_to_robo
     raw = policies.build("mlp_gaussian", SPEC, {"hidden_sizes": [32, 32]})
     with pytest.raises(ValueError, match="normaliser"):
         raw.load_weights(weights)  # a robot built without the option refuses them
+    # What an agent does with a published blob: the kind and options travel in its
+    # header (the numpy twin does not normalise, so this takes the torch path).
+    blob = policies.to_safetensors(weights, policies.weights_metadata("mlp_gaussian", options))
+    agent = policies.load_for_inference(SPEC, blob)
+    assert (agent.act(shifted.observation.numpy(), deterministic=True) == expected).all()
 
     again = sac.SAC(SPEC, sac.SACConfig(**SMALL), "mlp_gaussian", options)
     again.load_state(algo.state())
