@@ -289,7 +289,9 @@ FROM steps s LEFT JOIN per p USING (policy_version) ORDER BY s.policy_version
 INTERVENTIONS_OVER_TIME = """
 WITH s AS (
   SELECT robot_id, intervention, policy_version,
-         (observed_ns - min(observed_ns) OVER ()) // ($bucket_s * 1000000000) AS bucket
+         -- BIGINT: a bound integer parameter is INT32 to DuckDB, and 3 s in ns is not.
+         (observed_ns - min(observed_ns) OVER ()) // (CAST($bucket_s AS BIGINT) * 1000000000)
+           AS bucket
   FROM transitions_raw
   WHERE experiment_id = $experiment AND NOT starts_with(incarnation, $demo_prefix))
 SELECT robot_id, CAST(bucket * $bucket_s AS BIGINT) AS from_s, count(*) AS steps,

@@ -148,6 +148,23 @@ def test_the_intervention_audit_leaves_demos_out_and_counts_per_version(
     assert audit.column("steps").to_pylist() == [18]
 
 
+@pytest.mark.parametrize("bucket_s", [1, 60, 3600])
+def test_the_intervention_rate_over_time_buckets_by_seconds(tmp_path: Path, bucket_s: int
+                                                           ) -> None:
+    """``userctl history interventions --over-time`` (its default bucket is 60 s): failing
+    input, session 5 — ``$bucket_s * 1000000000`` overflowed DuckDB's INT32 for any bucket
+    of 3 s or more."""
+    make_dataset(tmp_path / "in")
+    delta = tmp_path / "delta"
+    demos.import_episodes(delta, lerobot.read(tmp_path / "in"), experiment="exp-a",
+                          robot_type="panda", source="x")
+    rate = history.sql(delta, history.INTERVENTIONS_OVER_TIME,
+                       {"experiment": "exp-a", "demo_prefix": "no-such-prefix",
+                        "bucket_s": bucket_s})
+    assert sum(rate.column("steps").to_pylist()) == 18
+    assert rate.column("from_s").to_pylist()[0] == 0
+
+
 def test_a_video_dataset_is_refused_with_what_to_do(tmp_path: Path) -> None:
     make_dataset(tmp_path / "in")
     info_path = tmp_path / "in" / "meta" / "info.json"
