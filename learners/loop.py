@@ -307,6 +307,7 @@ class _TypeLearner:
         self.recent = deque[bool](maxlen=spec.stop.success_window)
         self.episodes = 0
         self._succeeded: dict[tuple[str, str], None] = {}
+        self._taken: dict[tuple[str, str], None] = {}
 
     @property
     def update_step(self) -> int:
@@ -340,18 +341,26 @@ class _TypeLearner:
         return len(steps)
 
     def _track_success(self, steps: Steps) -> None:
+        """Episode outcomes for the stop condition: the policy's own success — an episode
+        a human took over at any step counts as a failure (``infra.progress`` counts the
+        same way)."""
         s = steps.steps
         truncated = np.zeros(len(steps), bool) if s.truncated is None else s.truncated
         for i in np.flatnonzero(steps.success):
             self._succeeded[(str(s.robot_id[i]), str(s.episode_id[i]))] = None
+        if s.intervention is not None:
+            for i in np.flatnonzero(s.intervention):
+                self._taken[(str(s.robot_id[i]), str(s.episode_id[i]))] = None
         for i in np.flatnonzero(np.asarray(s.terminated, bool) | truncated):
             key = (str(s.robot_id[i]), str(s.episode_id[i]))
-            outcome = key in self._succeeded
+            outcome = key in self._succeeded and key not in self._taken
             self._succeeded.pop(key, None)
+            self._taken.pop(key, None)
             self.recent.append(outcome)
             self.episodes += 1
-        while len(self._succeeded) > _OPEN_SUCCESSES:  # episodes whose end never came
-            del self._succeeded[next(iter(self._succeeded))]
+        for open_ in (self._succeeded, self._taken):
+            while len(open_) > _OPEN_SUCCESSES:  # episodes whose end never came
+                del open_[next(iter(open_))]
 
     def allowed_updates(self) -> int:
         """Updates the UTD cap allows so far: ``utd_ratio`` per step after warm-up."""

@@ -3,6 +3,7 @@ in-memory weights sink, checkpoints in a temporary directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,9 +226,29 @@ def test_steps_of_an_unannounced_robot_type_wait_for_its_spec(publishers: Publis
 def test_success_rate_counts_episodes_that_saw_success(publishers: Publishers) -> None:
     learner = make(experiment(), publishers)
     for b in range(10):  # 100 steps: episodes 0-2 end at step 24 (truncated), all saw step 20
-        learner.add(Steps.of_batch(rewarded(REACHER, b)), "live")
+        learner.add(_took_over(Steps.of_batch(rewarded(REACHER, b)), ""), "live")
     t = learner.types["reacher2d"]
     assert (t.episodes, t.success_rate()) == (4, 1.0)
+
+
+def _took_over(steps: Steps, episode: str, at: int = 10) -> Steps:
+    """``steps`` with one takeover: step ``at`` of ``episode`` (the samples' random
+    interventions cleared)."""
+    s = steps.steps
+    took = (s.episode_id == episode) & (s.step == at)
+    return dataclasses.replace(steps, steps=dataclasses.replace(s, intervention=took))
+
+
+def test_an_episode_a_human_took_over_does_not_count_toward_the_stop(
+        publishers: Publishers) -> None:
+    """The stop condition measures the policy: an episode the operator took over at any
+    step is a failure even when it succeeded (failing input, session 5: imported demos
+    and rescued episodes stopped a pick_place run after 54 s, before it learned)."""
+    learner = make(experiment(), publishers)
+    for b in range(10):  # episodes 0-3 succeed at step 20; a human held step 10 of episode 1
+        learner.add(_took_over(Steps.of_batch(rewarded(REACHER, b)), "ep-0-1"), "live")
+    t = learner.types["reacher2d"]
+    assert (t.episodes, list(t.recent)) == (4, [True, False, True, True])
 
 
 def test_a_resumed_learner_continues_at_its_update_step_with_its_networks(

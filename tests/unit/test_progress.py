@@ -74,8 +74,8 @@ def test_the_report_has_curves_a_summary_and_a_page(tmp_path: Path) -> None:
     assert "policy version 3" in render(p, [], stop)
 
 
-def _rows(episode: str, steps: list[int], success: list[bool], last: bool
-          ) -> RewardedTransitionBatch:
+def _rows(episode: str, steps: list[int], success: list[bool], last: bool,
+          took: list[bool] | None = None) -> RewardedTransitionBatch:
     n = len(steps)
     truncated = np.zeros(n, np.bool_)
     truncated[-1] = last
@@ -85,7 +85,9 @@ def _rows(episode: str, steps: list[int], success: list[bool], last: bool
         episode_id=[episode] * n, step=steps, seq=steps, observation=np.zeros((n, 3), np.float32),
         action=np.zeros((n, 2), np.float32), policy_version=np.zeros(n, np.int64),
         observed_ns=np.array(steps, np.int64), truncated=truncated,
-        final_observation=np.zeros((int(last), 3), np.float32))
+        final_observation=np.zeros((int(last), 3), np.float32),
+        intervention=None if took is None else np.array(took),
+        policy_action=None if took is None else np.zeros((n, 2), np.float32))
     return RewardedTransitionBatch.from_raw(raw, reward_fn="reach_dense@1",
                                             reward=np.zeros(n), success=success,
                                             terminated=np.zeros(n, np.bool_))
@@ -99,6 +101,17 @@ def test_an_episode_succeeds_if_any_of_its_steps_did_even_in_an_earlier_batch() 
     p.on_rewarded(_rows("e1", [2, 3], [False, False], last=True), now=2.0)
     p.on_rewarded(_rows("e2", [0, 1, 2, 3], [False] * 4, last=True), now=3.0)
     assert list(p.types["reacher2d"].recent) == [True, False]
+
+
+def test_an_episode_a_human_took_over_is_not_a_success_of_the_policy() -> None:
+    """Rescued episodes count as failures: the curves and the stop measure the policy
+    (failing input, session 5: with the scripted operator rescuing, a pick_place run
+    showed 90 % success at version 0 and stopped before learning anything)."""
+    p = Progress("exp", window=4, started=0.0)
+    p.on_rewarded(_rows("e1", [0, 1], [False, True], last=False, took=[True, False]), now=1.0)
+    p.on_rewarded(_rows("e1", [2, 3], [False, False], last=True), now=2.0)
+    p.on_rewarded(_rows("e2", [0, 1, 2, 3], [False, False, False, True], last=True), now=3.0)
+    assert list(p.types["reacher2d"].recent) == [False, True]
 
 
 def test_each_type_is_marked_where_it_first_met_the_target_over_a_full_window(
