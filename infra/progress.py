@@ -20,42 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from learners.outcomes import EpisodeOutcomes
 from schemas import events as ev
 from schemas.experiment import StopSpec
 from schemas.transitions import RewardedTransitionBatch
-
-
-class EpisodeOutcomes:
-    """Episode success as the learner counts it: an episode succeeded if the reward
-    function said ``success`` at any of its steps and no human took over at any of them —
-    the policy's own success (a rescued episode is a failure of the policy; the stop
-    condition and the curves measure the policy, not the operator).  The end of an
-    episode is its truncated or terminated row, possibly in a later batch than its
-    successes."""
-
-    def __init__(self, max_open: int = 10_000) -> None:
-        self._succeeded: dict[tuple[str, str], None] = {}
-        self._taken: dict[tuple[str, str], None] = {}
-        self._max_open = max_open
-
-    def feed(self, batch: RewardedTransitionBatch) -> list[bool]:
-        """The outcomes of the episodes that end in ``batch``, in order."""
-        robot = batch.event.robot_id
-        for i in np.flatnonzero(batch.success):
-            self._succeeded[(robot, str(batch.episode_id[i]))] = None
-        for i in np.flatnonzero(batch.intervention):
-            self._taken[(robot, str(batch.episode_id[i]))] = None
-        out = []
-        for i in np.flatnonzero(batch.truncated | batch.terminated):
-            key = (robot, str(batch.episode_id[i]))
-            out.append(key in self._succeeded and key not in self._taken)
-            self._succeeded.pop(key, None)
-            self._taken.pop(key, None)
-        for open_ in (self._succeeded, self._taken):
-            while len(open_) > self._max_open:  # episodes whose end never came
-                del open_[next(iter(open_))]
-        return out
-
 
 #: Steps over which the live intervention rate is taken.
 INTERVENTION_WINDOW = 1000
@@ -133,7 +101,7 @@ class Progress:
             rate = stats.intervention_rate()
             assert rate is not None
             stats.intervention_curve.append((now - self.started, stats.steps, rate))
-        for outcome in self._outcomes.feed(batch):
+        for outcome in self._outcomes.feed_batch(batch):
             stats.episodes += 1
             stats.recent.append(outcome)
             rate = stats.success_rate

@@ -16,10 +16,12 @@ Modules (import the module, not its names):
 - ``learners.lineage`` — what each published version trained on (run, warm start, the
   live offsets taken before each update), carried by manifests and checkpoints;
 - ``learners.rerun`` — ``userctl replay --learner``: a run replayed from Delta, bit for bit;
+- ``learners.outcomes`` — episode outcomes (the policy's own success) for the stop and
+  the report (numpy only);
 - ``learners.fakes`` — a pure-numpy point-mass task for tests.
 
 This file imports nothing, so ``import learners.policies`` stays light for agents.
 """
 
-__all__ = ["checkpoint", "core", "fakes", "lineage", "loop", "policies", "replay", "rerun", "sac",
-           "service"]
+__all__ = ["checkpoint", "core", "fakes", "lineage", "loop", "outcomes", "policies", "replay",
+           "rerun", "sac", "service"]

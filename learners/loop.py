@@ -42,7 +42,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from learners import checkpoint, lineage, registry
+from learners import checkpoint, lineage, outcomes, registry
 from learners.core import JSON, NonFiniteUpdate, Sampler, StepBatch, TrainingState
 from learners.policies import PolicySpec, non_finite, pads_actions, weights_stream
 from learners.policies import shared as shared_input
@@ -62,7 +62,7 @@ Origin = Literal["history", "live"]
 _FINGERPRINT_MASK = (1 << 52) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-#: Episodes that saw success but whose end has not arrived yet, kept at most (per type).
+#: Open episodes (seen succeed or taken over, end not arrived yet) kept at most, per type.
 _OPEN_SUCCESSES = 10_000
 
 
@@ -306,8 +306,7 @@ class _TypeLearner:
         self.updates_at_tick = 0
         self.recent = deque[bool](maxlen=spec.stop.success_window)
         self.episodes = 0
-        self._succeeded: dict[tuple[str, str], None] = {}
-        self._taken: dict[tuple[str, str], None] = {}
+        self._outcomes = outcomes.EpisodeOutcomes(_OPEN_SUCCESSES)
 
     @property
     def update_step(self) -> int:
@@ -341,26 +340,16 @@ class _TypeLearner:
         return len(steps)
 
     def _track_success(self, steps: Steps) -> None:
-        """Episode outcomes for the stop condition: the policy's own success — an episode
-        a human took over at any step counts as a failure (``infra.progress`` counts the
-        same way)."""
+        """Episode outcomes for the stop condition (:mod:`learners.outcomes`: the policy's
+        own success)."""
         s = steps.steps
-        truncated = np.zeros(len(steps), bool) if s.truncated is None else s.truncated
-        for i in np.flatnonzero(steps.success):
-            self._succeeded[(str(s.robot_id[i]), str(s.episode_id[i]))] = None
-        if s.intervention is not None:
-            for i in np.flatnonzero(s.intervention):
-                self._taken[(str(s.robot_id[i]), str(s.episode_id[i]))] = None
-        for i in np.flatnonzero(np.asarray(s.terminated, bool) | truncated):
-            key = (str(s.robot_id[i]), str(s.episode_id[i]))
-            outcome = key in self._succeeded and key not in self._taken
-            self._succeeded.pop(key, None)
-            self._taken.pop(key, None)
+        ended = np.asarray(s.terminated, bool)
+        if s.truncated is not None:
+            ended = ended | s.truncated
+        for outcome in self._outcomes.feed(s.robot_id, s.episode_id, steps.success,
+                                           s.intervention, ended):
             self.recent.append(outcome)
             self.episodes += 1
-        for open_ in (self._succeeded, self._taken):
-            while len(open_) > _OPEN_SUCCESSES:  # episodes whose end never came
-                del open_[next(iter(open_))]
 
     def allowed_updates(self) -> int:
         """Updates the UTD cap allows so far: ``utd_ratio`` per step after warm-up."""

@@ -43,9 +43,9 @@ from agents import pacing, registry
 from agents.policies import FramesPolicy, PolicyFn, RandomPolicy
 from agents.worker import Lease, RobotWorker
 from infra.bench import report
-from infra.progress import EpisodeOutcomes
 from learners import policies
 from learners.loop import Learner, Steps
+from learners.outcomes import EpisodeOutcomes
 from learners.policies import PolicySpec
 from learners.weights_sync import PublisherStats, Snapshot
 from pipeline import rewards
@@ -246,7 +246,7 @@ class Harness:
                 (self.result.versions - np.asarray(rewarded.policy_version)).tolist())
             self.learner.add(Steps.of_batch(rewarded), "live")
             n += len(rewarded)
-            for outcome in self.outcomes.feed(rewarded):
+            for outcome in self.outcomes.feed_batch(rewarded):
                 self.result.episodes += 1
                 self.result.recent.append(outcome)
         self.result.env_steps += n

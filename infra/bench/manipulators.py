@@ -49,8 +49,8 @@ from agents.policies import PolicyFn, RandomPolicy
 from agents.worker import Lease, RobotWorker
 from infra.bench import report
 from infra.bench.async_sync import LocalPublisher, MemorySink
-from infra.progress import EpisodeOutcomes
 from learners.loop import Learner, Steps
+from learners.outcomes import EpisodeOutcomes
 from learners.policies import PolicySpec
 from pipeline import rewards
 from schemas.experiment import ExperimentSpec
@@ -239,7 +239,7 @@ def learn(name: str, run: RunSpec, *, window: int, round_steps: int, max_steps: 
             learner.add(Steps.of_batch(rewarded), "live")
             result.env_steps += len(rewarded)
             robot_type = raw.event.robot_type
-            for outcome in outcomes.feed(rewarded):
+            for outcome in outcomes.feed_batch(rewarded):
                 recent[robot_type].append(outcome)
         while learner.train_round():
             pass
