@@ -233,6 +233,10 @@ class Algorithm(abc.ABC):
     minibatches: int = 1
     #: Updates taken so far (restored by :meth:`load_state`).
     update_step: int = 0
+    #: Updates the algorithm takes on the data at hand before the update-to-data cap
+    #: applies (pre-training on demos: DSRL's and FQL's phases); the learner grants them
+    #: at once after warm-up instead of making robots run the unfitted policy for them.
+    offline_updates: int = 0
 
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:

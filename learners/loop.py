@@ -352,8 +352,11 @@ class _TypeLearner:
             self.episodes += 1
 
     def allowed_updates(self) -> int:
-        """Updates the UTD cap allows so far: ``utd_ratio`` per step after warm-up."""
-        return math.floor(self.utd_ratio * max(0, self.env_steps - self.warmup_steps))
+        """Updates the UTD cap allows so far: ``utd_ratio`` per step after warm-up, plus
+        the algorithm's :attr:`~learners.core.Algorithm.offline_updates` once past it."""
+        after = self.env_steps - self.warmup_steps
+        offline = self.algorithm.offline_updates if after > 0 else 0
+        return offline + math.floor(self.utd_ratio * max(0, after))
 
     def can_update(self) -> bool:
         return (len(self.online) > 0 and self.env_steps > self.warmup_steps

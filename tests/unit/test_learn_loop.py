@@ -434,3 +434,16 @@ def test_repeated_divergence_reloads_the_last_good_checkpoint_and_says_so(
     assert "{'reacher2d': 3} non-finite updates in a row" in reloads[0].getMessage()
     for tensors in published_tensors(publishers, t.stream):
         assert policies.non_finite(tensors) is None
+
+
+def test_an_algorithms_offline_updates_are_granted_at_once_after_warmup(
+        publishers: Publishers) -> None:
+    # DSRL/FQL pre-train on demos for thousands of updates: robots should not have to run
+    # the unfitted policy for thousands / utd_ratio env steps to pay for them.
+    learner = make(experiment(algorithm={"utd_ratio": 0.5, "warmup_steps": 20}), publishers)
+    learner.add(Steps.of_batch(rewarded(REACHER, 0)), "live")  # 10 steps: before warm-up
+    learner.types["reacher2d"].algorithm.offline_updates = 30
+    assert train_until_capped(learner) == 0
+    for b in range(1, 3):
+        learner.add(Steps.of_batch(rewarded(REACHER, b)), "live")
+    assert train_until_capped(learner) == 30 + (30 - 20) // 2
