@@ -7,13 +7,15 @@ action is ``flow(s, w)``.  "Noise aliasing": one critic ``Q_A(s, a)`` learns fro
 executed actions in the buffer by TD, and a latent critic ``Q_W(s, w)`` is distilled from
 ``Q_A(s, flow(s, w))``; ``pi_w`` is SAC's actor against ``Q_W``.
 
-Why this one and not FQL, Q-chunking or SAC-Flow: (1) its critic learns from *executed*
-actions, so takeovers, demos and any earlier policy's steps feed it unchanged — the data
-this system records; (2) the flow network is never moved by RL, so fine-tuning cannot
-destroy the imitation policy, only choose among the behaviours it already represents
-(what lifts a ~50 % BC policy); (3) no back-propagation through the integration steps
-(SAC-Flow, FQL's distillation) — the cheapest on these CPUs.  It needs
-``policy.options.steer: true`` (the robots then run the steering actor too).
+Why it was the first method here: (1) its critic learns from *executed* actions, so
+takeovers, demos and any earlier policy's steps feed it unchanged — the data this system
+records; (2) the flow network is never moved by RL, so fine-tuning cannot destroy the
+imitation policy, only choose among the behaviours it already represents; (3) no
+back-propagation through the integration steps.  (2) is also its limit: on push it did
+not lift the 10-demo flow (below), and :mod:`learners.fql` — a one-step policy that may
+leave the flow's support where its critic pays, held near it by a distillation term — is
+the method that did.  It needs ``policy.options.steer: true`` (the robots then run the
+steering actor too).
 
 The flow is first fitted by BC on demonstration/takeover rows (``pretrain_updates``, the
 flow-matching loss), so one experiment can import demos and fine-tune; with a flow already
@@ -60,21 +62,18 @@ Read top to bottom: config, networks (SAC's critic ensemble), update, registrati
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from learners import registry
-from learners.core import JSON, Algorithm, Batch, NonFiniteUpdate, TrainingState
-from learners.policies import FlowActor, PolicySpec, from_safetensors
-from learners.replay import NumpyReplayBuffer, TakeoverSampler
-from learners.sac import CriticEnsemble, _flatten_optimizer, _jsonable, _load_optimizer
+from learners import _flow_rl, registry
+from learners.core import JSON, Algorithm, Batch, TrainingState
+from learners.policies import FlowActor, PolicySpec
+from learners.sac import CriticEnsemble
 from schemas.experiment import ExperimentSpec
 
 
@@ -136,10 +135,7 @@ class DSRL(Algorithm):
             self.q_w = CriticEnsemble(features, noise_dim, config.hidden_sizes, 1,
                                       config.critic_layer_norm)
         if config.init_weights:
-            weights = from_safetensors(Path(config.init_weights).read_bytes())
-            own = self.actor.state_dict()
-            self.actor.load_state_dict({**own, **{k: torch.as_tensor(np.array(v, copy=True))
-                                                  for k, v in weights.items() if k in own}})
+            _flow_rl.load_init_weights(self.actor, config.init_weights)
         assert self.actor.steer is not None
         self.steer = self.actor.steer
         self.q_a_target = copy.deepcopy(self.q_a).requires_grad_(False)
@@ -154,6 +150,8 @@ class DSRL(Algorithm):
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.actor_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.update_step = 0
+        # The flow's pre-training runs on the demos at once, not at the UTD ratio.
+        self.offline_updates = config.pretrain_updates
 
 
     def update(self, batch: Batch) -> dict[str, float]:
@@ -170,16 +168,7 @@ class DSRL(Algorithm):
 
     def update_flow(self, batch: Batch) -> dict[str, float]:
         """Flow matching on the rows a human (or a demonstration) chose."""
-        rows = batch.intervention if batch.intervention is not None and bool(
-            batch.intervention.any()) else torch.ones(len(batch), dtype=torch.bool)
-        chunk = batch.action_chunk if batch.action_chunk is not None \
-            else batch.action[:, None].expand(-1, self.horizon, -1)
-        if self.actor.normaliser is not None:
-            self.actor.normaliser.observe(batch.observation[rows])
-        features = self.actor.features(batch.observation[rows])
-        loss = self.actor.flow_loss(features, chunk[rows], self.generator).mean()
-        _step(self.flow_optimizer, loss, "flow")
-        return {"losses/flow": loss.item()}
+        return _flow_rl.fit_flow(self.actor, self.flow_optimizer, batch, self.generator)
 
     def first_action(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The chunk's first action for ``noise`` (the flow frozen, differentiable in
@@ -207,7 +196,7 @@ class DSRL(Algorithm):
         loss_w = sum((F.mse_loss(self.q_w(features, w)[0], t)
                       for w, t in zip(noises, targets_w, strict=True)),
                      torch.zeros(()))
-        _step(self.q_optimizer, loss_a + loss_w, "critic")
+        _flow_rl.step(self.q_optimizer, loss_a + loss_w, "critic")
         with torch.no_grad():
             for p, tp in zip(self.q_a.parameters(), self.q_a_target.parameters(), strict=True):
                 tp.lerp_(p, cfg.tau)
@@ -224,9 +213,9 @@ class DSRL(Algorithm):
         self.q_w.requires_grad_(True)
         prior = 0.5 * noise.pow(2).sum(dim=1)  # -log N(w; 0, I) + const
         actor_loss = (alpha * log_prob - q + self.config.prior_weight * prior).mean()
-        _step(self.actor_optimizer, actor_loss, "steering actor")
+        _flow_rl.step(self.actor_optimizer, actor_loss, "steering actor")
         alpha_loss = (-self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
-        _step(self.alpha_optimizer, alpha_loss, "alpha")
+        _flow_rl.step(self.alpha_optimizer, alpha_loss, "alpha")
         return {"losses/actor": actor_loss.item(), "charts/alpha": self.log_alpha.exp().item(),
                 "charts/entropy": -log_prob.mean().item(),
                 "charts/noise_norm": noise.detach().norm(dim=1).mean().item()}
@@ -245,47 +234,14 @@ class DSRL(Algorithm):
                 "actor": self.actor_optimizer, "alpha": self.alpha_optimizer}
 
     def state(self) -> TrainingState:
-        tensors = {f"{p}.{k}": v.detach().clone() for p, m in self._modules().items()
-                   for k, v in m.state_dict().items()}
-        tensors["log_alpha"] = self.log_alpha.detach().clone()
-        tensors["generator"] = self.generator.get_state()
-        meta: dict[str, JSON] = {"algorithm": "dsrl", "update_step": self.update_step,
-                                 "config": _jsonable(dataclasses.asdict(self.config)),
-                                 "spec": _jsonable(dataclasses.asdict(self.spec))}
-        for name, optimizer in self._optimizers().items():
-            meta[f"optimizer/{name}"] = _flatten_optimizer(name, optimizer, tensors)
-        return TrainingState(tensors, meta)
+        return _flow_rl.state_of("dsrl", self.update_step, self.config, self.spec,
+                                 self._modules(), self._optimizers(), self.generator,
+                                 {"log_alpha": self.log_alpha})
 
     def load_state(self, state: TrainingState) -> None:
-        if state.meta.get("spec") != _jsonable(dataclasses.asdict(self.spec)):
-            raise ValueError(f"checkpoint is for spec {state.meta.get('spec')}, not {self.spec}")
-        t = state.tensors
-        for prefix, module in self._modules().items():
-            module.load_state_dict({k: t[f"{prefix}.{k}"] for k in module.state_dict()})
-        with torch.no_grad():
-            self.log_alpha.copy_(t["log_alpha"])
-        self.generator.set_state(t["generator"])
-        for name, optimizer in self._optimizers().items():
-            _load_optimizer(optimizer, state.meta[f"optimizer/{name}"], t)
-        step = state.meta["update_step"]
-        if not isinstance(step, int):
-            raise ValueError(f"checkpoint update_step is {step!r}, not an int")
-        self.update_step = step
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> None:
-    """One optimiser step with the gradient clipped to norm 10; nothing moves when the
-    loss or the gradient is not finite (:class:`NonFiniteUpdate`)."""
-    optimizer.zero_grad()
-    if not bool(torch.isfinite(loss.detach())):
-        raise NonFiniteUpdate(f"{name} loss is {loss.item()}")
-    torch.autograd.backward(loss)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = nn.utils.clip_grad_norm_(params, 10.0)
-    if not bool(torch.isfinite(norm)):
-        optimizer.zero_grad()
-        raise NonFiniteUpdate(f"{name} gradient norm is {norm.item()}")
-    optimizer.step()
+        self.update_step = _flow_rl.load_state_into(
+            state, self.spec, self._modules(), self._optimizers(), self.generator,
+            {"log_alpha": self.log_alpha})
 
 
 # ---------------------------------------------------------------------------- registration
@@ -293,41 +249,16 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> No
 
 def config_of(spec: ExperimentSpec) -> DSRLConfig:
     """The config an experiment asks for. Raises ``ValueError`` naming a bad setting."""
-    overrides: dict[str, object] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in spec.algorithm.hyperparameters.items()
-    }
-    overrides.setdefault("hidden_sizes", tuple(spec.policy.hidden))
-    overrides.setdefault("seed", spec.algorithm.seed)
-    known = {f.name for f in dataclasses.fields(DSRLConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"algorithm.hyperparameters: {', '.join(unknown)} not DSRL settings "
-                         f"(known: {', '.join(sorted(known))})")
-    return DSRLConfig(**overrides)  # type: ignore[arg-type]
+    return _flow_rl.config_of(DSRLConfig, spec, "DSRL")
 
 
 def _check(spec: ExperimentSpec) -> None:
     config_of(spec)
-    if spec.policy.kind != "flow_matching":
-        raise ValueError(f"algorithm.name: dsrl fine-tunes policy.kind flow_matching, not "
-                         f"{spec.policy.kind!r}")
-    if spec.policy.options.get("steer") is not True:
-        raise ValueError("policy.options.steer: dsrl needs true (robots then run the "
-                         "steering actor)")
+    _flow_rl.check_flow_spec(spec, "dsrl", "steer", "robots then run the steering actor")
 
 
 def _build(ctx: registry.AlgorithmContext) -> DSRL:
     return DSRL(ctx.policy_spec, config_of(ctx.experiment), dict(ctx.policy_options))
 
 
-def _sampler(online: NumpyReplayBuffer, prior: NumpyReplayBuffer | None,
-             spec: ExperimentSpec) -> TakeoverSampler:
-    """Every step, with takeovers and demos routed to the prior half (HIL-SERL), chunks
-    of the flow's horizon for its pre-training."""
-    horizon = spec.policy.options.get("horizon", 4)
-    return TakeoverSampler(online, prior, mode="routed", prior_fraction=spec.buffer.prior_ratio,
-                           horizon=horizon if isinstance(horizon, int) and horizon > 0 else 4,
-                           seed=spec.algorithm.seed)
-
-
-registry.register_algorithm("dsrl", _build, _check, sampler=_sampler)
+registry.register_algorithm("dsrl", _build, _check, sampler=_flow_rl.sampler)

@@ -16,8 +16,8 @@ algorithm is one file plus one registration line, run when its module is importe
     registry.register_algorithm("my_algo", build, check)
 
 Built-ins (``sac``, ``rlpd`` in :mod:`learners.sac`; ``bc``, ``hg_dagger`` in
-:mod:`learners.bc`; ``dsrl`` in :mod:`learners.dsrl`) register the same way on first
-lookup; plug-ins come from the ``user.algorithms`` entry-point group
+:mod:`learners.bc`; ``dsrl`` in :mod:`learners.dsrl`; ``fql`` in :mod:`learners.fql`)
+register the same way on first lookup; plug-ins come from the ``user.algorithms`` entry-point group
 (:mod:`topics.plugins`).  A policy kind registers with :func:`learners.policies.register`
 (the agent side: a :class:`~learners.core.Policy` from a spec and options) and, to be
 trainable by actor-critic algorithms, :func:`learners.policies.register_parts`.
@@ -108,6 +108,7 @@ def _discover() -> None:
         if not _builtins_loaded:
             import learners.bc
             import learners.dsrl
+            import learners.fql
             import learners.sac  # noqa: F401  (registers sac and rlpd)
 
             _builtins_loaded = True

@@ -10,10 +10,12 @@ scripted operator, reward functions and chunk executor the distributed system ru
   Target: >= 90 % success with the intervention rate below 10 % of steps.
 * ``flow_bc`` — flow-matching BC (action chunks, temporal ensembling) from 50 scripted
   demos on ``push``; target >= 80 % success.
-* ``flow_rl`` — DSRL fine-tuning (``learners.dsrl``) of a flow policy BC-trained on few
-  demos (starting near 50 %), online on ``push``; target >= 85 %.  Keeps the best version
-  evaluated on selection seeds (the start included) and reports the final and the kept
-  version on held-out seeds.
+* ``flow_rl`` — RL fine-tuning of a flow policy BC-trained on few demos (starting near
+  50 %), online on ``push``; target >= 85 %.  ``--method fql`` (default: FQL's one-step
+  policy, ``learners.fql``) or ``dsrl`` (noise steering, ``learners.dsrl``).  Exploring
+  rounds act stochastically, as agents do; evaluations deterministically.  Keeps the best
+  version evaluated on selection seeds (the start included) and reports the final and the
+  kept version on held-out seeds.
 * ``rlpd_takeovers`` — RLPD on ``pick_place`` with vs without the scripted operator's
   takeovers (routed to the demo half): env steps to 80 % success of the policy alone,
   both variants evaluated without the operator every ``--eval-every`` env steps
@@ -45,7 +47,7 @@ from infra.bench import report
 if TYPE_CHECKING:
     from learners.replay import NumpyReplayBuffer
 
-HELP = "imitation: HG-DAgger, flow-matching BC, DSRL, RLPD with takeovers on the arms"
+HELP = "imitation: HG-DAgger, flow-matching BC, FQL/DSRL, RLPD with takeovers on the arms"
 
 RUNS = ("hg_dagger", "flow_bc", "flow_rl", "rlpd_takeovers")
 
@@ -89,19 +91,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-normalise", action="store_true",
                    help="policies without observation normalisation (flow_matching; "
                         "rlpd_takeovers' mlp_gaussian)")
-    p.add_argument("--critic-warmup", type=int, default=1000,
-                   help="flow_rl: critic-only updates before the steering actor moves")
+    p.add_argument("--method", default="fql", choices=("fql", "dsrl"),
+                   help="flow_rl: FQL (one-step policy distilled from the flow) or DSRL-NA "
+                        "(steering the flow's noise)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="flow_rl, fql: weight of the distillation to the flow (FQLConfig.alpha)")
+    p.add_argument("--distill-updates", type=int, default=3000,
+                   help="flow_rl, fql: updates fitting the one-step policy to the flow first")
+    p.add_argument("--one-step-hidden", default="256,256,256",
+                   help="flow_rl, fql: the one-step policy's and the critics' hidden widths")
+    p.add_argument("--critic-warmup", type=int, default=None,
+                   help="flow_rl: critic-only updates before the actor moves (default: "
+                        "fql 3000, dsrl 1000)")
     p.add_argument("--steer-std", type=float, default=0.3,
                    help="flow_rl: the steering actor's initial spread around zero noise")
     p.add_argument("--rl-reward", default="push_dense@2",
                    help="flow_rl: the reward the critics learn (name@version)")
     p.add_argument("--noise-bound", type=float, default=2.0,
                    help="flow_rl: the steered noise lies in +-this")
-    p.add_argument("--gamma", type=float, default=0.9,
-                   help="flow_rl: the critics' discount (0.9: a 10-step horizon the critics "
-                        "learn within a round; 0.99 did not converge in 4,500 updates)")
-    p.add_argument("--tau", type=float, default=0.02,
-                   help="flow_rl: Polyak coefficient of the action critics' targets")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="flow_rl: the critics' discount (default: fql 0.99; dsrl 0.9, a "
+                        "10-step horizon its critics learn within a round — 0.99 did not "
+                        "converge in 4,500 updates)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="flow_rl: Polyak coefficient of the critics' targets (default: fql "
+                        "0.005, dsrl 0.02)")
     p.add_argument("--prior-weight", type=float, default=0.0,
                    help="flow_rl: weight of the steered noise's cross-entropy to N(0, I)")
     p.add_argument("--select-every", type=int, default=2,
@@ -214,10 +228,11 @@ def _steps_of(arm: Arm, episodes: list[Episode], reward: str, first_index: int):
 # ---------------------------------------------------------------------------- policies
 
 
-def _acting(kind: str, arm: Arm, options: dict[str, object], weights: dict[str, np.ndarray]
+def _acting(kind: str, arm: Arm, options: dict[str, object], weights: dict[str, np.ndarray],
+            deterministic: bool = True
             ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[], None]]:
-    """A robot-side policy from published weights: deterministic, chunks through the
-    agents' :class:`~agents.chunking.ChunkExecutor`."""
+    """A robot-side policy from published weights, chunks through the agents'
+    :class:`~agents.chunking.ChunkExecutor` (stochastic: as agents explore)."""
     from agents.chunking import ChunkExecutor
     from learners.policies import build
 
@@ -225,12 +240,13 @@ def _acting(kind: str, arm: Arm, options: dict[str, object], weights: dict[str, 
     policy.load_weights(weights)
     act_chunk = getattr(policy, "act_chunk", None)
     if act_chunk is None:
-        return (lambda obs: policy.act(obs[None], deterministic=True)[0]), (lambda: None)
+        return (lambda obs: policy.act(obs[None], deterministic=deterministic)[0]), (
+            lambda: None)
     runner = ChunkExecutor()
     execution = policy.execution  # type: ignore[attr-defined]
 
     def act(obs: np.ndarray) -> np.ndarray:
-        return runner.next(lambda o: act_chunk(o[None], True)[0], obs, execution)
+        return runner.next(lambda o: act_chunk(o[None], deterministic)[0], obs, execution)
 
     return act, runner.reset
 
@@ -475,38 +491,73 @@ def flow_bc(args: argparse.Namespace, n_demos: int | None = None, quiet: bool = 
                   success, algo, arm, options, buffer)
 
 
+def _fine_tuner(args: argparse.Namespace, arm: Arm, options: dict[str, object],
+                base_weights: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    """flow_rl's algorithm (``--method``) on the BC flow's weights, the options robots
+    build its policy with, and a one-line description of its setting."""
+    from learners import dsrl, fql
+
+    hidden = tuple(_hidden(args))
+    algo: dsrl.DSRL | fql.FQL
+    if args.method == "fql":
+        wide = [int(x) for x in args.one_step_hidden.split(",") if x.strip()]
+        rl = {**options, "one_step": True, "one_step_hidden_sizes": wide}
+        config = fql.FQLConfig(seed=args.seed, pretrain_updates=0, hidden_sizes=hidden,
+                               critic_hidden_sizes=tuple(wide), alpha=args.alpha,
+                               distill_updates=args.distill_updates,
+                               critic_warmup_updates=args.critic_warmup,
+                               gamma=args.gamma, tau=args.tau)
+        algo = fql.FQL(arm.spec, config, dict(rl))  # type: ignore[arg-type]
+        setting = (f"FQL, alpha {args.alpha:g} (Q term normalised by mean |Q|), one-step "
+                   f"policy and critics {args.one_step_hidden}, {args.distill_updates} "
+                   f"distillation updates first")
+    else:
+        rl = {**options, "steer": True, "steer_std": args.steer_std,
+              "noise_bound": args.noise_bound}
+        algo = dsrl.DSRL(arm.spec, dsrl.DSRLConfig(
+            seed=args.seed, pretrain_updates=0, critic_warmup_updates=args.critic_warmup,
+            hidden_sizes=hidden, gamma=args.gamma, tau=args.tau,
+            prior_weight=args.prior_weight, init_alpha=0.05), dict(rl))  # type: ignore[arg-type]
+        setting = (f"DSRL-NA, steering std {args.steer_std}, noise bound "
+                   f"{args.noise_bound:g}, prior weight {args.prior_weight:g}")
+    own = algo.actor.state_dict()
+    algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v)
+                                          for k, v in base_weights.items()}})
+    return algo, rl, setting
+
+
 def flow_rl(args: argparse.Namespace) -> Outcome:
-    """DSRL-NA fine-tuning of a flow policy BC-trained on few demos.
+    """RL fine-tuning (``--method``: FQL or DSRL-NA) of a flow policy BC-trained on few demos.
 
     Three seed ranges never overlap: rounds explore on 30,000+, versions are *selected*
     on 50,000+ (``--select-every``: the start and every few rounds, ``--eval-episodes``
     each; the best is kept — a lab ships no policy that got worse), and the start, the
     final and the kept version are *reported* on the held-out 90,000+ (the start figure
     is flow_bc's, the same seeds).  Selection and evaluation episodes are not env steps.
+    Rounds explore as agents do (the policy's stochastic action); evaluations run the
+    deterministic one.  FQL first fits its one-step policy to the flow
+    (``--distill-updates``) and its critics on the demos (``--critic-warmup``), before
+    the first round; DSRL warms its critics after the first round's episodes.
     """
-    from learners import dsrl
     from learners.replay import TakeoverSampler
 
     n = args.demos if args.demos is not None else 10
-    # A steered policy re-plans every step (learners.policies._flow_matching.execution_of):
-    # the base policy is measured the same way, so start and end compare like with like.
-    args = argparse.Namespace(**{**vars(args), "execute": "chunk"})
+    defaults = {"fql": (0.99, 0.005, 3000), "dsrl": (0.9, 0.02, 1000)}[args.method]
+    args = argparse.Namespace(**{
+        **vars(args),
+        # A policy fine-tuned by RL re-plans every step (learners.policies._flow_matching.
+        # execution_of): the base policy is measured the same way, so start and end
+        # compare like with like.
+        "execute": "chunk",
+        "gamma": defaults[0] if args.gamma is None else args.gamma,
+        "tau": defaults[1] if args.tau is None else args.tau,
+        "critic_warmup": defaults[2] if args.critic_warmup is None else args.critic_warmup})
     fitted = flow_bc(args, n_demos=n, quiet=True, reward=args.rl_reward)
     base, arm, options, start = fitted.algo, fitted.arm, fitted.options, fitted.success
-    steer = {**options, "steer": True, "steer_std": args.steer_std,
-             "noise_bound": args.noise_bound}
-    algo = dsrl.DSRL(arm.spec, dsrl.DSRLConfig(seed=args.seed, pretrain_updates=0,
-                                               critic_warmup_updates=args.critic_warmup,
-                                               hidden_sizes=tuple(_hidden(args)),
-                                               gamma=args.gamma, tau=args.tau,
-                                               prior_weight=args.prior_weight,
-                                               init_alpha=0.05), dict(steer))
-    own = algo.actor.state_dict()
-    algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v) for k, v in
-                                          base.policy_weights().items()}})  # type: ignore[attr-defined]
+    algo, rl, setting = _fine_tuner(args, arm, options, base.policy_weights())  # type: ignore[attr-defined]
 
     # The critics learn from every executed step: the demos BC learned from, then the
-    # fine-tuning's own episodes (DSRL-NA's noise aliasing needs no policy's noise).
+    # fine-tuning's own episodes (both methods' critics score executed actions).
     buffer = fitted.buffer
     sampler = TakeoverSampler(buffer, mode="all", horizon=args.horizon, seed=args.seed)
     rows: list[str] = []
@@ -517,30 +568,41 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
     def select(weights: dict[str, np.ndarray]) -> float:
         nonlocal not_own
         before = arm.steps
-        act, reset = _acting("flow_matching", arm, steer, weights)
+        act, reset = _acting("flow_matching", arm, rl, weights)
         rate = _evaluate(arm, act, reset, args.eval_episodes, 50_000)
         not_own += arm.steps - before
         return rate
 
-    # The start: zero noise, the flow's mode = the BC policy.
+    # Reserve: the exploring episodes, a selection and the two final evaluations.
+    reserve = args.episodes_per_round + 3 * args.eval_episodes
+    before_rounds = 0
+    if args.method == "fql":  # distil the flow into the one-step policy, warm the critics
+        before_rounds = args.distill_updates + args.critic_warmup
+        print(f"flow_rl: {args.distill_updates} distillation and {args.critic_warmup} "
+              "critic warm-up updates on the demos", flush=True)
+        for _ in range(before_rounds):
+            if not CLOCK.training(reserve, "FQL's distillation and critic warm-up"):
+                break
+            algo.update(sampler.sample(args.batch_size))
+    # The start: the flow's mode (DSRL: zero noise; FQL: the one-step policy's zero noise).
     start_weights = algo.policy_weights()
     kept = Kept(0, select(start_weights) if args.select_every > 0 else -1.0, start_weights,
                 args.select_margin)
     if args.select_every > 0:
         rows.append(f"| 0 (start) | 0 | - | - | {kept.rate:.0%} |")
-    # Reserve: the exploring episodes, a selection and the two final evaluations.
-    reserve = args.episodes_per_round + 3 * args.eval_episodes
     for r in range(args.rounds):
         if not CLOCK.training(reserve, f"round {r + 1}"):
             break
-        act, reset = _acting("flow_matching", arm, steer, algo.policy_weights())
+        act, reset = _acting("flow_matching", arm, rl, algo.policy_weights(),
+                             deterministic=False)
         eps = [arm.run(act, seed=30_000 + r * 100 + i, reset_policy=reset)
                for i in range(args.episodes_per_round)]
         for s in _steps_of(arm, eps, args.rl_reward, index):
             buffer.add(s)
         index += len(eps)
         rounds_run += 1
-        updates = args.round_updates + (args.critic_warmup if r == 0 else 0)
+        updates = args.round_updates + (
+            args.critic_warmup if r == 0 and args.method == "dsrl" else 0)
         stats: dict[str, float] = {}
         for _ in range(updates):
             if not CLOCK.training(reserve - args.episodes_per_round, f"round {r + 1}'s updates"):
@@ -555,27 +617,27 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
             kept.offer(r + 1, sel, weights)
         rows.append(f"| {r + 1} | {arm.steps - not_own:,} | {rate:.0%} | "
                     f"{stats.get('values/q', float('nan')):.2f} | {chosen or '-'} |")
-        print(f"flow_rl round {r + 1}: {rate:.0%} success (steered, stochastic)"
+        print(f"flow_rl round {r + 1}: {rate:.0%} success (exploring, stochastic)"
               + (f", selection evaluation {chosen}" if chosen else ""), flush=True)
     env_steps = arm.steps - not_own
-    act, reset = _acting("flow_matching", arm, steer, algo.policy_weights())
+    act, reset = _acting("flow_matching", arm, rl, algo.policy_weights())
     final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
     result = f"{start:.0%} -> {final:.0%} (final version)"
     if args.select_every > 0:
-        act, reset = _acting("flow_matching", arm, steer, kept.weights)
+        act, reset = _acting("flow_matching", arm, rl, kept.weights)
         kept_final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
         result += (f"; kept version (round {kept.round}, selection {kept.rate:.0%}): "
                    f"{kept_final:.0%}")
     print(f"flow_rl: {result}", flush=True)
-    return Outcome(f"flow_rl (push, DSRL-NA on flow_matching {_describe(args, True)})",
+    method = "FQL" if args.method == "fql" else "DSRL-NA"
+    return Outcome(f"flow_rl (push, {method} on flow_matching {_describe(args, True)})",
                    "~50 % -> >= 85 %", result,
                    f"seed {args.seed}; flow BC from {n} demos ({base.update_step} updates), "  # type: ignore[attr-defined]
-                   f"{rounds_run} rounds x {args.episodes_per_round} episodes = "
+                   f"{setting}; {rounds_run} rounds x {args.episodes_per_round} episodes = "
                    f"{env_steps:,} env steps, {algo.update_step} updates "
-                   f"({args.critic_warmup} critic-only), reward {args.rl_reward}, "
-                   f"gamma {args.gamma:g}, tau {args.tau:g}, steering std {args.steer_std}, "
-                   f"noise bound {args.noise_bound:g}, prior weight {args.prior_weight:g}; "
-                   f"{args.eval_episodes} episodes per "
+                   f"({before_rounds} before the first round, {args.critic_warmup} "
+                   f"critic-only), reward {args.rl_reward}, gamma {args.gamma:g}, tau "
+                   f"{args.tau:g}; {args.eval_episodes} episodes per "
                    f"evaluation (selection seeds 50,000+, margin {args.select_margin:g}, "
                    f"reported 90,000+)"
                    f"{_stopped()}",

@@ -15,9 +15,16 @@ Steering (DSRL, ``learners.dsrl``): with ``steer: true`` the policy also holds a
 Gaussian actor over the *noise*, trained by RL, and draws ``x_0`` from it instead of
 N(0, I); the flow network itself is left as the imitation learner made it.
 
+One-step policy (FQL, ``learners.fql``): with ``one_step: true`` the policy also holds
+``mu(features, z)``, a network mapping the same noise ``z ~ N(0, I)`` to a chunk in one
+pass (``tanh``, then scaled to the bounds), distilled from the flow and pushed up the
+critic by RL; robots run it instead of integrating the flow (zero noise when
+deterministic).  Its widths are ``one_step_hidden_sizes`` (default ``hidden_sizes``).
+
 Options: ``horizon`` (default 4), ``steps`` (integration steps, default 10),
 ``hidden_sizes``, ``execute`` (``ensemble`` | ``chunk``), ``execute_steps``,
-``ensemble_decay``, ``steer``, ``noise_bound`` (steered noise lies in ±this, default 2),
+``ensemble_decay``, ``steer``, ``one_step``, ``one_step_hidden_sizes``, ``noise_bound``
+(steered noise lies in ±this, default 2),
 ``steer_std`` (the new steering actor's pre-squash spread around zero noise, default 0.3),
 ``normalise`` (observation normalisation measured by the learner and shipped in the
 weights, ``learners.policies._normalise``; default true),
@@ -61,21 +68,22 @@ def _float(options: Mapping[str, JSON], key: str, default: float) -> float:
 def execution_of(options: Mapping[str, JSON]) -> ChunkExecution:
     """How robots execute the chunks (``learners.policies._chunking``).
 
-    A steered policy (``steer: true``) re-plans every step — ``execute: chunk``,
-    ``execute_steps: 1``, its default — and refuses anything else: DSRL's critic scores
-    the first action of the chunk the steered noise makes, so that must be the action the
-    robot runs (averaged chunks or open-loop tails would run actions no critic judged).
+    A policy fine-tuned by RL — steered (``steer: true``, DSRL) or one-step
+    (``one_step: true``, FQL) — re-plans every step (``execute: chunk``,
+    ``execute_steps: 1``, its default) and refuses anything else: the critic scores the
+    first action of each chunk, so that must be the action the robot runs (averaged
+    chunks or open-loop tails would run actions no critic judged).
     """
-    steered = bool(options.get("steer"))
-    mode = options.get("execute", "chunk" if steered else "ensemble")
+    rl = next((k for k in ("steer", "one_step") if options.get(k)), None)
+    mode = options.get("execute", "chunk" if rl else "ensemble")
     if mode not in ("ensemble", "chunk"):
         raise ValueError(f"execute must be 'ensemble' or 'chunk', got {mode!r}")
-    steps = _int(options, "execute_steps", 1 if steered else 0, low=0)
-    if steered and (mode != "chunk" or steps != 1):
-        raise ValueError("steer: a steered flow policy runs the first action of a new chunk "
-                         "every step (execute: chunk, execute_steps: 1, the default with "
-                         f"steer), not execute {mode!r} with execute_steps {steps}: the "
-                         "RL critic judges that action only")
+    steps = _int(options, "execute_steps", 1 if rl else 0, low=0)
+    if rl and (mode != "chunk" or steps != 1):
+        raise ValueError(f"{rl}: a flow policy fine-tuned by RL runs the first action of a "
+                         "new chunk every step (execute: chunk, execute_steps: 1, the "
+                         f"default with {rl}), not execute {mode!r} with execute_steps "
+                         f"{steps}: the RL critic judges that action only")
     return ChunkExecution(horizon=_int(options, "horizon", 4), mode=str(mode),
                           execute_steps=steps, decay=_float(options, "ensemble_decay", 0.1))
 
@@ -87,8 +95,14 @@ def check(options: Mapping[str, JSON]) -> None:
     execution_of(options)
     _float(options, "noise_bound", 2.0)
     _float(options, "steer_std", 0.3)
-    if not isinstance(options.get("normalise", True), bool):
-        raise ValueError(f"normalise must be true or false, got {options.get('normalise')!r}")
+    for flag in ("steer", "one_step", "normalise"):
+        if not isinstance(options.get(flag, flag == "normalise"), bool):
+            raise ValueError(f"{flag} must be true or false, got {options.get(flag)!r}")
+    if options.get("steer") and options.get("one_step"):
+        raise ValueError("steer and one_step: a flow policy is fine-tuned by DSRL (steer) "
+                         "or by FQL (one_step), not both")
+    if options.get("one_step_hidden_sizes") is not None:
+        hidden_sizes_option({"hidden_sizes": options["one_step_hidden_sizes"]})
     if options.get("cameras"):
         from learners.policies import _cnn_gaussian
 
@@ -174,6 +188,11 @@ class FlowActor(nn.Module):
             self.steer = TanhGaussianActor(feature_dim, self.chunk_dim, -bound, bound,
                                            hidden)
             start_at_the_flow_mode(self.steer, _float(options, "steer_std", 0.3))
+        self.one_step: nn.Module | None = None
+        if options.get("one_step"):
+            widths = hidden_sizes_option({"hidden_sizes": options.get(
+                "one_step_hidden_sizes", list(hidden))})
+            self.one_step = mlp([feature_dim + self.chunk_dim, *widths, self.chunk_dim])
         low = torch.tensor(spec.action_low, dtype=torch.float32)
         high = torch.tensor(spec.action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2.0, persistent=False)
@@ -194,16 +213,35 @@ class FlowActor(nn.Module):
         """(B, H, A) robot-unit actions -> (B, H*A) in [-1, 1]."""
         return ((chunk - self.action_bias) / self.action_scale).reshape(len(chunk), -1)
 
-    def decode(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Integrate the flow from ``noise`` (B, H*A): the chunk (B, H, A) in robot units,
-        differentiable in ``noise`` and the networks."""
+    def integrate(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Integrate the flow from ``noise`` (B, H*A): the chunk (B, H*A) in the
+        normalised box [-1, 1], differentiable in ``noise`` and the networks."""
         x = noise
         dt = 1.0 / self.steps
         for k in range(self.steps):
             t = torch.full((len(x),), k * dt)
             x = x + dt * self.v(x, t, features)
-        chunk = x.clamp(-1.0, 1.0).reshape(len(x), self.horizon, self.action_dim)
-        return self.action_bias + self.action_scale * chunk
+        return x.clamp(-1.0, 1.0)
+
+    def one_step_normalised(self, features: torch.Tensor, noise: torch.Tensor
+                            ) -> torch.Tensor:
+        """The one-step policy's chunk for ``noise`` (B, H*A), in [-1, 1] (B, H*A).
+        Raises ``RuntimeError`` when the actor has none (``one_step`` not set)."""
+        if self.one_step is None:
+            raise RuntimeError("this flow policy has no one-step policy (one_step: false)")
+        return torch.tanh(self.one_step(torch.cat([features, noise], dim=1)))
+
+    def to_robot(self, chunk: torch.Tensor) -> torch.Tensor:
+        """(B, H*A) in [-1, 1] -> (B, H, A) robot-unit actions."""
+        return self.action_bias + self.action_scale * chunk.reshape(
+            len(chunk), self.horizon, self.action_dim)
+
+    def decode(self, features: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The chunk (B, H, A) in robot units for ``noise`` (B, H*A): the one-step
+        policy's when the actor has one, else the flow integrated from ``noise``."""
+        if self.one_step is not None:
+            return self.to_robot(self.one_step_normalised(features, noise))
+        return self.to_robot(self.integrate(features, noise))
 
     def flow_loss(self, features: torch.Tensor, chunk: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 HG-DAgger learns only from takeover steps; takeovers are routed to the demo half (HIL-SERL);
 action chunks follow episodes; chunks execute on the robot; DSRL's policy loads on a robot,
 its steering chooses the action its critic rates higher and its noise prior keeps the noise
-near the flow's own; the bench keeps the best-evaluated version."""
+near the flow's own; FQL's one-step policy moves to what its critic rates higher, held to
+the flow by its distillation weight; the bench keeps the best-evaluated version."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from agents.chunking import ChunkExecutor
-from learners import bc, dsrl, registry
-from learners.core import Batch, StepBatch
+from learners import bc, dsrl, fql, registry
+from learners.core import Batch, Policy, StepBatch
 from learners.policies import (
     ChunkExecution,
     PolicySpec,
@@ -202,6 +203,8 @@ def _spec(algorithm: str):  # type: ignore[no-untyped-def]
     ("bc", {"kind": "flow_matching", "hidden": [8, 8], "options": {"horizon": 3, "steps": 2}}),
     ("dsrl", {"kind": "flow_matching", "hidden": [8, 8],
               "options": {"horizon": 2, "steps": 2, "steer": True}}),
+    ("fql", {"kind": "flow_matching", "hidden": [8, 8],
+             "options": {"horizon": 2, "steps": 2, "one_step": True}}),
 ])
 def test_the_learner_runs_imitation_plugins_by_name_and_publishes_what_robots_load(
         algorithm: str, policy: dict[str, object]) -> None:
@@ -218,7 +221,11 @@ def test_the_learner_runs_imitation_plugins_by_name_and_publishes_what_robots_lo
 
     spec = experiment(algorithm={"name": algorithm, "batch_size": 8,
                                  **({"hyperparameters": {"pretrain_updates": 3}}
-                                    if algorithm == "dsrl" else {})},
+                                    if algorithm == "dsrl" else {}),
+                                 **({"hyperparameters": {"pretrain_updates": 2,
+                                                         "distill_updates": 1,
+                                                         "critic_warmup_updates": 1}}
+                                    if algorithm == "fql" else {})},
                       policy=policy)
     publishers = Publishers()
     try:
@@ -430,3 +437,133 @@ def test_a_time_limited_bench_stops_training_while_it_can_still_evaluate() -> No
     assert not clock.training(200, "round 3")  # 160 s reserve > what is left
     assert clock.stopped == "stopped by the time limit during round 3"
     assert imitation.Clock(0.0).training(10**6, "anything")  # 0: no limit
+
+
+def _fql_on_a_toy(alpha: float) -> tuple[fql.FQL, np.ndarray]:
+    """A flow BC-trained on the bimodal toy, its one-step policy distilled from it, then
+    FQL for reward = action[0] (one-step episodes from the base flow's own actions): the
+    +0.8 mode pays."""
+    rng = np.random.default_rng(0)
+    options = {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32]}
+    base = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(32, 32), lr=2e-3, seed=0), "flow_matching",
+                 dict(options))
+    for _ in range(200):
+        base.update(_batch(*_bimodal(rng, 128)))
+    algo = fql.FQL(SPEC, fql.FQLConfig(hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32),
+                                       pretrain_updates=0, distill_updates=150,
+                                       critic_warmup_updates=50, alpha=alpha, critic_lr=1e-3,
+                                       actor_lr=1e-3, seed=0),
+                   {**options, "one_step_hidden_sizes": [32, 32]})
+    own = algo.actor.state_dict()
+    algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v)
+                                          for k, v in base.policy_weights().items()}})
+    behaviour = build("flow_matching", SPEC, options)
+    behaviour.load_weights(base.policy_weights())
+    for _ in range(350):
+        obs = rng.normal(size=(128, 3)).astype(np.float32)
+        action = behaviour.act(obs)
+        batch = _batch(obs, action)
+        algo.update(Batch(**{**batch.__dict__, "reward": torch.as_tensor(action[:, 0]),
+                             "terminated": torch.ones(128)}))
+    return algo, rng.normal(size=(400, 3)).astype(np.float32)
+
+
+def _one_step_robot(algo: fql.FQL) -> Policy:
+    options = {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32], "one_step": True,
+               "one_step_hidden_sizes": [32, 32]}
+    blob = to_safetensors(algo.policy_weights(), weights_metadata("flow_matching", options))
+    from learners.policies import load
+
+    return load(SPEC, blob)
+
+
+def test_fql_moves_the_one_step_policy_to_the_action_its_critic_rates_higher() -> None:
+    free, obs = _fql_on_a_toy(alpha=0.1)
+    assert free.phase() == "rl"
+    robot = _one_step_robot(free)  # what robots load: one pass, no integration
+    chosen = robot.act(obs, True)
+    assert float((chosen[:, 0] > 0).mean()) > 0.95  # the paying mode, from ~half the states
+    with torch.no_grad():  # the critic learnt what pays: the chosen action over the flow's
+        f = free.actor.features(torch.as_tensor(obs))
+        flow_mode = free.actor.to_robot(free.actor.integrate(f, torch.zeros(400, 2)))[:, 0]
+        gain = (free.critics(f, torch.as_tensor(chosen)).mean(0)
+                - free.critics(f, flow_mode).mean(0))
+    assert float((flow_mode[:, 0] > 0).float().mean()) < 0.8  # the flow's own mode
+    assert float(gain.mean()) > 0.3
+
+
+def test_fqls_distillation_keeps_the_one_step_policy_on_the_flows_behaviour() -> None:
+    # alpha weighs the flow's own noise-to-action map against the critic: held tightly,
+    # the one-step policy still answers each noise as the flow does (its modes, not the
+    # critic's choice); held loosely it leaves the flow where the critic pays.
+    tight, obs = _fql_on_a_toy(alpha=10.0)
+    loose, _ = _fql_on_a_toy(alpha=0.1)
+    noise = torch.randn((400, 2), generator=torch.Generator().manual_seed(1))
+    gaps = {}
+    for name, algo in (("tight", tight), ("loose", loose)):
+        with torch.no_grad():
+            f = algo.actor.features(torch.as_tensor(obs))
+            gaps[name] = float((algo.actor.one_step_normalised(f, noise)
+                                - algo.actor.integrate(f, noise)).abs().mean())
+    assert gaps["tight"] < 0.15 < gaps["loose"]
+
+
+def test_fql_runs_its_phases_in_order_and_resumes_from_a_checkpoint() -> None:
+    rng = np.random.default_rng(0)
+    config = fql.FQLConfig(hidden_sizes=(16,), critic_hidden_sizes=(16,), pretrain_updates=2,
+                           distill_updates=2, critic_warmup_updates=2, seed=0)
+    options = {"horizon": 2, "steps": 2, "one_step_hidden_sizes": [16]}
+    algo = fql.FQL(SPEC, config, dict(options))
+    seen = []
+    for _ in range(8):
+        o, a = _bimodal(rng, 16)
+        seen.append(algo.phase())
+        stats = algo.update(Batch(**{**_batch(o, a, np.ones(16, bool)).__dict__,
+                                     "reward": torch.as_tensor(a[:, 0])}))
+    assert seen == ["pretrain"] * 2 + ["distill"] * 2 + ["critic_warmup"] * 2 + ["rl"] * 2
+    assert {"losses/critic", "losses/distill", "losses/actor"} <= set(stats)
+    resumed = fql.FQL(SPEC, config, dict(options))
+    resumed.load_state(algo.state())
+    o, a = _bimodal(rng, 16)
+    batch = Batch(**{**_batch(o, a).__dict__, "reward": torch.as_tensor(a[:, 0])})
+    assert resumed.update(batch) == algo.update(batch)
+    with pytest.raises(ValueError, match="alpha"):
+        fql.FQLConfig(alpha=-1.0)
+
+
+def test_a_flow_policy_is_fine_tuned_by_one_method_and_says_which_option_is_wrong() -> None:
+    from learners.policies._flow_matching import check, execution_of
+
+    one_step = execution_of({"horizon": 4, "one_step": True})
+    assert (one_step.mode, one_step.execute_steps) == ("chunk", 1)
+    with pytest.raises(ValueError, match="one_step"):
+        execution_of({"horizon": 4, "one_step": True, "execute": "ensemble"})
+    with pytest.raises(ValueError, match="steer and one_step"):
+        check({"steer": True, "one_step": True})
+    with pytest.raises(ValueError, match="one_step must be true or false"):
+        check({"one_step": "yes"})
+    with pytest.raises(ValueError, match="hidden_sizes"):
+        check({"one_step": True, "one_step_hidden_sizes": [0]})
+
+
+@pytest.mark.parametrize("method", ["fql", "dsrl"])
+def test_the_flow_rl_bench_fine_tunes_on_the_simulated_arm_by_either_method(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from infra.bench import imitation
+
+    parser = argparse.ArgumentParser()
+    imitation.add_arguments(parser)
+    args = parser.parse_args(["flow_rl", "--method", method, "--demos", "1", "--updates", "3",
+                              "--rounds", "2", "--episodes-per-round", "1",
+                              "--round-updates", "2", "--eval-episodes", "1",
+                              "--distill-updates", "2", "--critic-warmup", "2",
+                              "--hidden", "16", "--one-step-hidden", "16", "--no-write"])
+    monkeypatch.setattr(imitation, "CLOCK", imitation.Clock(0.0))  # no time limit
+    outcome = imitation.flow_rl(args)
+    assert ("FQL" if method == "fql" else "DSRL-NA") in outcome.run
+    assert "-> " in outcome.result and "kept version" in outcome.result
+    # The start's selection, then one per --select-every (2) rounds; every round a row.
+    assert len(outcome.rows) == 2 + 1 + 2
+    assert "2 rounds x 1 episodes" in outcome.detail
