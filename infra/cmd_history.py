@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "topic, or auto (the table when it has them)")
     s.set_defaults(func=_lineage)
     cmd_compare.register(hsub)
+    # --json and --root read the same after the subcommand as before it (`history
+    # interventions EXP --json`); SUPPRESS leaves the parent's value when not given.
+    for command in hsub.choices.values():
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                             help="one JSON object per row")
+        command.add_argument("--root", type=Path, default=argparse.SUPPRESS,
+                             help="Delta root (default: the sink's, USER_SINK_ROOT)")
 
 
 def _print(table: pa.Table, as_json: bool) -> None:
