@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--updates", type=int, default=1500, help="BC updates from the demos")
     p.add_argument("--round-updates", type=int, default=500)
     p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--final-episodes", type=int, default=None,
+                   help="flow_rl: held-out episodes for the start, final and kept versions' "
+                        "figures (default: --eval-episodes; 20 episodes are +-10 points)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.5,
                    help="scripted operator: takeover distance to the expert's action")
@@ -573,8 +576,9 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
         not_own += arm.steps - before
         return rate
 
-    # Reserve: the exploring episodes, a selection and the two final evaluations.
-    reserve = args.episodes_per_round + 3 * args.eval_episodes
+    final_n = args.final_episodes or args.eval_episodes
+    # Reserve: the exploring episodes, a selection and the held-out evaluations.
+    reserve = args.episodes_per_round + args.eval_episodes + 3 * final_n
     before_rounds = 0
     if args.method == "fql":  # distil the flow into the one-step policy, warm the critics
         before_rounds = args.distill_updates + args.critic_warmup
@@ -586,6 +590,10 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
             algo.update(sampler.sample(args.batch_size))
     # The start: the flow's mode (DSRL: zero noise; FQL: the one-step policy's zero noise).
     start_weights = algo.policy_weights()
+    act, reset = _acting("flow_matching", arm, rl, start_weights)
+    before = arm.steps
+    start_rl = _evaluate(arm, act, reset, final_n, 90_000)
+    not_own += arm.steps - before
     kept = Kept(0, select(start_weights) if args.select_every > 0 else -1.0, start_weights,
                 args.select_margin)
     if args.select_every > 0:
@@ -621,11 +629,13 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
               + (f", selection evaluation {chosen}" if chosen else ""), flush=True)
     env_steps = arm.steps - not_own
     act, reset = _acting("flow_matching", arm, rl, algo.policy_weights())
-    final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
-    result = f"{start:.0%} -> {final:.0%} (final version)"
+    final = _evaluate(arm, act, reset, final_n, 90_000)
+    start_of = "one-step policy" if args.method == "fql" else "zero noise"
+    result = (f"{start:.0%} (flow BC) / {start_rl:.0%} ({start_of}, {final_n} episodes) "
+              f"-> {final:.0%} (final version)")
     if args.select_every > 0:
         act, reset = _acting("flow_matching", arm, rl, kept.weights)
-        kept_final = _evaluate(arm, act, reset, args.eval_episodes, 90_000)
+        kept_final = _evaluate(arm, act, reset, final_n, 90_000)
         result += (f"; kept version (round {kept.round}, selection {kept.rate:.0%}): "
                    f"{kept_final:.0%}")
     print(f"flow_rl: {result}", flush=True)
@@ -637,9 +647,9 @@ def flow_rl(args: argparse.Namespace) -> Outcome:
                    f"{env_steps:,} env steps, {algo.update_step} updates "
                    f"({before_rounds} before the first round, {args.critic_warmup} "
                    f"critic-only), reward {args.rl_reward}, gamma {args.gamma:g}, tau "
-                   f"{args.tau:g}; {args.eval_episodes} episodes per "
-                   f"evaluation (selection seeds 50,000+, margin {args.select_margin:g}, "
-                   f"reported 90,000+)"
+                   f"{args.tau:g}; {args.eval_episodes} episodes per selection (seeds "
+                   f"50,000+, margin {args.select_margin:g}), {final_n} per held-out figure "
+                   f"(seeds 90,000+; flow BC's start: {args.eval_episodes})"
                    f"{_stopped()}",
                    ["| round | env steps | success (exploring) | Q of the data | selection "
                     "evaluation |", "|---:|---:|---:|---:|---:|", *rows])
