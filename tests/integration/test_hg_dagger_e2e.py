@@ -7,7 +7,8 @@ verifies them → the robot's next round.  The run's report
 (``pipeline.history.BY_VERSION``, what ``userctl history interventions --by-version``
 prints) shows the intervention rate falling as the policy versions go up — the issue's
 "done when" for HG-DAgger, and for a ``flow_matching`` policy whose chunks the worker
-executes."""
+executes.  An ``fql`` experiment takes the same path: its offline phases run at once on
+the operator's steps and robots build its one-step policy from the published weights."""
 
 from __future__ import annotations
 
@@ -103,3 +104,68 @@ def test_an_hg_dagger_experiment_hands_control_from_the_operator_to_its_policy(
     # Falling: the operator drives most of the random policy's steps, few of the last's.
     assert rates[0] > 0.5, rates
     assert rates[-1] < 0.5 * rates[0], rates
+
+
+def test_an_fql_experiment_pretrains_on_takeovers_and_robots_run_its_one_step_policy(
+        space: Space, publishers: Publishers  # noqa: F811
+) -> None:
+    # FQL end to end: the operator's steps reach the learner through Kafka and Delta, the
+    # flow pre-trains and the one-step policy is distilled at once (offline updates, not
+    # at the UTD ratio), and the weights an agent verifies build the one-step policy,
+    # which re-plans every step on the robot.
+    from learners.policies._flow_matching import FlowMatchingPolicy
+
+    robot = registry.make_robot("panda", task="reach", seed=6, validate=False)
+    operator = takeover.ScriptedOperator(scripted(robot), threshold=0.5, patience=2,
+                                         min_steps=5, agree_steps=2)
+    offline = {"pretrain_updates": 30, "distill_updates": 20, "critic_warmup_updates": 10}
+    spec = experiment(algorithm={"name": "fql", "batch_size": 64, "utd_ratio": 0.05,
+                                 "warmup_steps": 0,
+                                 "hyperparameters": {**offline,
+                                                     "critic_hidden_sizes": [32, 32]}},
+                      robots=[{"robot_type": "panda", "count": 1}],
+                      policy={"kind": "flow_matching", "hidden": [32, 32],
+                              "options": {"horizon": 2, "steps": 2, "one_step": True,
+                                          "one_step_hidden_sizes": [32, 32]}},
+                      weight_sync={"every_updates": 1000})
+    learner = make(spec, publishers, known={"panda": robot.spec})
+    stream = policies.weights_stream(spec.name, "panda")
+    acting: tuple[weights.PolicyFn, int] = (RandomPolicy(robot.spec.action, seed=6), 0)
+    worker = RobotWorker(robot, robot_id="r1", site="lab-a", sink=MemoryOutbox(),
+                         policy=lambda: acting, flush_steps=25, flush_s=600.0,
+                         takeover=operator)
+    steps = 2 * robot.spec.max_episode_steps
+    updates = []
+    for r in range(2):
+        outbox = MemoryOutbox()
+        worker.sink = outbox
+        lease = Lease(spec.name, f"lease-{r}")
+        for _ in range(steps):
+            worker.tick(lease, [])
+        worker.tick(None, [])
+        for raw in outbox.sent:
+            if isinstance(raw[1], TransitionBatch):
+                space.send(raw[1])
+        space.sink()
+        history = _history.read(space.root, experiments=(spec.name,), reward_fn=REWARD,
+                                topic=space.topic(catalog.TRANSITIONS),
+                                partitions=[0, 1, 2, 3], sink_name=space.sink_name)
+        assert sum(learner.add(s, "history") for s in history.steps()) > 0
+        train_until_capped(learner)
+        updates.append(learner.types["panda"].algorithm.update_step)
+        learner.types["panda"].publish({})
+        acting = _robot_policy(publishers, stream, learner.types["panda"].policy_spec)
+    # Round 1: the offline phases at once plus the UTD's share of the env steps (far
+    # fewer than 60 at utd 0.05 alone); round 2 only the UTD's share of the new steps.
+    assert updates[0] == sum(offline.values()) + int(0.05 * steps)
+    assert updates[1] == sum(offline.values()) + int(0.05 * 2 * steps)
+    assert learner.types["panda"].algorithm.phase() == "rl"  # type: ignore[attr-defined]
+    for p in publishers.publishers:
+        p.flush(10.0)
+    sink = publishers.sinks[stream]
+    manifest = sink.manifests[-1]
+    blob = weights.assemble(manifest, [weights.FetchedChunk(o, sink.chunks[o])
+                                       for o in manifest.chunk_offsets])
+    policy = weights.build_policy(manifest, blob, learner.types["panda"].policy_spec)
+    assert isinstance(policy, FlowMatchingPolicy) and policy.actor.one_step is not None
+    assert (policy.execution.mode, policy.execution.execute_steps) == ("chunk", 1)
