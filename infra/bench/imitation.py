@@ -97,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="fql", choices=("fql", "dsrl"),
                    help="flow_rl: FQL (one-step policy distilled from the flow) or DSRL-NA "
                         "(steering the flow's noise)")
-    p.add_argument("--alpha", type=float, default=1.0,
+    p.add_argument("--alpha", type=float, default=0.3,
                    help="flow_rl, fql: weight of the distillation to the flow (FQLConfig.alpha)")
     p.add_argument("--distill-updates", type=int, default=3000,
                    help="flow_rl, fql: updates fitting the one-step policy to the flow first")
