@@ -19,6 +19,7 @@ from agents.outbox import MemoryOutbox
 from agents.policies import RandomPolicy, scripted
 from agents.worker import Lease, RobotWorker
 from learners import _history, policies
+from learners.loop import Learner
 from pipeline import demos
 from pipeline import history as delta_history
 from schemas.transitions import TransitionBatch
@@ -34,18 +35,45 @@ ROUNDS = 4
 EPISODES_PER_ROUND = 4
 
 
-def _robot_policy(published: Publishers, stream: str, spec: object
-                  ) -> tuple[weights.PolicyFn, int]:
+def _published_policy(published: Publishers, stream: str, spec: object
+                      ) -> tuple[object, int]:
     """The newest published weights as an agent installs them: chunks joined and checked
-    against the manifest, the policy built from the blob, deterministic actions."""
+    against the manifest, the policy built from the blob; and its version."""
     for p in published.publishers:
         p.flush(10.0)
     sink = published.sinks[stream]
     manifest = sink.manifests[-1]
     blob = weights.assemble(manifest, [weights.FetchedChunk(o, sink.chunks[o])
                                        for o in manifest.chunk_offsets])
-    policy = weights.build_policy(manifest, blob, spec)  # type: ignore[arg-type]
-    return weights._act_fn(policy, deterministic=True), manifest.version
+    return weights.build_policy(manifest, blob, spec), manifest.version  # type: ignore[arg-type]
+
+
+def _robot_policy(published: Publishers, stream: str, spec: object
+                  ) -> tuple[weights.PolicyFn, int]:
+    """:func:`_published_policy`, acting deterministically as the agent's policy."""
+    policy, version = _published_policy(published, stream, spec)
+    return weights._act_fn(policy, deterministic=True), version  # type: ignore[arg-type]
+
+
+def _round(shared: Space, learner: Learner, worker: RobotWorker, experiment_id: str,
+           lease_id: str, ticks: int) -> int:
+    """The worker drives ``ticks`` steps under a lease (then the lease ends and the last
+    batch is flushed); its batches go through Kafka to the Delta sink, and the learner
+    reads them back from the history.  Returns the steps the learner took in."""
+    outbox = MemoryOutbox()
+    worker.sink = outbox
+    lease = Lease(experiment_id, lease_id)
+    for _ in range(ticks):
+        worker.tick(lease, [])
+    worker.tick(None, [])
+    for raw in outbox.sent:
+        if isinstance(raw[1], TransitionBatch):
+            shared.send(raw[1])
+    shared.sink()
+    history = _history.read(shared.root, experiments=(experiment_id,), reward_fn=REWARD,
+                            topic=shared.topic(catalog.TRANSITIONS),
+                            partitions=[0, 1, 2, 3], sink_name=shared.sink_name)
+    return sum(learner.add(s, "history") for s in history.steps())
 
 
 @pytest.mark.parametrize("policy", [
@@ -73,20 +101,8 @@ def test_an_hg_dagger_experiment_hands_control_from_the_operator_to_its_policy(
                          takeover=operator)
     versions = []
     for r in range(ROUNDS):
-        outbox = MemoryOutbox()
-        worker.sink = outbox
-        lease = Lease(spec.name, f"lease-{r}")
-        for _ in range(EPISODES_PER_ROUND * robot.spec.max_episode_steps):
-            worker.tick(lease, [])
-        worker.tick(None, [])  # the lease ends: the last batch is flushed
-        for raw in outbox.sent:
-            if isinstance(raw[1], TransitionBatch):
-                space.send(raw[1])
-        space.sink()
-        history = _history.read(space.root, experiments=(spec.name,), reward_fn=REWARD,
-                                topic=space.topic(catalog.TRANSITIONS),
-                                partitions=[0, 1, 2, 3], sink_name=space.sink_name)
-        assert sum(learner.add(s, "history") for s in history.steps()) > 0
+        assert _round(space, learner, worker, spec.name, f"lease-{r}",
+                      EPISODES_PER_ROUND * robot.spec.max_episode_steps) > 0
         assert train_until_capped(learner) > 0
         learner.types["panda"].publish({})
         acting = _robot_policy(publishers, stream, learner.types["panda"].policy_spec)
@@ -137,20 +153,7 @@ def test_an_fql_experiment_pretrains_on_takeovers_and_robots_run_its_one_step_po
     steps = 2 * robot.spec.max_episode_steps
     updates = []
     for r in range(2):
-        outbox = MemoryOutbox()
-        worker.sink = outbox
-        lease = Lease(spec.name, f"lease-{r}")
-        for _ in range(steps):
-            worker.tick(lease, [])
-        worker.tick(None, [])
-        for raw in outbox.sent:
-            if isinstance(raw[1], TransitionBatch):
-                space.send(raw[1])
-        space.sink()
-        history = _history.read(space.root, experiments=(spec.name,), reward_fn=REWARD,
-                                topic=space.topic(catalog.TRANSITIONS),
-                                partitions=[0, 1, 2, 3], sink_name=space.sink_name)
-        assert sum(learner.add(s, "history") for s in history.steps()) > 0
+        assert _round(space, learner, worker, spec.name, f"lease-{r}", steps) > 0
         train_until_capped(learner)
         updates.append(learner.types["panda"].algorithm.update_step)
         learner.types["panda"].publish({})
@@ -160,12 +163,6 @@ def test_an_fql_experiment_pretrains_on_takeovers_and_robots_run_its_one_step_po
     assert updates[0] == sum(offline.values()) + int(0.05 * steps)
     assert updates[1] == sum(offline.values()) + int(0.05 * 2 * steps)
     assert learner.types["panda"].algorithm.phase() == "rl"  # type: ignore[attr-defined]
-    for p in publishers.publishers:
-        p.flush(10.0)
-    sink = publishers.sinks[stream]
-    manifest = sink.manifests[-1]
-    blob = weights.assemble(manifest, [weights.FetchedChunk(o, sink.chunks[o])
-                                       for o in manifest.chunk_offsets])
-    policy = weights.build_policy(manifest, blob, learner.types["panda"].policy_spec)
+    policy, _ = _published_policy(publishers, stream, learner.types["panda"].policy_spec)
     assert isinstance(policy, FlowMatchingPolicy) and policy.actor.one_step is not None
     assert (policy.execution.mode, policy.execution.execute_steps) == ("chunk", 1)

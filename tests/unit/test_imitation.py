@@ -333,31 +333,39 @@ def test_dsrl_starts_at_the_flow_policys_mode_and_warms_its_critics_before_steer
     assert not all(torch.equal(v, algo.steer.state_dict()[k]) for k, v in steer_before.items())
 
 
-def _steered_on_a_toy(prior_weight: float) -> tuple[dsrl.DSRL, bc.BC, np.ndarray]:
-    """A flow BC-trained on the bimodal toy, then steered by DSRL for reward = action[0]
-    (one-step episodes from the BC policy's own stochastic actions): the +0.8 mode pays."""
+def _fine_tuned_on_the_toy(algo: dsrl.DSRL | fql.FQL, updates: int
+                           ) -> tuple[bc.BC, np.ndarray]:
+    """Load a flow BC-trained on the bimodal toy into ``algo``, then ``updates`` RL updates
+    for reward = action[0] (one-step episodes from the BC policy's own stochastic actions:
+    the +0.8 mode pays).  Returns the BC learner and 400 fresh observations."""
     rng = np.random.default_rng(0)
     options = {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32]}
     base = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(32, 32), lr=2e-3, seed=0), "flow_matching",
                  dict(options))
     for _ in range(200):
         base.update(_batch(*_bimodal(rng, 128)))
-    algo = dsrl.DSRL(SPEC, dsrl.DSRLConfig(hidden_sizes=(32, 32), pretrain_updates=0,
-                                           critic_warmup_updates=50, critic_lr=1e-3,
-                                           actor_lr=1e-3, prior_weight=prior_weight, seed=0),
-                     {**options, "steer_std": 0.5})
     own = algo.actor.state_dict()
     algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v)
                                           for k, v in base.policy_weights().items()}})
     behaviour = build("flow_matching", SPEC, options)
     behaviour.load_weights(base.policy_weights())
-    for _ in range(150):
+    for _ in range(updates):
         obs = rng.normal(size=(128, 3)).astype(np.float32)
         action = behaviour.act(obs)
         batch = _batch(obs, action)
         algo.update(Batch(**{**batch.__dict__, "reward": torch.as_tensor(action[:, 0]),
                              "terminated": torch.ones(128)}))
-    return algo, base, rng.normal(size=(400, 3)).astype(np.float32)
+    return base, rng.normal(size=(400, 3)).astype(np.float32)
+
+
+def _steered_on_a_toy(prior_weight: float) -> tuple[dsrl.DSRL, bc.BC, np.ndarray]:
+    """DSRL steering the toy's flow (:func:`_fine_tuned_on_the_toy`)."""
+    algo = dsrl.DSRL(SPEC, dsrl.DSRLConfig(hidden_sizes=(32, 32), pretrain_updates=0,
+                                           critic_warmup_updates=50, critic_lr=1e-3,
+                                           actor_lr=1e-3, prior_weight=prior_weight, seed=0),
+                     {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32], "steer_std": 0.5})
+    base, obs = _fine_tuned_on_the_toy(algo, 150)
+    return algo, base, obs
 
 
 def test_dsrl_steering_chooses_the_noise_whose_action_the_critic_rates_higher() -> None:
@@ -440,32 +448,16 @@ def test_a_time_limited_bench_stops_training_while_it_can_still_evaluate() -> No
 
 
 def _fql_on_a_toy(alpha: float) -> tuple[fql.FQL, np.ndarray]:
-    """A flow BC-trained on the bimodal toy, its one-step policy distilled from it, then
-    FQL for reward = action[0] (one-step episodes from the base flow's own actions): the
-    +0.8 mode pays."""
-    rng = np.random.default_rng(0)
-    options = {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32]}
-    base = bc.BC(SPEC, bc.BCConfig(hidden_sizes=(32, 32), lr=2e-3, seed=0), "flow_matching",
-                 dict(options))
-    for _ in range(200):
-        base.update(_batch(*_bimodal(rng, 128)))
+    """FQL on the toy's flow (:func:`_fine_tuned_on_the_toy`): its one-step policy
+    distilled from the flow, then pushed up the critic."""
     algo = fql.FQL(SPEC, fql.FQLConfig(hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32),
                                        pretrain_updates=0, distill_updates=150,
                                        critic_warmup_updates=50, alpha=alpha, critic_lr=1e-3,
                                        actor_lr=1e-3, seed=0),
-                   {**options, "one_step_hidden_sizes": [32, 32]})
-    own = algo.actor.state_dict()
-    algo.actor.load_state_dict({**own, **{k: torch.as_tensor(v)
-                                          for k, v in base.policy_weights().items()}})
-    behaviour = build("flow_matching", SPEC, options)
-    behaviour.load_weights(base.policy_weights())
-    for _ in range(350):
-        obs = rng.normal(size=(128, 3)).astype(np.float32)
-        action = behaviour.act(obs)
-        batch = _batch(obs, action)
-        algo.update(Batch(**{**batch.__dict__, "reward": torch.as_tensor(action[:, 0]),
-                             "terminated": torch.ones(128)}))
-    return algo, rng.normal(size=(400, 3)).astype(np.float32)
+                   {"horizon": 1, "steps": 4, "hidden_sizes": [32, 32],
+                    "one_step_hidden_sizes": [32, 32]})
+    _, obs = _fine_tuned_on_the_toy(algo, 350)
+    return algo, obs
 
 
 def _one_step_robot(algo: fql.FQL) -> Policy:
