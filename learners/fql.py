@@ -27,8 +27,8 @@ Choices (measured on push, BENCHMARKS.md "imitation", session 6):
 * Q loss normalised by ``mean|Q|`` (the paper's ``normalize_q_loss``), so ``alpha`` does
   not depend on the reward's scale; the distillation term is the chunk's *summed* squared
   error in the normalised box [-1, 1].  ``alpha`` 0.3 (the default) lifted the 10-demo
-  push flow from 36-37 % to 90 % (two seeds, 100 held-out episodes each); 1 lifted it
-  less (75-90 %, 20 episodes); 10 held it at its start.
+  push flow from 36-47 % to 85-90 % (three seeds, 100 held-out episodes each); 1 lifted
+  it less (75-90 %, 20 episodes); 10 held it at its start.
 * Chunks: the critic scores the first action of ``mu``'s chunk and robots re-plan every
   step (``execute: chunk``, ``execute_steps: 1``, enforced by
   ``_flow_matching.execution_of``) — open-loop 4-step chunks start at 15 % where receding
@@ -71,7 +71,7 @@ class FQLConfig:
     """widths of the critics' hidden layers."""
     alpha: float = 0.3
     """weight of the distillation term (summed squared error over the chunk in [-1, 1])
-    against the normalised Q term (push: 0.3 lifted 36-37 % to 90 %, 1 to 75-90 %, 10
+    against the normalised Q term (push: 0.3 lifted 36-47 % to 85-90 %, 1 to 75-90 %, 10
     held the policy at its start)."""
     normalize_q_loss: bool = True
     """divide the actor's Q term by the batch's mean |Q| (scale-free ``alpha``)."""
