@@ -238,6 +238,13 @@ class Algorithm(abc.ABC):
     #: at once after warm-up instead of making robots run the unfitted policy for them.
     offline_updates: int = 0
 
+    def ready_to_act(self) -> bool:
+        """Whether :meth:`policy_weights` are worth running on robots yet.  False while an
+        algorithm pre-trains (DSRL before its flow is fitted, FQL before its one-step
+        policy is distilled): the learner publishes nothing until then, so robots keep
+        the version they have."""
+        return True
+
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, float]:
         """One learner update on ``batch``; returns namespaced metrics (``losses/critic``).

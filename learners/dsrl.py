@@ -154,6 +154,11 @@ class DSRL(Algorithm):
         self.offline_updates = config.pretrain_updates
 
 
+    def ready_to_act(self) -> bool:
+        """The steered flow is worth running once the flow is fitted (pre-training done);
+        before that the learner publishes nothing."""
+        return self.update_step >= self.config.pretrain_updates
+
     def update(self, batch: Batch) -> dict[str, float]:
         rl_step = self.update_step - self.config.pretrain_updates
         if rl_step < 0:

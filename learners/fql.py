@@ -136,7 +136,8 @@ class FQL(Algorithm):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.update_step = 0
         # Pre-training, distillation and critic warm-up run on the demos at once, not at
-        # the UTD ratio (robots would otherwise run the unfitted policy meanwhile).
+        # the UTD ratio (9,000 updates at utd 0.8 would be 11,250 env steps of robots
+        # running an unfitted policy; at once they take the learner ~1.5 min on a CPU).
         self.offline_updates = (config.pretrain_updates + config.distill_updates
                                 + config.critic_warmup_updates)
 
@@ -151,6 +152,11 @@ class FQL(Algorithm):
                 return name
             n -= length
         return "rl"
+
+    def ready_to_act(self) -> bool:
+        """The one-step policy is worth running once it is distilled from the fitted flow
+        (critic warm-up onwards); before that the learner publishes nothing."""
+        return self.phase() in ("critic_warmup", "rl")
 
     def update(self, batch: Batch) -> dict[str, float]:
         phase = self.phase()

@@ -387,7 +387,8 @@ class _TypeLearner:
             return
         self.divergences = 0
         self.last_stats = {**batch.stats, **stats}
-        if self.update_step > self.published_step and self.schedule.due(self.update_step):
+        if (self.update_step > self.published_step and self.algorithm.ready_to_act()
+                and self.schedule.due(self.update_step)):
             self.publish(trained_on)
 
     def publish(self, trained_on: Mapping[str, int]) -> None:
@@ -658,9 +659,11 @@ class Learner:
         return done
 
     def publish_all(self) -> None:
-        """Publish every type's current policy if it changed since its last publish."""
+        """Publish every type's current policy if it changed since its last publish (and
+        its algorithm is ready to act: not while it pre-trains)."""
         for learner in self.types.values():
-            if learner.update_step > learner.published_step:
+            if (learner.update_step > learner.published_step
+                    and learner.algorithm.ready_to_act()):
                 learner.publish(self.trained_on)
 
     def diverged(self, limit: int) -> list[str]:

@@ -559,3 +559,37 @@ def test_the_flow_rl_bench_fine_tunes_on_the_simulated_arm_by_either_method(
     # The start's selection, then one per --select-every (2) rounds; every round a row.
     assert len(outcome.rows) == 2 + 1 + 2
     assert "2 rounds x 1 episodes" in outcome.detail
+
+
+def test_robots_get_no_weights_while_fql_pretrains_and_distils() -> None:
+    # Versions published during pre-training would carry an untrained one-step policy:
+    # robots keep what they have until the one-step policy is distilled from the flow.
+    from learners.loop import Steps
+    from tests.unit.test_learn_loop import (
+        REACHER,
+        Publishers,
+        experiment,
+        make,
+        rewarded,
+        train_until_capped,
+    )
+
+    offline = {"pretrain_updates": 12, "distill_updates": 8, "critic_warmup_updates": 6}
+    spec = experiment(algorithm={"name": "fql", "batch_size": 8, "utd_ratio": 0.1,
+                                 "hyperparameters": offline},
+                      policy={"kind": "flow_matching", "hidden": [8, 8],
+                              "options": {"horizon": 2, "steps": 2, "one_step": True}},
+                      weight_sync={"every_updates": 3, "every_s": 3600})
+    publishers = Publishers()
+    try:
+        learner = make(spec, publishers)
+        for b in range(4):
+            learner.add(Steps.of_batch(rewarded(REACHER, b)), "live")
+        assert train_until_capped(learner) >= sum(offline.values())
+        learner.publish_all()
+        for p in publishers.publishers:
+            p.flush(10.0)
+        steps = [m.learner_step for sink in publishers.sinks.values() for m in sink.manifests]
+        assert steps and min(steps) >= 12 + 8, steps
+    finally:
+        publishers.close()
