@@ -22,6 +22,14 @@ from learners.policies import (
     weights_metadata,
 )
 from learners.replay import NumpyReplayBuffer, ReplayConfig, TakeoverSampler
+from tests.unit.test_learn_loop import (
+    REACHER,
+    Publishers,
+    experiment,
+    make,
+    rewarded,
+    train_until_capped,
+)
 
 SPEC = PolicySpec(3, 2, (-1.0, -1.0), (1.0, 1.0))
 
@@ -210,14 +218,6 @@ def test_the_learner_runs_imitation_plugins_by_name_and_publishes_what_robots_lo
         algorithm: str, policy: dict[str, object]) -> None:
     from learners.loop import Steps
     from learners.policies import build as build_policy
-    from tests.unit.test_learn_loop import (
-        REACHER,
-        Publishers,
-        experiment,
-        make,
-        rewarded,
-        train_until_capped,
-    )
 
     spec = experiment(algorithm={"name": algorithm, "batch_size": 8,
                                  **({"hyperparameters": {"pretrain_updates": 3}}
@@ -565,14 +565,6 @@ def test_robots_get_no_weights_while_fql_pretrains_and_distils() -> None:
     # Versions published during pre-training would carry an untrained one-step policy:
     # robots keep what they have until the one-step policy is distilled from the flow.
     from learners.loop import Steps
-    from tests.unit.test_learn_loop import (
-        REACHER,
-        Publishers,
-        experiment,
-        make,
-        rewarded,
-        train_until_capped,
-    )
 
     offline = {"pretrain_updates": 12, "distill_updates": 8, "critic_warmup_updates": 6}
     spec = experiment(algorithm={"name": "fql", "batch_size": 8, "utd_ratio": 0.1,
